@@ -1,0 +1,194 @@
+"""Reading and writing images with exact geometry.
+
+Conventions used throughout the package:
+
+* World coordinates are SimpleITK/DICOM physical coordinates in mm, **LPS**
+  (+x = patient left, +y = posterior, +z = superior).
+* The *canonical frame* is the voxel order that makes the direction matrix (closest to)
+  the identity, i.e. ``sitk.DICOMOrient(img, "LPS")``. Registration works on canonical
+  images; numpy arrays of canonical images are indexed ``[z, y, x]``.
+* Index boxes are half-open and given in SimpleITK ``(x, y, z)`` order.
+* Crops are always taken from the image *as stored* (no reorientation, no interpolation),
+  so every written crop overlays its source exactly.
+"""
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import CTARRError
+
+IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+NNUNET_CHANNEL_SUFFIX = re.compile(r"_\d{4}$")
+
+
+def strip_extension(name: str) -> str:
+    """File name without a known image extension."""
+    for ext in IMAGE_EXTENSIONS:
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def case_id(path: str | Path) -> str:
+    """Case identifier of an input: file name without extension and without nnU-Net's
+    ``_0000`` channel suffix; the folder name for a DICOM folder."""
+    path = Path(path)
+    stem = path.name if path.is_dir() else strip_extension(path.name)
+    return NNUNET_CHANNEL_SUFFIX.sub("", stem)
+
+
+def dicom_series(folder: Path) -> list[str]:
+    """Series instance UIDs found directly in ``folder`` (empty list if none)."""
+    reader = sitk.ImageSeriesReader()
+    try:
+        return list(reader.GetGDCMSeriesIDs(str(folder)))
+    except RuntimeError:
+        return []
+
+
+def is_dicom_dir(path: Path) -> bool:
+    return path.is_dir() and len(dicom_series(path)) > 0
+
+
+def read_image(path: str | Path) -> sitk.Image:
+    """Read a 3D image from a file (NIfTI, NRRD, MHA/MHD) or a DICOM folder.
+
+    A DICOM folder with several series yields the series with the most slices.
+    Raises :class:`CTARRError` with a one-line message on any problem.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CTARRError(f"input not found: {path}")
+    try:
+        if path.is_dir():
+            series = dicom_series(path)
+            if not series:
+                raise CTARRError(f"{path} is a folder without a DICOM series")
+            reader = sitk.ImageSeriesReader()
+            files = max((reader.GetGDCMSeriesFileNames(str(path), s) for s in series), key=len)
+            reader.SetFileNames(files)
+            img = reader.Execute()
+        else:
+            img = sitk.ReadImage(str(path))
+    except CTARRError:
+        raise
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = next((ln for ln in first if ln.strip()), "unreadable")
+        raise CTARRError(f"cannot read {path}: not a readable image ({detail[:120]})") from None
+    if img.GetDimension() != 3:
+        raise CTARRError(f"{path}: expected a 3D image, got {img.GetDimension()}D")
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise CTARRError(f"{path}: expected a scalar image, got {img.GetNumberOfComponentsPerPixel()} components per voxel")
+    if min(img.GetSize()) < 2:
+        raise CTARRError(f"{path}: image of size {img.GetSize()} is 2D (a single slice); CTARR needs a 3D volume")
+    return img
+
+
+def check_ct_intensities(img: sitk.Image, name: str = "image") -> None:
+    """Refuse images that are constant or do not look like CT in Hounsfield units."""
+    arr = sitk.GetArrayViewFromImage(img)
+    sub = arr[:: max(1, arr.shape[0] // 16), ::4, ::4]
+    lo, hi = float(sub.min()), float(sub.max())
+    if hi - lo < 1e-6:
+        raise CTARRError(f"{name} is constant (all voxels {lo:g}); nothing to locate")
+    p1, p99 = np.percentile(sub, [1, 99])
+    if p1 > -300 or p99 < -200 or hi > 40000 or lo < -33000:
+        raise CTARRError(
+            f"{name} does not look like CT in Hounsfield units (1st/99th percentile {p1:.0f}/{p99:.0f}); "
+            "rescale to HU (air about -1000) or pass --no_hu_check")
+
+
+def canonical(img: sitk.Image) -> sitk.Image:
+    """Reorder/flip voxel axes so the direction is (closest to) identity: LPS."""
+    return sitk.DICOMOrient(img, "LPS")
+
+
+def physical_corners(img: sitk.Image) -> np.ndarray:
+    """World coordinates (8, 3) of the outer corners of the image (voxel edges)."""
+    size = np.array(img.GetSize())
+    corners = []
+    for cx in (-0.5, size[0] - 0.5):
+        for cy in (-0.5, size[1] - 0.5):
+            for cz in (-0.5, size[2] - 0.5):
+                corners.append(img.TransformContinuousIndexToPhysicalPoint((cx, cy, cz)))
+    return np.asarray(corners)
+
+
+def world_bbox(img: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """Axis-aligned world bounding box (min corner, max corner) of the image extent."""
+    c = physical_corners(img)
+    return c.min(0), c.max(0)
+
+
+def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-3) -> bool:
+    return (a.GetSize() == b.GetSize()
+            and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=tol)
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol * 10)
+            and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol))
+
+
+def match_label_to_image(label: sitk.Image, image: sitk.Image, name: str = "label map") -> sitk.Image:
+    """Return ``label`` on the grid of ``image``, matched in world coordinates.
+
+    Identical grids are returned unchanged; grids that cover the same world extent (e.g. the
+    same voxels stored with a flipped axis) are resampled with nearest neighbour, which is
+    exact for them. Grids that do not cover the image raise :class:`CTARRError`.
+    """
+    if same_grid(label, image):
+        return label
+    lmin, lmax = world_bbox(label)
+    imin, imax = world_bbox(image)
+    inter = np.clip(np.minimum(lmax, imax) - np.maximum(lmin, imin), 0, None)
+    cover = float(np.prod(inter) / max(np.prod(imax - imin), 1e-9))
+    if cover < 0.9:
+        raise CTARRError(
+            f"{name} does not match the image in world space: it covers {100 * cover:.0f}% of the image "
+            f"(label size {label.GetSize()} spacing {np.round(label.GetSpacing(), 3).tolist()}, "
+            f"image size {image.GetSize()} spacing {np.round(image.GetSpacing(), 3).tolist()})")
+    return sitk.Resample(label, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, label.GetPixelID())
+
+
+def write_image(img: sitk.Image, path: str | Path, compress: bool = True) -> None:
+    """Write atomically: a temporary file in the same folder is renamed into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ext = next((e for e in IMAGE_EXTENSIONS if path.name.lower().endswith(e)), path.suffix)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=ext, dir=path.parent)
+    os.close(fd)
+    try:
+        sitk.WriteImage(img, tmp, compress)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def list_inputs(path: str | Path) -> list[Path]:
+    """Expand an input argument into a list of cases.
+
+    A file or a DICOM folder is one case; a folder of image files and/or DICOM sub-folders
+    is a batch (sorted by name).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CTARRError(f"input not found: {path}")
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.iterdir() if is_image_file(p))
+    subdirs = sorted(p for p in path.iterdir() if p.is_dir() and is_dicom_dir(p))
+    if files or subdirs:
+        return files + subdirs
+    if is_dicom_dir(path):
+        return [path]
+    raise CTARRError(f"{path} holds no images (.nii.gz, .nii, .nrrd, .mha, .mhd) and no DICOM series")

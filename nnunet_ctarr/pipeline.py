@@ -1,0 +1,87 @@
+"""One case end to end: image + anatomy -> atlas transform -> crop plan for a region."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+
+from .anatomy import GROUPS, AnatomyMasks
+from .atlas import Atlas
+from .cropping import CropPlan, plan_crops
+from .errors import CTARRError, WarningLog
+from .grid import MaskVolume, anatomy_to_volume
+from .io import world_bbox
+from .registration import RegistrationResult, RegistrationSettings, register
+from .regions import Region
+
+#: below this mean soft Dice (6 mm level) the registration is reported as implausible
+MIN_PLAUSIBLE_DICE = 0.25
+
+
+@dataclass
+class Localisation:
+    """Where a scan sits relative to the atlas."""
+    registration: RegistrationResult
+    anatomy_volume: MaskVolume
+    warnings: WarningLog = field(default_factory=WarningLog)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def transform(self):
+        return self.registration.transform
+
+
+def check_anatomy_matches_image(anatomy: AnatomyMasks, image: sitk.Image) -> None:
+    """Anatomy and image must cover the same world region (grids may differ)."""
+    alo, ahi = world_bbox(anatomy.labels)
+    ilo, ihi = world_bbox(image)
+    inter = np.clip(np.minimum(ahi, ihi) - np.maximum(alo, ilo), 0, None)
+    frac_img = float(np.prod(inter) / max(np.prod(ihi - ilo), 1e-9))
+    frac_anat = float(np.prod(inter) / max(np.prod(ahi - alo), 1e-9))
+    if frac_img < 0.9 or frac_anat < 0.9:
+        raise CTARRError(
+            f"anatomy segmentation does not match the image in world space (they share {100 * frac_img:.0f}% of "
+            f"the image's extent); image size {image.GetSize()} spacing {np.round(image.GetSpacing(), 3).tolist()} "
+            f"origin {np.round(image.GetOrigin(), 1).tolist()}, anatomy size {anatomy.labels.GetSize()} spacing "
+            f"{np.round(anatomy.labels.GetSpacing(), 3).tolist()} origin {np.round(anatomy.labels.GetOrigin(), 1).tolist()}")
+
+
+def locate(image: sitk.Image | None, anatomy: AnatomyMasks, atlas: Atlas,
+           settings: RegistrationSettings | None = None, warnings: WarningLog | None = None) -> Localisation:
+    """Register a scan's anatomy to the atlas (paper 3.2) and collect plausibility warnings."""
+    warnings = warnings if warnings is not None else WarningLog()
+    t0 = time.perf_counter()
+    if image is not None:
+        check_anatomy_matches_image(anatomy, image)
+    vol = anatomy_to_volume(anatomy)
+    t1 = time.perf_counter()
+    res = register(vol, atlas, settings)
+    for w in res.warnings:
+        warnings.warn(w)
+    if res.dice < MIN_PLAUSIBLE_DICE:
+        warnings.warn(f"registration Dice {res.dice:.2f} is below {MIN_PLAUSIBLE_DICE}: the anatomy looks "
+                      "implausible or does not match the atlas; check the QC picture")
+    if res.orientation_searched and res.orientation_margin < 1.5:
+        warnings.warn(f"orientation ambiguous: best and second-best orientation differ by only a factor "
+                      f"{res.orientation_margin:.2f} in landmark error")
+    return Localisation(res, vol, warnings, {"anatomy_to_grid": t1 - t0, **res.seconds})
+
+
+def plan_region(image: sitk.Image, loc: Localisation, region: Region, extra_margin_mm: float = 0.0,
+                z_only: bool = False, warnings: WarningLog | None = None) -> CropPlan:
+    """Map a region into the image and warn about boxes that are cut by the field of view."""
+    warnings = warnings if warnings is not None else loc.warnings
+    plan = plan_crops(image, loc.transform, region.boxes_with_margin(extra_margin_mm), z_only=z_only)
+    for b in plan.boxes:
+        if b.status == "partial":
+            warnings.warn(f"region '{region.name}' box {b.index}: only {100 * b.fraction_inside:.0f}% of the box "
+                          "lies inside the image; cropped to the intersection")
+        elif b.status == "outside":
+            warnings.warn(f"region '{region.name}' box {b.index} lies entirely outside the image")
+    return plan
+
+
+def groups_present(vol: MaskVolume) -> list[str]:
+    return [GROUPS[i] for i in np.nonzero(vol.volumes_mm3() > 0)[0]]
