@@ -63,9 +63,6 @@ def locate(image: sitk.Image | None, anatomy: AnatomyMasks, atlas: Atlas,
     if res.dice < MIN_PLAUSIBLE_DICE:
         warnings.warn(f"registration Dice {res.dice:.2f} is below {MIN_PLAUSIBLE_DICE}: the anatomy looks "
                       "implausible or does not match the atlas; check the QC picture")
-    if res.orientation_searched and res.orientation_margin < 1.5:
-        warnings.warn(f"orientation ambiguous: best and second-best orientation differ by only a factor "
-                      f"{res.orientation_margin:.2f} in landmark error")
     return Localisation(res, vol, warnings, {"anatomy_to_grid": t1 - t0, **res.seconds})
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from .anatomy import GROUPS
 from .errors import CTARRError
 from .grid import MaskVolume
-from .transform import AtlasTransform, orientation_matrix
+from .transform import AtlasTransform, describe_orientation, orientation_matrix
 
 
 @dataclass
@@ -35,14 +35,16 @@ class RegistrationSettings:
     #: orientation search needs more than this many groups with at least ``gate_fraction``
     #: of their atlas volume (scaled by the landmark scale estimate)
     gate_min_groups: int = 3
-    gate_fraction: float = 0.25
+    gate_fraction: float = 0.10
+    #: a non-header orientation must fit the landmarks this many times better than the header
+    header_preference: float = 1.5
     #: minimum number of usable landmarks to register at all
     min_groups: int = 2
     #: "adam" (per-parameter normalised steps, default) or "paper" (plain gradient steps)
     optimizer: str = "adam"
     lr: float = 0.02
     lr_factor: float = 0.5
-    min_improvement: float = 0.005
+    min_improvement: float = 0.002
     n_lr_reductions: int = 4
     max_iter_per_level: int = 60
     #: pyramid of pooling factors for the Dice refinement (1 = 3 mm atlas spacing)
@@ -247,17 +249,23 @@ def register(moving: MaskVolume, fixed: MaskVolume, settings: RegistrationSettin
     y = fixed.centres_of_mass()
     idx = np.nonzero(usable)[0]
     cands = search_orientation(x[idx], y[idx], w[idx], _candidates(s))
-    # gate: enough groups visible, relative to the scale suggested by the volume ratios
-    iso = float(np.median(ratio[usable])) if usable.any() else 1.0
-    scale3 = min(1.0, max(iso, 0.3))
-    n_big = int((ratio[usable] >= s.gate_fraction * scale3).sum())
+    # gate (paper code: > 3 groups with >= 25% of their atlas volume). Our weights are
+    # min(r, 1/r) and the default fraction is 10%, so zoomed-out or cut scans still search;
+    # ambiguity is handled below by preferring the header orientation.
+    n_big = int((ratio[usable] >= s.gate_fraction).sum())
     searched = orientation is None and n_big > s.gate_min_groups
+    header = next(c for c in cands if c["k_rot"] == 0 and not any(c["flip"]))
     if orientation is not None:
-        chosen = next(c for c in search_orientation(x[idx], y[idx], w[idx], [orientation]))
+        chosen = search_orientation(x[idx], y[idx], w[idx], [orientation])[0]
     elif searched:
         chosen = cands[0]
+        if chosen is not header and header["wmse"] <= s.header_preference * chosen["wmse"]:
+            warnings.append(f"orientation ambiguous: {describe_orientation(chosen['k_rot'], chosen['flip'])} fits the "
+                            f"landmarks only {header['wmse'] / max(chosen['wmse'], 1e-9):.2f}x better than the header "
+                            "orientation; kept the header orientation")
+            chosen = header
     else:
-        chosen = next(c for c in cands if c["k_rot"] == 0 and not any(c["flip"]))
+        chosen = header
         warnings.append(f"orientation search skipped: only {n_big} group(s) with >= "
                         f"{100 * s.gate_fraction:.0f}% of their atlas volume (need > {s.gate_min_groups}); "
                         "kept the header orientation")
