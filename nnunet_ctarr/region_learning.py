@@ -68,7 +68,7 @@ def learn_region(cases: Iterable[tuple[str, AnatomyMasks, sitk.Image]], atlas: A
         used.append(case)
     if not used:
         raise CTARRError(f"no scan contributed to region '{name}': " + "; ".join(skipped))
-    heat = np.where(cov > 0, acc / np.maximum(cov, 1), 0).astype(np.float32)
+    heat = np.clip(np.where(cov > 0, acc / np.maximum(cov, 1), 0), 0, 1).astype(np.float32)
     boxes = boxes_from_heatmap(heat, grid.origin, grid.spacing, threshold)
     if len(boxes) == 0:
         raise CTARRError(f"region '{name}': no heatmap voxel above threshold {threshold}")

@@ -58,7 +58,8 @@ def warp_to_atlas(arr_czyx: np.ndarray, origin: np.ndarray, spacing: np.ndarray,
     inside = (grid_t[0].abs() <= lim).all(-1).cpu().numpy()
     out = np.zeros((arr_czyx.shape[0],) + tuple(grid.shape_zyx), np.float32)
     for c0 in range(0, arr_czyx.shape[0], chunk_channels):
-        src = torch.from_numpy(np.ascontiguousarray(arr_czyx[c0:c0 + chunk_channels], dtype=np.float32)).to(device)[None]
+        chunk = np.require(arr_czyx[c0:c0 + chunk_channels], np.float32, ["C", "W"])
+        src = torch.from_numpy(chunk).to(device)[None]
         res = F.grid_sample(src, grid_t, mode=mode, padding_mode="border", align_corners=True)[0]
         out[c0:c0 + chunk_channels] = res.cpu().numpy()
     out *= inside[None]

@@ -1,0 +1,46 @@
+"""Shared fixtures: the real CTs bundled in examples/data (override with CTARR_DATA)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from nnunet_ctarr.anatomy import AnatomyMasks, LabelScheme
+from nnunet_ctarr.atlas import Atlas
+from nnunet_ctarr.errors import WarningLog
+from nnunet_ctarr.io import read_image
+
+torch.set_num_threads(2)
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("CTARR_DATA", REPO / "examples" / "data"))
+
+ABDOMEN = (DATA / "totalseg_example" / "example_ct.nii.gz", DATA / "totalseg_example" / "example_ct_totalseg_v2.nii.gz")
+CHEST = (DATA / "chest_lidc" / "chest_ct_3mm.nii.gz", DATA / "chest_lidc" / "chest_ct_3mm_totalseg_v2.nii.gz")
+DICOM = (DATA / "totalseg_example" / "example_ct_dicom", DATA / "totalseg_example" / "example_ct_dicom_totalseg_v2.nii.gz")
+SMALL = (DATA / "totalseg_example" / "example_ct_sm.nii.gz", DATA / "totalseg_example" / "example_ct_sm_totalseg_v2.nii.gz")
+
+
+@pytest.fixture(scope="session")
+def atlas() -> Atlas:
+    return Atlas.load()
+
+
+@pytest.fixture(scope="session")
+def ts_v2() -> LabelScheme:
+    return LabelScheme.named("ts_v2")
+
+
+@pytest.fixture(scope="session")
+def abdomen():
+    return read_image(ABDOMEN[0]), read_image(ABDOMEN[1])
+
+
+@pytest.fixture(scope="session")
+def chest():
+    return read_image(CHEST[0]), read_image(CHEST[1])
+
+
+def anatomy_of(labels, scheme: LabelScheme) -> AnatomyMasks:
+    return AnatomyMasks.from_label_image(labels, scheme, WarningLog(), "test")

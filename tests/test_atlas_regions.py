@@ -1,0 +1,93 @@
+"""The shipped atlas and regions, the atlas builder (partial fields of view) and the region
+learner (paper 3.4)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import ABDOMEN, CHEST, anatomy_of
+from nnunet_ctarr.anatomy import GROUPS, totalsegmentator_scheme
+from nnunet_ctarr.atlas import Atlas
+from nnunet_ctarr.cli.build_atlas import main as build_atlas_main
+from nnunet_ctarr.region_learning import learn_region
+from nnunet_ctarr.regions import boxes_from_heatmap, builtin_regions, load_region
+
+
+def test_starter_atlas_is_complete_where_data_exist(atlas):
+    assert atlas.prob.shape[0] == 19 and np.allclose(atlas.spacing, 3.0)
+    assert atlas.coverage.min() >= 0 and atlas.coverage.max() <= 1
+    missing = {GROUPS[i] for i in np.nonzero(~atlas.observed)[0]}
+    assert missing == {"skull", "brain"}                     # neither subject shows the head
+    assert set(atlas.meta["groups_without_data"]) == missing
+    # the overlap of the two subjects (upper abdomen) is covered by both
+    assert atlas.coverage.max() == 1.0 and np.isclose(atlas.coverage, 0.5, atol=0.01).any()
+
+
+def test_every_builtin_region_belongs_to_the_shipped_atlas(atlas):
+    regions = builtin_regions()
+    assert {"kidneys", "liver", "spleen", "pancreas", "gallbladder", "stomach", "colon", "urinary_bladder",
+            "heart", "lungs", "spine"} <= set(regions)
+    for name in regions:
+        r = load_region(name)
+        assert r.atlas_id == atlas.atlas_id
+        lo, hi = atlas.extent()
+        assert np.all(r.boxes_mm[:, 0] >= lo - 60) and np.all(r.boxes_mm[:, 1] <= hi + 60)
+    assert len(load_region("kidneys").boxes_mm) == 2
+
+
+def _ts_layout(root, subject, label_file):
+    img = sitk.ReadImage(str(label_file))
+    arr = sitk.GetArrayViewFromImage(img)
+    seg = root / subject / "segmentations"
+    seg.mkdir(parents=True)
+    for i, name in totalsegmentator_scheme(2).items():
+        m = sitk.GetImageFromArray((arr == i).astype(np.uint8))
+        m.CopyInformation(img)
+        sitk.WriteImage(m, str(seg / f"{name}.nii.gz"))
+
+
+def test_build_atlas_cli_from_totalsegmentator_layout_reproduces_shipped_atlas(tmp_path, atlas):
+    _ts_layout(tmp_path / "ts", "s0001", ABDOMEN[1])
+    _ts_layout(tmp_path / "ts", "s0002", CHEST[1])
+    assert build_atlas_main(["-i", str(tmp_path / "ts"), "-o", str(tmp_path / "a.npz")]) == 0
+    rebuilt = Atlas.load(tmp_path / "a.npz")
+    assert rebuilt.shape_zyx == atlas.shape_zyx
+    diff = np.abs(rebuilt.prob - atlas.prob)
+    assert diff.max() <= 3 / 255 and diff.mean() < 1e-3
+    assert np.array_equal(rebuilt.observed, atlas.observed)
+
+
+def test_learned_kidney_region_has_two_boxes_and_matches_shipped(atlas, ts_v2):
+    names = ts_v2.names
+    ids = [i for i, n in names.items() if n.startswith("kidney")]
+    cases = []
+    for name, (img_f, lab_f) in (("abdomen", ABDOMEN), ("chest", CHEST)):
+        lab = sitk.ReadImage(str(lab_f))
+        roi = sitk.GetImageFromArray(np.isin(sitk.GetArrayViewFromImage(lab), ids).astype(np.uint8))
+        roi.CopyInformation(lab)
+        cases.append((name, anatomy_of(lab, ts_v2), roi))
+    learned = learn_region(cases, atlas, "kidneys", margin_mm=20, progress=False)
+    assert learned.n_scans == 2 and len(learned.region.boxes_mm) == 2
+    shipped = load_region("kidneys").boxes_mm
+    assert np.abs(learned.region.boxes_mm - shipped).max() <= 6.0
+    # right kidney (patient right = -x in LPS) comes first
+    assert learned.region.boxes_mm[0, 1, 0] < learned.region.boxes_mm[1, 0, 0]
+    assert 0 < learned.heatmap.max() <= 1
+
+
+def test_heatmap_components_and_merging():
+    heat = np.zeros((20, 20, 40), np.float32)
+    heat[2:6, 2:6, 2:8] = 1.0          # component A
+    heat[4:8, 4:8, 7:12] = 0.5         # touches A -> one component
+    heat[2:6, 2:6, 30:36] = 1.0        # separate component B
+    heat[10:12, 10:12, 30:32] = 0.01   # noise below threshold
+    boxes = boxes_from_heatmap(heat, origin=np.zeros(3), spacing=np.full(3, 3.0), threshold=0.05)
+    assert len(boxes) == 2
+    assert np.allclose(boxes[0], [[4.5, 4.5, 4.5], [34.5, 22.5, 22.5]])   # voxel edges, xyz
+    # overlapping boxes of separate components are merged
+    heat2 = np.zeros((20, 20, 20), np.float32)
+    heat2[0:10, 0, 0:10] = 1
+    heat2[0, 0:10, 5] = 1
+    heat2[5, 5, 2] = 1                 # isolated voxel inside the box of the first component
+    assert len(boxes_from_heatmap(heat2, np.zeros(3), np.ones(3), 0.0)) == 1

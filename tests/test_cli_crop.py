@@ -1,0 +1,144 @@
+"""nnUNetv2_ctarr_crop end to end, including batches, DICOM and bad input."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import ABDOMEN, CHEST, DICOM, SMALL
+from nnunet_ctarr.cli.crop import main
+from nnunet_ctarr.cropping import paste_back
+
+
+def run_cli(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nnunet_ctarr.cli.crop", *args], capture_output=True, text=True)
+
+
+def test_single_case_with_labels_and_qc(tmp_path):
+    out = tmp_path / "out"
+    code = main(["-i", str(ABDOMEN[0]), "--anatomy_seg", str(ABDOMEN[1]), "--labels", str(ABDOMEN[1]),
+                 "-r", "kidneys", "-o", str(out), "--qc"])
+    assert code == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["example_ct.ctarr.json", "example_ct_kidneys_box0.nii.gz", "example_ct_kidneys_box0_labels.nii.gz",
+                     "example_ct_kidneys_box1.nii.gz", "example_ct_kidneys_box1_labels.nii.gz", "example_ct_kidneys_qc.png"]
+    side = json.loads((out / "example_ct.ctarr.json").read_text())
+    t = side["registration"]["transform"]
+    assert t["k_rot"] == 0 and t["flip_xyz"] == [False, False, False]
+    assert len(t["scale_xyz"]) == 3 and len(t["translation_mm_xyz"]) == 3
+    assert 0 < side["registration"]["registration_dice"] <= 1
+    for b in side["boxes"]:
+        assert len(b["index_start_xyz"]) == 3 and len(b["world_min_mm_lps"]) == 3
+        assert all(s < e for s, e in zip(b["index_start_xyz"], b["index_stop_xyz"]))
+    assert {"read_image", "registration", "crop_write", "qc"} <= set(side["seconds"])
+    assert side["versions"]["atlas_id"] == side["region"]["atlas_id"]
+    # the crops are where the sidecar says
+    src = sitk.ReadImage(str(ABDOMEN[0]))
+    crop = sitk.ReadImage(str(out / "example_ct_kidneys_box0.nii.gz"))
+    b0 = side["boxes"][0]
+    assert list(crop.GetSize()) == b0["size_xyz"]
+    assert np.allclose(crop.GetOrigin(), src.TransformIndexToPhysicalPoint(b0["index_start_xyz"]))
+    # kidneys (TotalSegmentator ids 2, 3) are fully inside; paste-back restores them bit-exactly
+    crops = [sitk.ReadImage(str(out / f"example_ct_kidneys_box{k}_labels.nii.gz")) for k in (0, 1)]
+    lab = sitk.ReadImage(str(ABDOMEN[1]))
+    back = sitk.GetArrayFromImage(paste_back(crops, lab, 0))
+    kid = np.isin(sitk.GetArrayViewFromImage(lab), [2, 3])
+    assert np.array_equal(back[kid], sitk.GetArrayViewFromImage(lab)[kid])
+
+
+def test_batch_folder_matches_anatomy_by_case_id(tmp_path):
+    imgs, anat = tmp_path / "imgs", tmp_path / "anat"
+    imgs.mkdir(), anat.mkdir()
+    shutil.copy(ABDOMEN[0], imgs / "example_ct_0000.nii.gz")       # nnU-Net channel naming
+    shutil.copy(SMALL[0], imgs / "example_ct_sm.nii.gz")
+    shutil.copy(ABDOMEN[1], anat / "example_ct.nii.gz")
+    shutil.copy(SMALL[1], anat / "example_ct_sm_totalseg_v2.nii.gz")
+    out = tmp_path / "out"
+    r = run_cli(["-i", str(imgs), "--anatomy_seg", str(anat), "-r", "liver", "-o", str(out)])
+    assert r.returncode == 0, r.stderr
+    assert (out / "example_ct_liver.nii.gz").exists() and (out / "example_ct_sm_liver.nii.gz").exists()
+    assert not any(p.name.endswith("_0000.nii.gz") for p in out.iterdir())
+    assert "2 of 2" in r.stdout
+
+
+def test_dicom_folder_input(tmp_path):
+    out = tmp_path / "out"
+    code = main(["-i", str(DICOM[0]), "--anatomy_seg", str(DICOM[1]), "--labels", str(DICOM[1]),
+                 "-r", "liver", "-o", str(out)])
+    assert code == 0
+    side = json.loads((out / "example_ct_dicom.ctarr.json").read_text())
+    crop = sitk.ReadImage(str(out / "example_ct_dicom_liver.nii.gz"))
+    lab = sitk.ReadImage(str(out / "example_ct_dicom_liver_labels.nii.gz"))
+    assert crop.GetSize() == lab.GetSize() and np.allclose(crop.GetOrigin(), lab.GetOrigin())
+    assert side["label_voxels_preserved_percent"] is not None
+
+
+def test_list_regions():
+    r = run_cli(["--list_regions"])
+    assert r.returncode == 0
+    for name in ("kidneys", "liver", "lungs", "spine", "heart"):
+        assert name in r.stdout
+
+
+def _one_line_error(r: subprocess.CompletedProcess, needle: str) -> None:
+    assert r.returncode != 0
+    assert "Traceback" not in r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error")]
+    assert len(errors) == 1 and needle in errors[0], r.stderr
+
+
+def test_unknown_region(tmp_path):
+    r = run_cli(["-i", str(ABDOMEN[0]), "--anatomy_seg", str(ABDOMEN[1]), "-r", "kidney", "-o", str(tmp_path)])
+    _one_line_error(r, "unknown region")
+
+
+def test_missing_and_corrupt_inputs(tmp_path):
+    r = run_cli(["-i", str(tmp_path / "none.nii.gz"), "--anatomy_seg", str(ABDOMEN[1]), "-r", "liver", "-o", str(tmp_path / "o")])
+    _one_line_error(r, "not found")
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"garbage" * 100)
+    r = run_cli(["-i", str(bad), "--anatomy_seg", str(ABDOMEN[1]), "-r", "liver", "-o", str(tmp_path / "o")])
+    _one_line_error(r, "cannot read")
+
+
+def test_anatomy_from_another_scan_is_a_grid_mismatch(tmp_path):
+    out = tmp_path / "o"
+    r = run_cli(["-i", str(ABDOMEN[0]), "--anatomy_seg", str(CHEST[1]), "-r", "liver", "-o", str(out)])
+    _one_line_error(r, "does not match the image")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_sparse_anatomy_is_refused_and_nothing_written(tmp_path):
+    lab = sitk.ReadImage(str(ABDOMEN[1]))
+    only_liver = sitk.Cast(lab == 5, sitk.sitkUInt8) * 5
+    p = tmp_path / "liver_only.nii.gz"
+    sitk.WriteImage(only_liver, str(p))
+    out = tmp_path / "o"
+    r = run_cli(["-i", str(ABDOMEN[0]), "--anatomy_seg", str(p), "--anatomy_format", "ts_v2", "-r", "liver", "-o", str(out)])
+    _one_line_error(r, "too sparse")
+    assert not any(out.iterdir())
+
+
+def test_region_outside_the_field_of_view_writes_nothing(tmp_path):
+    out = tmp_path / "o"
+    r = run_cli(["-i", str(CHEST[0]), "--anatomy_seg", str(CHEST[1]), "-r", "urinary_bladder", "-o", str(out)])
+    _one_line_error(r, "outside the field of view")
+    assert not any(out.iterdir())
+
+
+def test_non_hu_image_is_refused(tmp_path):
+    img = sitk.ReadImage(str(ABDOMEN[0]))
+    p = tmp_path / "mr_like.nii.gz"
+    sitk.WriteImage(sitk.Cast(img, sitk.sitkFloat32) + 1024.0, str(p))
+    r = run_cli(["-i", str(p), "--anatomy_seg", str(ABDOMEN[1]), "-r", "liver", "-o", str(tmp_path / "o")])
+    _one_line_error(r, "Hounsfield")
+
+
+def test_missing_required_arguments_is_a_usage_error():
+    r = run_cli(["-r", "liver"])
+    assert r.returncode == 2 and "missing required" in r.stderr and "Traceback" not in r.stderr
