@@ -23,6 +23,7 @@ from nnunet_ctarr.errors import WarningLog
 from nnunet_ctarr.evaluation import score_case
 from nnunet_ctarr.io import match_label_to_image, read_image
 from nnunet_ctarr.perturbations import orientation_of, standard_perturbations
+from nnunet_ctarr.registration import RegistrationSettings
 from nnunet_ctarr.regions import builtin_regions, load_region
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ SMALL = ("totalseg_example/example_ct_sm.nii.gz", "totalseg_example/example_ct_s
 DICOM = ("totalseg_example/example_ct_dicom", "totalseg_example/example_ct_dicom_totalseg_v2.nii.gz")
 
 
-def run(data: Path) -> list[dict]:
+def run(data: Path, settings: RegistrationSettings | None = None) -> list[dict]:
     torch.set_num_threads(2)
     atlas = Atlas.load()
     regions = [load_region(str(p)) for p in builtin_regions().values()]
@@ -46,7 +47,7 @@ def run(data: Path) -> list[dict]:
         m0 = None
         for p in standard_perturbations(image, labels):
             anat = AnatomyMasks.from_label_image(p.labels, scheme, WarningLog(), p.name)
-            s = score_case(f"{subj}/{p.name}", p.image, anat, p.labels, scheme, atlas, regions)
+            s = score_case(f"{subj}/{p.name}", p.image, anat, p.labels, scheme, atlas, regions, settings)
             M = np.array(s.orientation)
             if p.name == "original":
                 m0 = M
@@ -56,7 +57,7 @@ def run(data: Path) -> list[dict]:
         image = read_image(data / img_f)
         labels = match_label_to_image(read_image(data / lab_f), image)
         anat = AnatomyMasks.from_label_image(labels, scheme, WarningLog(), name)
-        s = score_case(f"{name}/original", image, anat, labels, scheme, atlas, regions)
+        s = score_case(f"{name}/original", image, anat, labels, scheme, atlas, regions, settings)
         rows.append(_row(s, bool(np.array_equal(np.array(s.orientation), np.eye(3)))))
     return rows
 
@@ -105,14 +106,22 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT / "examples" / "data"))
     ap.add_argument("--out", default=None, help="write a markdown table here")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--optimizer", default="paper", choices=["adam", "paper"])
+    ap.add_argument("--lr", type=float, default=None)
+    ap.add_argument("--min_improvement", type=float, default=None)
     args = ap.parse_args()
-    rows = run(Path(args.data))
+    settings = RegistrationSettings(optimizer=args.optimizer)
+    if args.lr is not None:
+        settings.lr = args.lr
+    if args.min_improvement is not None:
+        settings.min_improvement = args.min_improvement
+    rows = run(Path(args.data), settings)
     md = markdown(rows)
     print(md)
     if args.out:
         Path(args.out).write_text(md + "\n")
     if args.json:
-        Path(args.json).write_text(json.dumps({"summary": summary(rows), "cases": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"settings": vars(settings), "summary": summary(rows), "cases": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -86,10 +86,15 @@ def test_sparse_anatomy_is_refused(abdomen_vol, atlas):
         register(vol, atlas)
 
 
-def test_paper_optimizer_runs_and_stops_by_halving(abdomen_vol, atlas):
-    res = register(abdomen_vol, atlas, RegistrationSettings(optimizer="paper", lr=0.05, min_improvement=0.005))
-    assert 0 < res.n_iterations < 2 * RegistrationSettings().max_iter_per_level
-    assert res.dice > 0.3
+def test_default_is_the_paper_rule_and_adam_option_agrees(abdomen_vol, atlas):
+    s = RegistrationSettings()
+    assert (s.optimizer, s.lr, s.lr_factor, s.min_improvement, s.n_lr_reductions) == ("paper", 0.05, 0.5, 0.005, 4)
+    a = register(abdomen_vol, atlas)
+    b = register(abdomen_vol, atlas, RegistrationSettings(optimizer="adam", lr=0.02, min_improvement=0.002))
+    assert 0 < a.n_iterations < len(s.levels) * s.max_iter_per_level
+    assert a.dice > 0.3 and b.dice > 0.3
+    assert np.allclose(a.transform.scale, b.transform.scale, atol=0.05)
+    assert np.allclose(a.transform.translation, b.transform.translation, atol=8.0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

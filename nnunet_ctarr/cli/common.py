@@ -17,6 +17,8 @@ from ..io import IMAGE_EXTENSIONS, case_id, is_image_file, strip_extension
 
 
 def setup_logging(verbose: bool = False) -> None:
+    logging.addLevelName(logging.WARNING, "warning")
+    logging.addLevelName(logging.INFO, "info")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
 

@@ -181,8 +181,6 @@ def main(argv: list[str] | None = None) -> int:
             lab = match_case_file(Path(args.labels), case, cases, "label map") if args.labels else None
             side = crop_case(src, anat, lab, out, region, atlas, args, settings)
             if len(inputs) == 1:
-                for w in side["warnings"]:
-                    print(f"warning: {w}", file=sys.stderr)
                 print(f"{case}: {len(side['outputs'])} crop(s), {100 * side['voxel_fraction_kept']:.1f}% of the voxels, "
                       f"orientation {side['registration']['transform']['orientation']}, "
                       f"Dice {side['registration']['registration_dice']:.2f} -> {out}")
