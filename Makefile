@@ -1,0 +1,26 @@
+# The two set-up commands of the README:
+#   make demo   create .venv, install nnunet-ctarr (CPU torch), crop the kidneys from the bundled CT
+#   make test   run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints-cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install torch==2.13.0
+	$(BIN)/python -m pip install -e ".[test]" -c constraints-cpu.txt
+	touch $@
+
+demo: install
+	$(BIN)/nnUNetv2_ctarr_crop -i examples/data/totalseg_example/example_ct.nii.gz \
+		--anatomy_seg examples/data/totalseg_example/example_ct_totalseg_v2.nii.gz \
+		--labels examples/data/totalseg_example/example_ct_totalseg_v2.nii.gz \
+		-r kidneys -o demo_out --qc
+
+test: install
+	$(BIN)/python -m pytest -q
