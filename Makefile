@@ -19,7 +19,6 @@ $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 demo: install
 	$(BIN)/nnUNetv2_ctarr_crop -i examples/data/totalseg_example/example_ct.nii.gz \
 		--anatomy_seg examples/data/totalseg_example/example_ct_totalseg_v2.nii.gz \
-		--labels examples/data/totalseg_example/example_ct_totalseg_v2.nii.gz \
 		-r kidneys -o demo_out --qc
 
 test: install

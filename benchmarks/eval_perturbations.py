@@ -22,7 +22,7 @@ from nnunet_ctarr.atlas import Atlas
 from nnunet_ctarr.errors import WarningLog
 from nnunet_ctarr.evaluation import score_case
 from nnunet_ctarr.io import match_label_to_image, read_image
-from nnunet_ctarr.perturbations import orientation_of, standard_perturbations
+from nnunet_ctarr.perturbations import orientation_of, random_perturbations, standard_perturbations
 from nnunet_ctarr.registration import RegistrationSettings
 from nnunet_ctarr.regions import builtin_regions, load_region
 
@@ -36,7 +36,7 @@ SMALL = ("totalseg_example/example_ct_sm.nii.gz", "totalseg_example/example_ct_s
 DICOM = ("totalseg_example/example_ct_dicom", "totalseg_example/example_ct_dicom_totalseg_v2.nii.gz")
 
 
-def run(data: Path, settings: RegistrationSettings | None = None) -> list[dict]:
+def run(data: Path, settings: RegistrationSettings | None = None, n_random: int = 0) -> list[dict]:
     torch.set_num_threads(2)
     atlas = Atlas.load()
     regions = [load_region(str(p)) for p in builtin_regions().values()]
@@ -45,7 +45,7 @@ def run(data: Path, settings: RegistrationSettings | None = None) -> list[dict]:
     for subj, (img_f, lab_f) in SUBJECTS.items():
         image, labels = read_image(data / img_f), read_image(data / lab_f)
         m0 = None
-        for p in standard_perturbations(image, labels):
+        for p in standard_perturbations(image, labels) + random_perturbations(image, labels, n_random, seed=1):
             anat = AnatomyMasks.from_label_image(p.labels, scheme, WarningLog(), p.name)
             s = score_case(f"{subj}/{p.name}", p.image, anat, p.labels, scheme, atlas, regions, settings)
             M = np.array(s.orientation)
@@ -106,6 +106,7 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT / "examples" / "data"))
     ap.add_argument("--out", default=None, help="write a markdown table here")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--random", type=int, default=20, help="random combined perturbations per subject")
     ap.add_argument("--optimizer", default="paper", choices=["adam", "paper"])
     ap.add_argument("--lr", type=float, default=None)
     ap.add_argument("--min_improvement", type=float, default=None)
@@ -115,7 +116,7 @@ def main() -> None:
         settings.lr = args.lr
     if args.min_improvement is not None:
         settings.min_improvement = args.min_improvement
-    rows = run(Path(args.data), settings)
+    rows = run(Path(args.data), settings, args.random)
     md = markdown(rows)
     print(md)
     if args.out:

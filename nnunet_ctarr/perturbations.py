@@ -112,3 +112,29 @@ def orientation_of(R: np.ndarray) -> np.ndarray:
         j = int(np.argmax(np.abs(R[i])))
         out[i, j] = int(np.sign(R[i, j]))
     return out
+
+
+def random_perturbations(image: sitk.Image, labels: sitk.Image, n: int, seed: int = 0) -> list[Perturbed]:
+    """Random combinations: z window of 30-100 % of the scan, zoom 0.85-1.15, a random number of
+    xy quarter turns and a random z flip of the array (header left alone)."""
+    img_c, lab_c = canonical(image), canonical(labels)
+    size = np.array(img_c.GetSize())
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        length = int(rng.uniform(0.3, 1.0) * size[2])
+        start = int(rng.uniform(0, size[2] - length))
+        lo, hi = np.array([0, 0, start]), np.array([size[0], size[1], start + length])
+        ci, cl = _cut(img_c, lo, hi), _cut(lab_c, lo, hi)
+        f = float(rng.uniform(0.85, 1.15))
+        for x in (ci, cl):
+            x.SetSpacing([s * f for s in img_c.GetSpacing()])
+        k, fz = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
+
+        def op(a, k=k, fz=fz):
+            a = np.rot90(a, k, axes=(1, 2))
+            return a[::-1] if fz else a
+        pi, pl = _array_op(ci, op), _array_op(cl, op)
+        name = f"random{i}_z{start}+{length}_zoom{f:.2f}_rot{90 * k}{'_flipz' if fz else ''}"
+        out.append(Perturbed(name, pi, pl, linear_map(ci, pi, op) / f))
+    return out

@@ -14,7 +14,7 @@ import pytest
 from conftest import ABDOMEN, CHEST, DICOM, SMALL, anatomy_of
 from nnunet_ctarr.evaluation import score_case
 from nnunet_ctarr.io import match_label_to_image, read_image
-from nnunet_ctarr.perturbations import orientation_of, standard_perturbations
+from nnunet_ctarr.perturbations import orientation_of, random_perturbations, standard_perturbations
 from nnunet_ctarr.regions import builtin_regions, load_region
 
 ORGAN_REGIONS = {"kidneys", "liver", "spleen", "pancreas", "gallbladder", "stomach", "urinary_bladder", "heart"}
@@ -27,7 +27,7 @@ def results(atlas, ts_v2):
     for subject, (img_f, lab_f) in (("abdomen", ABDOMEN), ("chest", CHEST)):
         image, labels = read_image(img_f), read_image(lab_f)
         m0 = None
-        for p in standard_perturbations(image, labels):
+        for p in standard_perturbations(image, labels) + random_perturbations(image, labels, 4, seed=7):
             s = score_case(f"{subject}/{p.name}", p.image, anatomy_of(p.labels, ts_v2), p.labels, ts_v2, atlas, regions)
             M = np.array(s.orientation)
             if p.name == "original":
@@ -43,8 +43,8 @@ def results(atlas, ts_v2):
 
 
 def test_suite_is_large_enough(results):
-    assert len(results) >= 36
-    assert sum(len(s.regions) for s, _ in results) >= 300
+    assert len(results) >= 44
+    assert sum(len(s.regions) for s, _ in results) >= 360
 
 
 def test_orientation_always_recovered(results):

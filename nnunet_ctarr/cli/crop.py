@@ -25,6 +25,7 @@ EPILOG = """examples:
   nnUNetv2_ctarr_crop -i examples/data/totalseg_example/example_ct.nii.gz \\
       --anatomy_seg examples/data/totalseg_example/example_ct_totalseg_v2.nii.gz -r kidneys -o out --qc
   nnUNetv2_ctarr_crop -i scans/ --anatomy_seg totalseg_out/ --labels gt/ -r liver -o crops/
+
 """
 
 
@@ -105,8 +106,6 @@ def crop_case(src: Path, anat_path: Path, label_path: Path | None, out: Path, re
                 write_image(crop_image(labels, b, args.pad, 0), lab_path)
                 written.append(lab_path)
                 entry["labels"] = lab_path.name
-                n_all = int(np.count_nonzero(sitk.GetArrayViewFromImage(labels)))
-                entry["label_voxels_total"] = n_all
             outputs.append(entry)
         if labels is not None:
             lab = sitk.GetArrayViewFromImage(labels) > 0
