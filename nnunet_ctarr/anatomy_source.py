@@ -1,0 +1,102 @@
+"""Where a scan's anatomy comes from: precomputed label maps, or an nnU-Net model.
+
+Both map label *names* to the 19 CTARR groups, so TotalSegmentator's own nnU-Net model folders
+(v1/v2 structure names), a CTARR 19-group model, or precomputed TotalSegmentator outputs all
+work. A model is loaded once per run and predicts all cases in one batch.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from .anatomy import AnatomyMasks, LabelScheme, load_anatomy
+from .errors import CTARRError, WarningLog
+from .io import read_image
+
+
+class PrecomputedAnatomy:
+    """Label maps / mask folders: a single path, or a folder matched by case id."""
+
+    def __init__(self, path: str | Path, fmt: str = "auto"):
+        self.path = Path(path)
+        self.fmt = fmt
+        if not self.path.exists():
+            raise CTARRError(f"anatomy segmentation not found: {self.path}")
+
+    def prepare(self, cases: dict[str, list[str]]) -> None:
+        self.cases = list(cases)
+
+    def load(self, case: str, warnings: WarningLog) -> AnatomyMasks:
+        from .cli.common import match_case_file
+        return load_anatomy(match_case_file(self.path, case, self.cases, "anatomy segmentation"), self.fmt, warnings)
+
+
+def scheme_from_dataset_json(dataset_json: dict, name: str) -> LabelScheme:
+    """Label scheme from an nnU-Net ``dataset.json`` (``labels``: name -> id)."""
+    names = {}
+    for k, v in dataset_json.get("labels", {}).items():
+        if k == "background":
+            continue
+        if isinstance(v, (list, tuple)):
+            raise CTARRError(f"anatomy model {name} is region-based (label '{k}' = {v}); an anatomy model "
+                             "needs one label per structure")
+        names[int(v)] = k
+    if not names:
+        raise CTARRError(f"anatomy model {name}: dataset.json has no labels")
+    return LabelScheme(f"nnU-Net model {name}", names)
+
+
+class ModelAnatomy:
+    """Any nnU-Net model folder whose labels are CTARR groups or TotalSegmentator structure
+    names. Runs a plain ``nnUNetPredictor`` at the model's own resolution."""
+
+    def __init__(self, model_folder: str | Path, folds=None, checkpoint: str = "checkpoint_final.pth",
+                 device: str = "cpu", step_size: float = 0.5, disable_tta: bool = False,
+                 npp: int = 2, nps: int = 2, verbose: bool = False):
+        self.model_folder = Path(model_folder)
+        if not (self.model_folder / "dataset.json").is_file() or not (self.model_folder / "plans.json").is_file():
+            raise CTARRError(f"{self.model_folder} is not an nnU-Net model folder (dataset.json/plans.json missing)")
+        self.dataset_json = json.loads((self.model_folder / "dataset.json").read_text())
+        self.scheme = scheme_from_dataset_json(self.dataset_json, self.model_folder.name)
+        if not self.scheme.observed.any():
+            raise CTARRError(f"anatomy model {self.model_folder}: none of its labels is a CTARR group or a "
+                             "TotalSegmentator structure name")
+        self.folds, self.checkpoint, self.device = folds, checkpoint, device
+        self.step_size, self.disable_tta, self.npp, self.nps, self.verbose = step_size, disable_tta, npp, nps, verbose
+        self._tmp = tempfile.TemporaryDirectory(prefix="ctarr_anatomy_")
+        self.out = Path(self._tmp.name)
+
+    def prepare(self, cases: dict[str, list[str]]) -> None:
+        import torch
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        predictor = nnUNetPredictor(tile_step_size=self.step_size, use_mirroring=not self.disable_tta,
+                                    device=torch.device(self.device), verbose=self.verbose,
+                                    allow_tqdm=not self.verbose)
+        predictor.initialize_from_trained_model_folder(str(self.model_folder), self.folds, self.checkpoint)
+        todo = {c: f for c, f in cases.items() if not (self.out / f"{c}.nii.gz").exists()}
+        if not todo:
+            return
+        n_in = len(self.dataset_json.get("channel_names", self.dataset_json.get("modality", {"0": "CT"})))
+        lists = [files[:n_in] for files in todo.values()]
+        outs = [str(self.out / c) for c in todo]
+        if self.npp == 0 and self.nps == 0:
+            predictor.predict_from_files_sequential(lists, outs, False, True, None)
+        else:
+            predictor.predict_from_files(lists, outs, False, True, max(self.npp, 1), max(self.nps, 1))
+
+    def load(self, case: str, warnings: WarningLog) -> AnatomyMasks:
+        p = self.out / f"{case}.nii.gz"
+        if not p.exists():
+            raise CTARRError(f"anatomy model produced no output for {case}")
+        return AnatomyMasks.from_label_image(read_image(p), self.scheme, warnings, f"{self.model_folder.name}:{case}")
+
+    def label_file(self, case: str) -> Path:
+        return self.out / f"{case}.nii.gz"
+
+
+def write_label_image(img: sitk.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(img, str(path), True)

@@ -1,0 +1,181 @@
+"""nnUNetv2_predict_ctarr: nnUNetv2_predict, but only inside a CTARR region.
+
+Every flag of ``nnUNetv2_predict`` works as there; CTARR adds the region and the anatomy
+source. Outputs have the input's size, spacing, origin and direction.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from ..anatomy_source import ModelAnatomy, PrecomputedAnatomy
+from ..atlas import Atlas
+from ..errors import CTARRError
+from ..io import case_id, is_dicom_dir, read_image
+from ..regions import load_region
+from .common import run_cli, setup_logging
+
+EPILOG = """examples:
+  nnUNetv2_predict_ctarr -i imagesTs -o pred -d 3 -c 3d_fullres -f 0 -region liver -anatomy_seg totalseg_maps/
+  nnUNetv2_predict_ctarr -i imagesTs -o pred -m MODEL_FOLDER -region kidneys \\
+      -anatomy_model nnUNet_results/Dataset297_TotalSegmentator_total_3mm/nnUNetTrainer__nnUNetPlans__3d_fullres
+  (a model folder holding ctarr.json, written by nnUNetv2_ctarr_crop_dataset, brings its own region)
+
+"""
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name) or default)
+    except ValueError:
+        return default
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nnUNetv2_predict_ctarr", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    # --- nnUNetv2_predict's flags (same names, same defaults)
+    p.add_argument("-i", type=str, required=True, help="input folder (nnU-Net naming: CASE_0000.nii.gz), a single "
+                                                       "image, or a DICOM folder / folder of DICOM folders")
+    p.add_argument("-o", type=str, required=True, help="output folder")
+    p.add_argument("-d", type=str, default=None, help="dataset name or id (with -c, -p, -tr; needs nnUNet_results)")
+    p.add_argument("-p", type=str, default="nnUNetPlans", help="plans identifier. Default: nnUNetPlans")
+    p.add_argument("-tr", type=str, default="nnUNetTrainer", help="trainer class. Default: nnUNetTrainer")
+    p.add_argument("-c", type=str, default=None, help="configuration, e.g. 3d_fullres")
+    p.add_argument("-f", nargs="+", type=str, default=(0, 1, 2, 3, 4), help="folds. Default: 0 1 2 3 4")
+    p.add_argument("-step_size", type=float, default=0.5)
+    p.add_argument("--disable_tta", action="store_true")
+    p.add_argument("--verbose", action="store_true")
+    p.add_argument("--save_probabilities", action="store_true", help="full-size probabilities (.npz + .pkl)")
+    p.add_argument("--continue_prediction", action="store_true")
+    p.add_argument("-chk", type=str, default="checkpoint_final.pth")
+    p.add_argument("-npp", type=int, default=_env_int("nnUNet_npp", 3))
+    p.add_argument("-nps", type=int, default=_env_int("nnUNet_nps", 3))
+    p.add_argument("-prev_stage_predictions", type=str, default=None)
+    p.add_argument("-num_parts", type=int, default=1)
+    p.add_argument("-part_id", type=int, default=0)
+    p.add_argument("-device", type=str, default="cuda", help="cuda, cpu or mps")
+    p.add_argument("--disable_progress_bar", action="store_true")
+    p.add_argument("--not_on_device", action="store_true")
+    # --- model folder directly (as nnUNetv2_predict_from_modelfolder)
+    p.add_argument("-m", type=str, default=None, help="trained model folder (instead of -d/-c/-p/-tr)")
+    # --- CTARR
+    p.add_argument("-region", type=str, default=None, help="region name or region .json (default: from the model "
+                                                           "folder's ctarr.json)")
+    p.add_argument("-anatomy_seg", type=str, default=None, help="precomputed anatomy maps, matched by case id")
+    p.add_argument("-anatomy_format", type=str, default="auto", choices=["auto", "ts_v2", "ts_v1", "ctarr19", "mask_folder"])
+    p.add_argument("-anatomy_model", type=str, default=None, help="nnU-Net model folder predicting the anatomy "
+                                                                  "(CTARR groups or TotalSegmentator names)")
+    p.add_argument("-anatomy_folds", nargs="+", type=str, default=None)
+    p.add_argument("-anatomy_chk", type=str, default="checkpoint_final.pth")
+    p.add_argument("-margin", type=float, default=None, help="extra margin in mm (default: model's ctarr.json or 0)")
+    p.add_argument("--on_miss", choices=["full", "empty"], default="full",
+                   help="region outside the field of view: predict the full volume (default) or write background")
+    p.add_argument("--qc", action="store_true", help="QC picture per case in the output folder")
+    p.add_argument("--save_ctarr_json", action="store_true", help="<case>.ctarr.json per case in the output folder")
+    p.add_argument("-atlas", type=str, default=None, help="atlas .npz (default: shipped starter atlas)")
+    return p
+
+
+def _model_folder(args) -> str:
+    if args.m:
+        return args.m
+    if not (args.d and args.c):
+        raise CTARRError("give the model as -m MODEL_FOLDER or with -d DATASET -c CONFIGURATION [-p -tr]")
+    from nnunetv2.utilities.file_path_utilities import get_output_folder
+    return get_output_folder(args.d, args.tr, args.p, args.c)
+
+
+def _prepare_inputs(src: Path, tmp: Path) -> str | list[list[str]]:
+    """nnU-Net input: a folder as is; a single image file or DICOM folders converted to a list."""
+    if src.is_dir() and not is_dicom_dir(src) and not any(is_dicom_dir(d) for d in src.iterdir() if d.is_dir()):
+        return str(src)
+    sources = [src] if (src.is_file() or is_dicom_dir(src)) else sorted(d for d in src.iterdir() if is_dicom_dir(d))
+    lists = []
+    for s in sources:
+        if s.is_file():
+            lists.append([str(s)])
+            continue
+        dst = tmp / f"{case_id(s)}_0000.nii.gz"
+        sitk.WriteImage(read_image(s), str(dst), True)
+        lists.append([str(dst)])
+    return lists
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    import torch
+    from ..predictor import nnUNetPredictorCTARR
+
+    model = _model_folder(args)
+    if not os.path.isdir(model):
+        raise CTARRError(f"model folder not found: {model}")
+    ctarr_json = Path(model) / "ctarr.json"
+    model_ctarr = json.loads(ctarr_json.read_text()) if ctarr_json.is_file() else {}
+    region_arg = args.region or model_ctarr.get("region_file") or model_ctarr.get("region")
+    if not region_arg:
+        raise CTARRError("no region: pass -region NAME (or a model folder with ctarr.json)")
+    if isinstance(region_arg, dict):
+        from ..regions import Region
+        region = Region(region_arg["name"], region_arg["boxes_mm"], region_arg.get("margin_mm", 10.0),
+                        region_arg.get("atlas_id", ""), region_arg.get("provenance", {}))
+    else:
+        region = load_region(region_arg)
+    margin = args.margin if args.margin is not None else float(model_ctarr.get("margin_mm", 0.0))
+    if bool(args.anatomy_seg) == bool(args.anatomy_model):
+        raise CTARRError("give exactly one anatomy source: -anatomy_seg FOLDER or -anatomy_model MODEL_FOLDER")
+    if args.device not in ("cpu", "cuda", "mps"):
+        raise CTARRError(f"-device must be cpu, cuda or mps, got {args.device}")
+    if args.device == "cpu":
+        import multiprocessing
+        torch.set_num_threads(multiprocessing.cpu_count())
+    device = torch.device(args.device)
+    folds = [f if f == "all" else int(f) for f in args.f]
+    os.makedirs(args.o, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ctarr_inputs_") as tmp:
+        source = _prepare_inputs(Path(args.i), Path(tmp))
+        if args.anatomy_seg:
+            anatomy = PrecomputedAnatomy(args.anatomy_seg, args.anatomy_format)
+        else:
+            afolds = None if args.anatomy_folds is None else [f if f == "all" else int(f) for f in args.anatomy_folds]
+            anatomy = ModelAnatomy(args.anatomy_model, afolds, args.anatomy_chk, args.device, args.step_size,
+                                   args.disable_tta, args.npp, args.nps, args.verbose)
+        predictor = nnUNetPredictorCTARR(tile_step_size=args.step_size, use_gaussian=True,
+                                         use_mirroring=not args.disable_tta,
+                                         perform_everything_on_device=not args.not_on_device, device=device,
+                                         verbose=args.verbose, verbose_preprocessing=args.verbose,
+                                         allow_tqdm=not args.disable_progress_bar)
+        predictor.initialize_from_trained_model_folder(model, folds, args.chk)
+        predictor.ctarr_setup(region, anatomy, Atlas.load(args.atlas), margin, args.on_miss,
+                              sidecar_folder=args.o if args.save_ctarr_json else None,
+                              qc_folder=args.o if args.qc else None)
+        if isinstance(source, list):
+            outs = [os.path.join(args.o, case_id(files[0])) for files in source]
+        else:
+            outs = args.o
+        if args.npp == 0 and args.nps == 0:
+            predictor.predict_from_files_sequential(source, outs, args.save_probabilities,
+                                                    not args.continue_prediction, args.prev_stage_predictions)
+        else:
+            predictor.predict_from_files(source, outs, args.save_probabilities, not args.continue_prediction,
+                                         max(args.npp, 1), max(args.nps, 1), args.prev_stage_predictions,
+                                         args.num_parts, args.part_id)
+    summary = {c: (r["mode"], r.get("voxel_fraction")) for c, r in predictor.ctarr_reports.items()}
+    for case, (mode, frac) in summary.items():
+        print(f"{case}: {mode}" + (f", {100 * frac:.1f}% of the voxels" if frac else ""), file=sys.stderr)
+    return 0
+
+
+def entry() -> None:
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    entry()

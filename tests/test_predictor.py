@@ -1,0 +1,216 @@
+"""nnUNetPredictorCTARR / nnUNetv2_predict_ctarr with a tiny randomly initialised nnU-Net
+model (real nnU-Net planning, architecture and sliding window) on the real CTs."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from conftest import ABDOMEN, CHEST, DICOM
+from nnunet_ctarr.anatomy_source import PrecomputedAnatomy
+from nnunet_ctarr.model_factory import make_random_model
+from nnunet_ctarr.predictor import merge_box_probabilities, nnUNetPredictorCTARR
+from nnunet_ctarr.regions import load_region
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("model")
+    labs = []
+    for name, lab_f in (("abd", ABDOMEN[1]), ("chest", CHEST[1])):
+        lab = sitk.ReadImage(str(lab_f))
+        a = sitk.GetArrayFromImage(lab)
+        out = np.zeros_like(a)
+        out[a == 5] = 1                       # liver
+        out[np.isin(a, [2, 3])] = 2           # kidneys
+        img = sitk.GetImageFromArray(out)
+        img.CopyInformation(lab)
+        sitk.WriteImage(img, str(tmp / f"{name}.nii.gz"))
+        labs.append(tmp / f"{name}.nii.gz")
+    return make_random_model(tmp / "model", [ABDOMEN[0], CHEST[0]], labs, {"background": 0, "liver": 1, "kidney": 2})
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("inputs")
+    (d / "img").mkdir(), (d / "anat").mkdir()
+    shutil.copy(ABDOMEN[0], d / "img" / "abd_0000.nii.gz")
+    shutil.copy(ABDOMEN[1], d / "anat" / "abd.nii.gz")
+    return d
+
+
+def stock_predictor(model) -> "nnUNetPredictor":
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    p = nnUNetPredictor(use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
+    p.initialize_from_trained_model_folder(str(model), (0,))
+    return p
+
+
+def stock_on(model, img: sitk.Image) -> np.ndarray:
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    p = stock_predictor(model)
+    arr = sitk.GetArrayFromImage(img)[None].astype(np.float32)
+    props = {"spacing": list(img.GetSpacing())[::-1],
+             "sitk_stuff": {"spacing": img.GetSpacing(), "origin": img.GetOrigin(), "direction": img.GetDirection()}}
+    return p.predict_single_npy_array(arr, props)
+
+
+def ctarr_predictor(model, region, anat, on_miss="full", sidecar=None):
+    p = nnUNetPredictorCTARR(use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
+    p.initialize_from_trained_model_folder(str(model), (0,))
+    p.ctarr_setup(load_region(region), PrecomputedAnatomy(anat), on_miss=on_miss, sidecar_folder=sidecar)
+    return p
+
+
+def _box_slices(side):
+    for b in side["boxes"]:
+        if b["status"] != "outside":
+            s, e = b["index_start_xyz"], b["index_stop_xyz"]
+            yield (slice(s[2], e[2]), slice(s[1], e[1]), slice(s[0], e[0])), (s, e)
+
+
+@pytest.mark.parametrize("region,sequential", [("liver", True), ("kidneys", False)])
+def test_inside_equals_stock_on_crop_and_outside_is_background(tiny_model, inputs, tmp_path, region, sequential):
+    out = tmp_path / "out"
+    p = ctarr_predictor(tiny_model, region, inputs / "anat", sidecar=str(out))
+    if sequential:
+        p.predict_from_files_sequential(str(inputs / "img"), str(out), save_probabilities=True)
+    else:
+        p.predict_from_files(str(inputs / "img"), str(out), save_probabilities=True,
+                             num_processes_preprocessing=1, num_processes_segmentation_export=1)
+    src = sitk.ReadImage(str(inputs / "img" / "abd_0000.nii.gz"))
+    res = sitk.ReadImage(str(out / "abd.nii.gz"))
+    assert res.GetSize() == src.GetSize() and res.GetSpacing() == src.GetSpacing()
+    assert res.GetOrigin() == src.GetOrigin() and res.GetDirection() == src.GetDirection()
+    seg = sitk.GetArrayFromImage(res)
+    side = json.loads((out / "abd.ctarr.json").read_text())
+    assert side["mode"] == "crop"
+    inside = np.zeros(seg.shape, bool)
+    for sl, (s, e) in _box_slices(side):
+        stock = stock_on(tiny_model, src[s[0]:e[0], s[1]:e[1], s[2]:e[2]])
+        assert np.array_equal(seg[sl], stock)
+        inside[sl] = True
+    assert inside.mean() < 0.5
+    assert np.all(seg[~inside] == 0)
+    probs = np.load(out / "abd.npz")["probabilities"]
+    assert probs.shape == (3,) + seg.shape
+    assert np.all(probs[0][~inside] == 1) and np.all(probs[1:, ~inside] == 0)
+    assert np.array_equal(probs.argmax(0)[inside], seg[inside])
+
+
+def test_dicom_folder_input_keeps_dicom_geometry(tiny_model, tmp_path):
+    anat = tmp_path / "anat"
+    anat.mkdir()
+    shutil.copy(DICOM[1], anat / "example_ct_dicom.nii.gz")
+    r = subprocess.run([sys.executable, "-m", "nnunet_ctarr.cli.predict", "-i", str(DICOM[0]), "-o", str(tmp_path / "o"),
+                        "-m", str(tiny_model), "-f", "0", "-device", "cpu", "-region", "liver", "-anatomy_seg",
+                        str(anat), "--disable_tta", "-npp", "0", "-nps", "0", "--save_ctarr_json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    dcm = sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(DICOM[0])))
+    res = sitk.ReadImage(str(tmp_path / "o" / "example_ct_dicom.nii.gz"))
+    assert res.GetSize() == dcm.GetSize()
+    assert np.allclose(res.GetOrigin(), dcm.GetOrigin()) and np.allclose(res.GetSpacing(), dcm.GetSpacing())
+    assert np.allclose(res.GetDirection(), dcm.GetDirection())
+    assert json.loads((tmp_path / "o" / "example_ct_dicom.ctarr.json").read_text())["mode"] == "crop"
+
+
+def _scrambled_anatomy(path):
+    """The abdomen's anatomy with its labels shuffled: organs in anatomically impossible places."""
+    lab = sitk.ReadImage(str(ABDOMEN[1]))
+    a = sitk.GetArrayFromImage(lab)
+    rng = np.random.default_rng(3)
+    perm = np.arange(256)
+    perm[1:118] = rng.permutation(np.arange(1, 118))
+    img = sitk.GetImageFromArray(perm[a].astype(np.uint8))
+    img.CopyInformation(lab)
+    sitk.WriteImage(img, str(path))
+
+
+@pytest.mark.parametrize("case", ["blank", "scrambled"])
+def test_implausible_anatomy_falls_back_to_full_prediction(tiny_model, inputs, tmp_path, case):
+    anat = tmp_path / "anat"
+    anat.mkdir()
+    if case == "blank":
+        lab = sitk.ReadImage(str(ABDOMEN[1])) * 0
+        sitk.WriteImage(lab, str(anat / "abd.nii.gz"))
+    else:
+        _scrambled_anatomy(anat / "abd.nii.gz")
+    out = tmp_path / "out"
+    p = ctarr_predictor(tiny_model, "liver", anat, sidecar=str(out))
+    p.predict_from_files_sequential(str(inputs / "img"), str(out))
+    side = json.loads((out / "abd.ctarr.json").read_text())
+    assert side["mode"] == "full"
+    assert any("not trusted" in w for w in side["warnings"])
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "abd.nii.gz")))
+    assert np.array_equal(seg, stock_on(tiny_model, sitk.ReadImage(str(inputs / "img" / "abd_0000.nii.gz"))))
+
+
+@pytest.mark.parametrize("on_miss", ["full", "empty"])
+def test_region_outside_fov(tiny_model, tmp_path, on_miss):
+    (tmp_path / "img").mkdir(), (tmp_path / "anat").mkdir()
+    shutil.copy(CHEST[0], tmp_path / "img" / "chest_0000.nii.gz")
+    shutil.copy(CHEST[1], tmp_path / "anat" / "chest.nii.gz")
+    out = tmp_path / "out"
+    p = ctarr_predictor(tiny_model, "urinary_bladder", tmp_path / "anat", on_miss=on_miss, sidecar=str(out))
+    p.predict_from_files_sequential(str(tmp_path / "img"), str(out), save_probabilities=True)
+    side = json.loads((out / "chest.ctarr.json").read_text())
+    assert side["mode"] == on_miss and any("outside the field of view" in w for w in side["warnings"])
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "chest.nii.gz")))
+    if on_miss == "empty":
+        assert not seg.any()
+        assert np.all(np.load(out / "chest.npz")["probabilities"][0] == 1)
+    else:
+        assert np.array_equal(seg, stock_on(tiny_model, sitk.ReadImage(str(CHEST[0]))))
+
+
+def test_npy_entry_points_match_file_path(tiny_model, inputs, tmp_path):
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    data, props = SimpleITKIO().read_images([str(inputs / "img" / "abd_0000.nii.gz")])
+    p = ctarr_predictor(tiny_model, "kidneys", inputs / "anat")
+    single = p.predict_single_npy_array(data, props, anatomy=sitk.ReadImage(str(ABDOMEN[1])), case="abd")
+    listed = p.predict_from_list_of_npy_arrays([data], None, [props], None, num_processes=1,
+                                               anatomy=[sitk.ReadImage(str(ABDOMEN[1]))], cases=["abd"])
+    p2 = ctarr_predictor(tiny_model, "kidneys", inputs / "anat")
+    p2.predict_from_files_sequential(str(inputs / "img"), str(tmp_path / "o"))
+    ref = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "o" / "abd.nii.gz")))
+    assert np.array_equal(single, ref) and np.array_equal(listed[0], ref)
+
+
+def test_model_folder_ctarr_json_sets_region(tiny_model, inputs, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    (model / "ctarr.json").write_text(json.dumps({"region": "liver", "margin_mm": 5.0}))
+    r = subprocess.run([sys.executable, "-m", "nnunet_ctarr.cli.predict", "-i", str(inputs / "img"), "-o",
+                        str(tmp_path / "o"), "-m", str(model), "-f", "0", "-device", "cpu", "-anatomy_seg",
+                        str(inputs / "anat"), "--disable_tta", "-npp", "0", "-nps", "0", "--save_ctarr_json"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    side = json.loads((tmp_path / "o" / "abd.ctarr.json").read_text())
+    assert side["region"] == "liver" and side["mode"] == "crop"
+
+
+def test_merge_takes_most_confident_box_and_background_outside():
+    p1 = np.zeros((3, 2, 2, 4), np.float32)
+    p1[0], p1[1] = 0.3, 0.7          # box 1: class 1 with 0.7
+    p2 = np.zeros((3, 2, 2, 4), np.float32)
+    p2[0], p2[2] = 0.1, 0.9          # box 2: class 2 with 0.9
+    winner, probs = merge_box_probabilities((2, 2, 10), [(p1, [0, 0, 0], [4, 2, 2]), (p2, [2, 0, 0], [6, 2, 2])], 3, True)
+    assert np.all(winner[..., 0:2] == 0) and np.all(winner[..., 2:6] == 1) and np.all(winner[..., 6:] == -1)
+    assert np.all(probs[2, :, :, 2:4] == 0.9)                 # overlap: the more confident box
+    assert np.all(probs[0, :, :, 6:] == 1)                   # outside: background
+
+
+def test_cli_errors_are_one_line(tiny_model, inputs, tmp_path):
+    base = [sys.executable, "-m", "nnunet_ctarr.cli.predict", "-i", str(inputs / "img"), "-o", str(tmp_path / "o"),
+            "-m", str(tiny_model), "-f", "0", "-device", "cpu"]
+    r = subprocess.run(base + ["-region", "liver"], capture_output=True, text=True)
+    assert r.returncode == 1 and "exactly one anatomy source" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run(base + ["-anatomy_seg", str(inputs / "anat")], capture_output=True, text=True)
+    assert r.returncode == 1 and "no region" in r.stderr and "Traceback" not in r.stderr
