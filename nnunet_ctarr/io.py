@@ -192,3 +192,27 @@ def list_inputs(path: str | Path) -> list[Path]:
     if is_dicom_dir(path):
         return [path]
     raise CTARRError(f"{path} holds no images (.nii.gz, .nii, .nrrd, .mha, .mhd) and no DICOM series")
+
+
+class ImageHeader:
+    """Geometry of an image file without its voxels (size, origin, spacing, direction and the
+    index <-> physical conversions of ``sitk.Image``)."""
+
+    def __init__(self, path: str | Path):
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError:
+            raise CTARRError(f"cannot read {path}: not a readable image") from None
+        self._size = tuple(int(v) for v in reader.GetSize())
+        self._proxy = sitk.Image([1] * len(self._size), sitk.sitkUInt8)
+        self._proxy.SetOrigin(reader.GetOrigin())
+        self._proxy.SetSpacing(reader.GetSpacing())
+        self._proxy.SetDirection(reader.GetDirection())
+
+    def GetSize(self):
+        return self._size
+
+    def __getattr__(self, name):          # GetOrigin, GetSpacing, GetDirection, Transform*
+        return getattr(self._proxy, name)

@@ -81,7 +81,8 @@ def _build(args) -> None:
           "name": name, "description": "randomly initialised model for nnunet-ctarr tests/benchmarks"}
     (raw / "dataset.json").write_text(json.dumps(dj, indent=2))
     extract_fingerprints([args.d], num_processes=1, verbose=False, show_progress_bar=False)
-    plans_id = plan_experiments([args.d], overwrite_target_spacing=args.spacing)
+    plans_id = plan_experiments([args.d], gpu_memory_target_in_gb=args.gpu_memory_gb,
+                                overwrite_target_spacing=args.spacing)
     plans_file = work / "nnUNet_preprocessed" / name / f"{plans_id}.json"
     plans = json.loads(plans_file.read_text())
     plans["configurations"] = {k: v for k, v in plans["configurations"].items() if k == "3d_fullres"}
@@ -114,6 +115,7 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--spacing", nargs=3, type=float, default=None, help="target spacing z y x")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--gpu_memory_gb", type=float, default=None, help="nnU-Net planner memory target (patch size)")
     ap.add_argument("-d", type=int, default=987)
     _build(ap.parse_args())
 

@@ -36,7 +36,8 @@ from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPre
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from .atlas import Atlas
-from .errors import CTARRError, WarningLog, logger
+from .errors import CTARRError, WarningLog
+from .io import ImageHeader
 from .pipeline import locate, plan_region
 from .registration import RegistrationSettings
 from .regions import Region
@@ -205,7 +206,7 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
         self.ctarr_anatomy.prepare(cases)
         plans = []
         for case, files in cases.items():
-            image = sitk.ReadImage(files[0])
+            image = sitk.ReadImage(files[0]) if self.ctarr_qc_folder else ImageHeader(files[0])
             plan = self._ctarr_localise(case, image)
             plan["case"] = case
             plan["header"] = (image.GetSize(), image.GetOrigin(), image.GetSpacing(), image.GetDirection())

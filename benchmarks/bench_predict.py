@@ -1,0 +1,182 @@
+"""Stock nnUNetv2 prediction vs nnUNetv2_predict_ctarr on real CTs at clinical-like resolution.
+
+    python benchmarks/bench_predict.py [--data ../shared/data] [--device cpu] [--out docs/benchmark_predict]
+
+As in the CTARR paper's speed experiment: a randomly initialised nnU-Net 3d_fullres model,
+planned by nnU-Net for a CT dataset (real architecture, real sliding window), built on the
+fly. Cases: the LIDC chest CT at 1.5 x 1.5 x 2.5 mm and the TotalSegmentator abdomen CT
+resampled to the same spacing, with their TotalSegmentator maps as precomputed anatomy.
+For each case and region, stock and CTARR runs alternate in one process (model loaded once,
+``predict_from_files_sequential`` = ``-npp 0 -nps 0``, TTA off; wall time of the call, i.e. read,
+CTARR localisation, preprocessing, sliding window, export). Reported per run: wall seconds, voxel ratio
+full/crop, speedup, CTARR overhead (localisation seconds from the sidecar) and its share of
+the stock time, and two checks: background outside the region, and equality inside with
+stock nnU-Net run on the cropped image.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = {"chest": ("chest_lidc/chest_ct_1p5mm.nii.gz", "chest_lidc/chest_ct_1p5mm_totalseg_v2.nii.gz", ["heart", "liver"]),
+         "abdomen": ("totalseg_example/example_ct.nii.gz", "totalseg_example/example_ct_totalseg_v2.nii.gz", ["kidneys", "liver"])}
+SPACING = (1.5, 1.5, 2.5)
+
+
+def resample(img: sitk.Image, spacing, interp) -> sitk.Image:
+    size = [int(round(s * sp / t)) for s, sp, t in zip(img.GetSize(), img.GetSpacing(), spacing)]
+    return sitk.Resample(img, size, sitk.Transform(), interp, img.GetOrigin(), spacing, img.GetDirection(),
+                         -1024 if interp != sitk.sitkNearestNeighbor else 0, img.GetPixelID())
+
+
+def n_patches(size_xyz, spacing_xyz, plan: dict, step: float = 0.5) -> int:
+    """Sliding-window patches nnU-Net runs for an image of this size (after resampling to the
+    plan's spacing and padding to at least one patch)."""
+    from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
+    shape = [max(int(round(n * s / t)), p) for n, s, t, p in
+             zip(list(size_xyz)[::-1], list(spacing_xyz)[::-1], plan["spacing"], plan["patch_size"])]
+    steps = compute_steps_for_sliding_window(shape, plan["patch_size"], step)
+    return int(np.prod([len(s) for s in steps]))
+
+
+def stock_on_crop(model: Path, img_path: Path, side: dict, device: str) -> list[np.ndarray]:
+    import torch
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+    p = nnUNetPredictor(use_mirroring=False, device=torch.device(device), allow_tqdm=False)
+    p.initialize_from_trained_model_folder(str(model), (0,))
+    img = sitk.ReadImage(str(img_path))
+    out = []
+    for b in side["boxes"]:
+        if b["status"] == "outside":
+            continue
+        s, e = b["index_start_xyz"], b["index_stop_xyz"]
+        crop = img[s[0]:e[0], s[1]:e[1], s[2]:e[2]]
+        props = {"spacing": list(crop.GetSpacing())[::-1], "sitk_stuff": {
+            "spacing": crop.GetSpacing(), "origin": crop.GetOrigin(), "direction": crop.GetDirection()}}
+        out.append(p.predict_single_npy_array(sitk.GetArrayFromImage(crop)[None].astype(np.float32), props))
+    return out
+
+
+def to_markdown(result: dict) -> str:
+    m = result["model"]
+    md = [f"Device: {result['device']} ({result['machine']}); model: nnU-Net 3d_fullres planned for the data, patch "
+          f"{m['patch_size']}, spacing {m['spacing']}, features {m['features_per_stage']}, random weights; "
+          f"{result['flags']}.", "",
+          "| case (size) | region | stock s | CTARR s | voxel ratio | speedup | speedup / voxel ratio | patches full / crop | "
+          "speedup / patch ratio | CTARR overhead s (share of stock) | outside bg | inside = stock on crop |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        md.append(f"| {r['case']} {tuple(r['size_xyz'])} | {r['region']} ({r['boxes']} box) | {r['stock_s']} | "
+                  f"{r['ctarr_s']} | {r['voxel_ratio']} | {r['speedup']} | {100 * r['speedup_of_limit']:.0f}% | "
+                  f"{r['patches_full']} / {r['patches_crop']} | {100 * r['speedup_of_patch_limit']:.0f}% | "
+                  f"{r['ctarr_overhead_s']:.2f} ({100 * r['overhead_share_of_stock']:.1f}%) | "
+                  f"{r['outside_background']} | {r['inside_equals_stock_on_crop']} |")
+    return "\n".join(md)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--gpu_memory_gb", type=float, default=None, help="planner memory target (default nnU-Net's 8)")
+    ap.add_argument("--out", default=None, help="write OUT.json and OUT.md")
+    args = ap.parse_args()
+    data = Path(args.data)
+    tmp = Path(tempfile.mkdtemp(prefix="ctarr_bench_predict_"))
+    try:
+        cases = {}
+        for name, (img_f, lab_f, regions) in CASES.items():
+            img, lab = sitk.ReadImage(str(data / img_f)), sitk.ReadImage(str(data / lab_f))
+            if not np.allclose(img.GetSpacing(), SPACING):
+                img, lab = resample(img, SPACING, sitk.sitkLinear), resample(lab, SPACING, sitk.sitkNearestNeighbor)
+            d = tmp / name
+            (d / "img").mkdir(parents=True), (d / "anat").mkdir()
+            sitk.WriteImage(img, str(d / "img" / f"{name}_0000.nii.gz"))
+            sitk.WriteImage(lab, str(d / "anat" / f"{name}.nii.gz"))
+            a = sitk.GetArrayFromImage(lab)
+            tgt = sitk.GetImageFromArray(np.where(a == 5, 1, np.where(np.isin(a, [2, 3]), 2, 0)).astype(np.uint8))
+            tgt.CopyInformation(lab)
+            sitk.WriteImage(tgt, str(d / "target.nii.gz"))
+            cases[name] = (d, regions, img.GetSize())
+        sys.path.insert(0, str(ROOT))
+        from nnunet_ctarr.model_factory import make_random_model
+        extra = ["--gpu_memory_gb", str(args.gpu_memory_gb)] if args.gpu_memory_gb else []
+        model = make_random_model(tmp / "model", [cases[c][0] / "img" / f"{c}_0000.nii.gz" for c in cases],
+                                  [cases[c][0] / "target.nii.gz" for c in cases], {"background": 0, "liver": 1, "kidney": 2},
+                                  tiny=False, extra_args=extra)
+        plans = json.loads((model / "plans.json").read_text())["configurations"]["3d_fullres"]
+        import torch
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        from nnunet_ctarr.anatomy_source import PrecomputedAnatomy
+        from nnunet_ctarr.predictor import nnUNetPredictorCTARR
+        from nnunet_ctarr.regions import load_region
+        device = torch.device(args.device)
+        if args.device == "cpu":
+            torch.set_num_threads(os.cpu_count())
+        stock = nnUNetPredictor(use_mirroring=False, device=device, allow_tqdm=False)
+        stock.initialize_from_trained_model_folder(str(model), (0,))
+        ctarr = nnUNetPredictorCTARR(use_mirroring=False, device=device, allow_tqdm=False)
+        ctarr.initialize_from_trained_model_folder(str(model), (0,))
+        rows = []
+        for name, (d, regions, size) in cases.items():
+            for region in regions:
+                stock_out, ctarr_out = d / f"stock_{region}", d / f"ctarr_{region}"
+                stock_out.mkdir(), ctarr_out.mkdir()
+                t0 = time.perf_counter()
+                stock.predict_from_files_sequential(str(d / "img"), str(stock_out))
+                t_stock = time.perf_counter() - t0
+                ctarr.ctarr_setup(load_region(region), PrecomputedAnatomy(d / "anat"), sidecar_folder=str(ctarr_out))
+                t0 = time.perf_counter()
+                ctarr.predict_from_files_sequential(str(d / "img"), str(ctarr_out))
+                t_ctarr = time.perf_counter() - t0
+                side = json.loads((ctarr_out / f"{name}.ctarr.json").read_text())
+                seg = sitk.GetArrayFromImage(sitk.ReadImage(str(ctarr_out / f"{name}.nii.gz")))
+                inside = np.zeros(seg.shape, bool)
+                equal = True
+                used = [b for b in side["boxes"] if b["status"] != "outside"]
+                for b, stock_crop in zip(used, stock_on_crop(model, d / "img" / f"{name}_0000.nii.gz", side, args.device)):
+                    s, e = b["index_start_xyz"], b["index_stop_xyz"]
+                    sl = (slice(s[2], e[2]), slice(s[1], e[1]), slice(s[0], e[0]))
+                    equal &= bool(np.array_equal(seg[sl], stock_crop))
+                    inside[sl] = True
+                ratio = 1.0 / side["voxel_fraction"]
+                p_full = n_patches(size, SPACING, plans)
+                p_crop = sum(n_patches(np.array(b["index_stop_xyz"]) - b["index_start_xyz"], SPACING, plans) for b in used)
+                rows.append({"case": name, "size_xyz": list(size), "region": region, "boxes": len(used),
+                             "patches_full": p_full, "patches_crop": p_crop,
+                             "speedup_of_patch_limit": round(t_stock / t_ctarr / (p_full / p_crop), 3),
+                             "stock_s": round(t_stock, 2), "ctarr_s": round(t_ctarr, 2),
+                             "voxel_ratio": round(ratio, 2), "speedup": round(t_stock / t_ctarr, 2),
+                             "speedup_of_limit": round(t_stock / t_ctarr / ratio, 3),
+                             "ctarr_overhead_s": side["seconds_ctarr"],
+                             "overhead_share_of_stock": round(side["seconds_ctarr"] / t_stock, 4),
+                             "outside_background": bool(np.all(seg[~inside] == 0)), "inside_equals_stock_on_crop": equal})
+                print(json.dumps(rows[-1]), flush=True)
+        result = {"device": args.device, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                  "model": {"patch_size": plans["patch_size"], "spacing": plans["spacing"],
+                            "features_per_stage": plans["architecture"]["arch_kwargs"]["features_per_stage"],
+                            "n_stages": plans["architecture"]["arch_kwargs"]["n_stages"]},
+                  "flags": "TTA off, step 0.5, sequential (-npp 0 -nps 0), fold 0, model loaded once; times = predict_from_files_sequential per case", "rows": rows}
+        md = to_markdown(result)
+        print(md)
+        if args.out:
+            Path(args.out + ".json").write_text(json.dumps(result, indent=2) + "\n")
+            Path(args.out + ".md").write_text(md + "\n")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
