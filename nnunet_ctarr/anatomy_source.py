@@ -10,7 +10,6 @@ import json
 import tempfile
 from pathlib import Path
 
-import SimpleITK as sitk
 
 from .anatomy import AnatomyMasks, LabelScheme, load_anatomy
 from .errors import CTARRError, WarningLog
@@ -96,7 +95,3 @@ class ModelAnatomy:
     def label_file(self, case: str) -> Path:
         return self.out / f"{case}.nii.gz"
 
-
-def write_label_image(img: sitk.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(img, str(path), True)

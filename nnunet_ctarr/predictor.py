@@ -272,7 +272,13 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
                             links.append(str(link))
                         plans_by_key[os.path.abspath(links[0])] = dict(box, mode="crop", paste="crop")
                         box_lists.append(links), box_outs.append(str(tmp / "out" / f"{plan['case']}__box{k}"))
-                        box_prev.append(prev)
+                        bprev = None
+                        if prev:                       # previous-stage segmentation under the pseudo-case name
+                            plink = tmp / "prev" / f"{plan['case']}__box{k}{ending}"
+                            plink.parent.mkdir(parents=True, exist_ok=True)
+                            _link_or_copy(prev, plink)
+                            bprev = str(plink)
+                        box_prev.append(bprev)
                     box_jobs.append((plan, out))
             self.configuration_manager = CTARRConfigurationManager(original_cm.configuration, plans_by_key)
             if single_lists:

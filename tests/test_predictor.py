@@ -214,3 +214,50 @@ def test_cli_errors_are_one_line(tiny_model, inputs, tmp_path):
     assert r.returncode == 1 and "exactly one anatomy source" in r.stderr and "Traceback" not in r.stderr
     r = subprocess.run(base + ["-anatomy_seg", str(inputs / "anat")], capture_output=True, text=True)
     assert r.returncode == 1 and "no region" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.fixture(scope="session")
+def random_anatomy_model(tmp_path_factory):
+    """A 19-group anatomy model with random weights: its anatomy is garbage, as an untrained
+    model's would be, and the predictor must notice."""
+    from nnunet_ctarr.anatomy import GROUPS, load_anatomy
+    from nnunet_ctarr.errors import WarningLog
+    tmp = tmp_path_factory.mktemp("anatomy_model")
+    labs = []
+    for name, lab_f in (("abd", ABDOMEN[1]), ("chest", CHEST[1])):
+        sitk.WriteImage(load_anatomy(lab_f, warnings=WarningLog()).labels, str(tmp / f"{name}.nii.gz"))
+        labs.append(tmp / f"{name}.nii.gz")
+    names = {"background": 0, **{g: i + 1 for i, g in enumerate(GROUPS)}}
+    return make_random_model(tmp / "model", [ABDOMEN[0], CHEST[0]], labs, names, dataset_id=988, seed=1)
+
+
+def test_anatomy_model_source_is_mapped_by_names_and_untrusted_output_falls_back(
+        tiny_model, random_anatomy_model, inputs, tmp_path):
+    from nnunet_ctarr.anatomy_source import ModelAnatomy
+    src = ModelAnatomy(random_anatomy_model, folds=(0,), device="cpu", disable_tta=True, npp=0, nps=0)
+    assert src.scheme.observed.all()                       # dataset.json names = the 19 groups
+    p = nnUNetPredictorCTARR(use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
+    p.initialize_from_trained_model_folder(str(tiny_model), (0,))
+    out = tmp_path / "out"
+    p.ctarr_setup(load_region("liver"), src, sidecar_folder=str(out))
+    p.predict_from_files_sequential(str(inputs / "img"), str(out))
+    assert src.label_file("abd").exists()                  # the anatomy model ran once, at its own resolution
+    side = json.loads((out / "abd.ctarr.json").read_text())
+    assert side["mode"] == "full" and any("not trusted" in w for w in side["warnings"])
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "abd.nii.gz")))
+    assert np.array_equal(seg, stock_on(tiny_model, sitk.ReadImage(str(inputs / "img" / "abd_0000.nii.gz"))))
+
+
+def test_anatomy_model_with_totalsegmentator_names(tmp_path):
+    from nnunet_ctarr.anatomy import totalsegmentator_scheme
+    from nnunet_ctarr.anatomy_source import ModelAnatomy
+    folder = tmp_path / "ts_model"
+    folder.mkdir()
+    labels = {"background": 0, **{n: i for i, n in totalsegmentator_scheme(1).items()}}
+    (folder / "dataset.json").write_text(json.dumps({"labels": labels, "channel_names": {"0": "CT"},
+                                                     "file_ending": ".nii.gz"}))
+    (folder / "plans.json").write_text("{}")
+    src = ModelAnatomy(folder)
+    from nnunet_ctarr.anatomy import GROUPS
+    unobserved = {GROUPS[i] for i in np.nonzero(~src.scheme.observed)[0]}
+    assert unobserved == {"skull", "sternum"}              # v1 names: heart from chambers, no skull/sternum

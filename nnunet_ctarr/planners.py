@@ -1,0 +1,57 @@
+"""nnU-Net experiment planner for the CTARR anatomy model: 3 mm isotropic, 64^3 patches.
+
+nnU-Net 2.8 only finds ``-pl`` planners inside its own package, so this planner is driven by
+``nnUNetv2_ctarr_plan_and_preprocess`` (fingerprint -> plan -> preprocess through nnU-Net's API).
+"""
+from __future__ import annotations
+
+from typing import Union
+
+import numpy as np
+from batchgenerators.utilities.file_and_folder_operations import join, save_json
+from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner import ExperimentPlanner
+from nnunetv2.experiment_planning.experiment_planners.network_topology import get_pool_and_conv_props
+
+PLANS_NAME = "nnUNetPlans_CTARR3mm"
+SPACING_MM = 3.0
+PATCH = (64, 64, 64)
+
+
+class CTARR3mmPlanner(ExperimentPlanner):
+    """3d_fullres only (no lowres/cascade/2d), 3 mm isotropic spacing, 64^3 patch, the
+    paper's 4-stage U-Net width (32 features in the first stage)."""
+
+    def __init__(self, dataset_name_or_id: Union[str, int], gpu_memory_target_in_gb: float = 8,
+                 preprocessor_name: str = "DefaultPreprocessor", plans_name: str = PLANS_NAME,
+                 overwrite_target_spacing=None, suppress_transpose: bool = True):
+        super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
+                         [SPACING_MM] * 3, suppress_transpose=True)
+
+    def save_plans(self, plans: dict) -> None:
+        """Reduce nnU-Net's plans to the CTARR configuration, then save them (replacing, not
+        merging with, an older file of the same name)."""
+        from nnunetv2.paths import nnUNet_preprocessed
+        from nnunetv2.utilities.json_export import recursive_fix_for_json_export
+        cfg = plans["configurations"]["3d_fullres"]
+        spacing = [SPACING_MM] * 3
+        _, pool_op_kernel_sizes, conv_kernel_sizes, patch, _ = get_pool_and_conv_props(
+            spacing, PATCH, self.UNet_featuremap_min_edge_length, 999999)
+        n_stages = len(pool_op_kernel_sizes)
+        cfg["architecture"]["arch_kwargs"].update({
+            "n_stages": n_stages,
+            "features_per_stage": [min(self.UNet_max_features_3d, self.UNet_base_num_features * 2 ** i)
+                                   for i in range(n_stages)],
+            "kernel_sizes": [list(k) for k in conv_kernel_sizes],
+            "strides": [list(s) for s in pool_op_kernel_sizes],
+            "n_conv_per_stage": list(self.UNet_blocks_per_stage_encoder[:n_stages]),
+            "n_conv_per_stage_decoder": list(self.UNet_blocks_per_stage_decoder[:n_stages - 1]),
+        })
+        cfg["patch_size"] = [int(v) for v in patch]
+        cfg["spacing"] = spacing
+        cfg["batch_size"] = 4                                  # the paper's batch size
+        median = np.array(plans["original_median_shape_after_transp"]) * np.array(
+            plans["original_median_spacing_after_transp"]) / SPACING_MM
+        cfg["median_image_size_in_voxels"] = [int(round(v)) for v in median]
+        plans["configurations"] = {"3d_fullres": cfg}
+        recursive_fix_for_json_export(plans)
+        save_json(plans, join(nnUNet_preprocessed, self.dataset_name, self.plans_identifier + ".json"), sort_keys=False)
