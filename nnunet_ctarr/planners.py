@@ -49,6 +49,8 @@ class CTARR3mmPlanner(ExperimentPlanner):
         cfg["patch_size"] = [int(v) for v in patch]
         cfg["spacing"] = spacing
         cfg["batch_size"] = 4                                  # the paper's batch size
+        cfg["normalization_schemes"] = ["NoNormalization"]    # raw HU: the trainer windows itself
+        cfg["use_mask_for_norm"] = [False]
         median = np.array(plans["original_median_shape_after_transp"]) * np.array(
             plans["original_median_spacing_after_transp"]) / SPACING_MM
         cfg["median_image_size_in_voxels"] = [int(round(v)) for v in median]

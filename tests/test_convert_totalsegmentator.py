@@ -79,6 +79,7 @@ def test_plan_and_preprocess_3mm(tmp_path):
     cfg = plans["configurations"]["3d_fullres"]
     assert cfg["spacing"] == [3.0, 3.0, 3.0] and cfg["patch_size"] == [64, 64, 64] and cfg["batch_size"] == 4
     assert cfg["architecture"]["arch_kwargs"]["features_per_stage"][0] == 32
+    assert cfg["normalization_schemes"] == ["NoNormalization"]          # raw HU; the trainer windows itself
     data = pre / "Dataset502_CTARRAnatomy" / cfg["data_identifier"]
     assert len(list(data.glob("s000*"))) >= 2
     r = subprocess.run([sys.executable, "-m", "nnunet_ctarr.cli.plan_and_preprocess", "-d", "502"],

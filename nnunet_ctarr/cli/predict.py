@@ -111,6 +111,8 @@ def _prepare_inputs(src: Path, tmp: Path) -> str | list[list[str]]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
+    from ..trainer_path import ensure_ext_trainer_path
+    ensure_ext_trainer_path()                 # models trained with the CTARR trainers are found
     import torch
     from ..predictor import nnUNetPredictorCTARR
 

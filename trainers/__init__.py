@@ -1,0 +1,1 @@
+"""nnU-Net trainers of nnunet-ctarr (installed as ``nnunet_ctarr.trainers``)."""
