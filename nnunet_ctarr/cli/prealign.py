@@ -33,6 +33,17 @@ def _locate(image_path: str, anatomy_path: str, fmt: str, atlas: Atlas, device: 
     return image, locate(image, anat, atlas, RegistrationSettings(device=device), warnings)
 
 
+def _parse_common(ap: argparse.ArgumentParser, argv):
+    """Options shared by both commands; parses and sets up logging."""
+    ap.add_argument("--anatomy_format", default="auto")
+    ap.add_argument("--atlas", default=None)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    setup_logging(args.verbose)
+    return args
+
+
 def prealign_main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="nnUNetv2_ctarr_prealign", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -41,12 +52,7 @@ def prealign_main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", dest="out", required=True, help="output prefix: OUT.tfm and OUT.json")
     ap.add_argument("--fixed_anatomy", required=True)
     ap.add_argument("--moving_anatomy", required=True)
-    ap.add_argument("--anatomy_format", default="auto")
-    ap.add_argument("--atlas", default=None)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("-v", "--verbose", action="store_true")
-    args = ap.parse_args(argv)
-    setup_logging(args.verbose)
+    args = _parse_common(ap, argv)
     t0 = time.perf_counter()
     atlas = Atlas.load(args.atlas)
     _, fixed = _locate(args.fixed, args.fixed_anatomy, args.anatomy_format, atlas, args.device)
@@ -78,12 +84,7 @@ def body_height_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--anatomy_seg", required=True)
     ap.add_argument("-o", dest="out", required=True, help="JSON file")
     ap.add_argument("--plot", default=None, help="PNG of the score curve")
-    ap.add_argument("--anatomy_format", default="auto")
-    ap.add_argument("--atlas", default=None)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("-v", "--verbose", action="store_true")
-    args = ap.parse_args(argv)
-    setup_logging(args.verbose)
+    args = _parse_common(ap, argv)
     atlas = Atlas.load(args.atlas)
     image, loc = _locate(args.image, args.anatomy_seg, args.anatomy_format, atlas, args.device)
     lo, hi = atlas.extent()
