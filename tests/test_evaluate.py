@@ -1,0 +1,37 @@
+"""nnUNetv2_ctarr_evaluate on a small labelled folder built from the real scans."""
+from __future__ import annotations
+
+import csv
+import shutil
+
+import numpy as np
+import SimpleITK as sitk
+
+from conftest import ABDOMEN, CHEST
+from nnunet_ctarr.cli.evaluate import main
+
+
+def test_evaluate_liver_table_worst_first_and_qc(tmp_path):
+    imgs, labs, anat = tmp_path / "imagesTr", tmp_path / "labelsTr", tmp_path / "anat"
+    for d in (imgs, labs, anat):
+        d.mkdir()
+    for name, (img_f, lab_f) in (("abd", ABDOMEN), ("chest", CHEST)):
+        shutil.copy(img_f, imgs / f"{name}_0000.nii.gz")
+        shutil.copy(lab_f, anat / f"{name}.nii.gz")
+        lab = sitk.ReadImage(str(lab_f))
+        liver = sitk.Cast(lab == 5, sitk.sitkUInt8)
+        sitk.WriteImage(liver, str(labs / f"{name}.nii.gz"))
+    out = tmp_path / "eval"
+    assert main(["-i", str(tmp_path), "--anatomy_seg", str(anat), "-r", "liver", "-o", str(out), "--qc", "1"]) == 0
+    rows = list(csv.DictReader(open(out / "evaluation.csv")))
+    assert [r["case"] for r in rows] and len(rows) == 2
+    pres = [float(r["preserved_fg_percent"]) for r in rows]
+    assert pres == sorted(pres) and min(pres) >= 99.5
+    for r in rows:
+        assert float(r["fg_share_after_percent"]) > float(r["fg_share_before_percent"])
+        assert float(r["voxel_reduction"]) > 1.5 and r["orientation"] == "as in header"
+        # recompute the voxel reduction independently: crop share from the table equals 1/reduction
+        assert abs(float(r["fg_share_after_percent"]) / float(r["fg_share_before_percent"])
+                   - float(r["voxel_reduction"]) * float(r["preserved_fg_percent"]) / 100) < 0.05
+    assert "preserved foreground" in (out / "summary.md").read_text()
+    assert len(list(out.glob("*_qc.png"))) == 1
