@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .anatomy import AnatomyMasks, LabelScheme, load_anatomy
 from .errors import CTARRError, WarningLog
-from .io import read_image
+from .io import match_case_file, read_image
 
 
 class PrecomputedAnatomy:
@@ -29,7 +29,6 @@ class PrecomputedAnatomy:
         self.cases = list(cases)
 
     def load(self, case: str, warnings: WarningLog) -> AnatomyMasks:
-        from .cli.common import match_case_file
         return load_anatomy(match_case_file(self.path, case, self.cases, "anatomy segmentation"), self.fmt, warnings)
 
 
@@ -75,7 +74,7 @@ class ModelAnatomy:
                                     device=torch.device(self.device), verbose=self.verbose,
                                     allow_tqdm=not self.verbose)
         predictor.initialize_from_trained_model_folder(str(self.model_folder), self.folds, self.checkpoint)
-        todo = {c: f for c, f in cases.items() if not (self.out / f"{c}.nii.gz").exists()}
+        todo = {c: f for c, f in cases.items() if not self.label_file(c).exists()}
         if not todo:
             return
         n_in = len(self.dataset_json.get("channel_names", self.dataset_json.get("modality", {"0": "CT"})))
@@ -87,7 +86,7 @@ class ModelAnatomy:
             predictor.predict_from_files(lists, outs, False, True, max(self.npp, 1), max(self.nps, 1))
 
     def load(self, case: str, warnings: WarningLog) -> AnatomyMasks:
-        p = self.out / f"{case}.nii.gz"
+        p = self.label_file(case)
         if not p.exists():
             raise CTARRError(f"anatomy model produced no output for {case}")
         return AnatomyMasks.from_label_image(read_image(p), self.scheme, warnings, f"{self.model_folder.name}:{case}")

@@ -22,12 +22,13 @@ from .regions import Region
 @dataclass
 class RegionScore:
     region: str
+    n_boxes_used: int
     fg_voxels: int
+    fg_kept: int
     preserved_percent: float
     crop_voxel_fraction: float      # crop voxels / image voxels
     fg_share_before: float          # foreground share of the image (%)
     fg_share_after: float           # foreground share of the crop(s) (%)
-    n_boxes_used: int
 
 
 @dataclass
@@ -40,6 +41,16 @@ class CaseScore:
     seconds: float
     regions: list[RegionScore] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+
+
+def crop_scores(fg: np.ndarray, keep: np.ndarray) -> dict:
+    """Table 2 numbers for a foreground mask and the union of the crops (both [z, y, x]):
+    preserved foreground (%), crop share of the scan, foreground share before/after (%)."""
+    n_fg, n_keep = int(fg.sum()), int(keep.sum())
+    kept = int((fg & keep).sum())
+    return {"fg_voxels": n_fg, "fg_kept": kept, "preserved_percent": 100.0 * kept / n_fg if n_fg else None,
+            "crop_voxel_fraction": n_keep / fg.size, "fg_share_before": 100.0 * n_fg / fg.size,
+            "fg_share_after": 100.0 * kept / max(n_keep, 1)}
 
 
 def roi_mask(labels: sitk.Image, scheme: LabelScheme, structures: list[str]) -> np.ndarray:
@@ -59,20 +70,15 @@ def score_case(case: str, image: sitk.Image, anatomy: AnatomyMasks, labels: sitk
     secs = time.perf_counter() - t0
     tf = loc.transform
     out = CaseScore(case, tf.M.tolist(), tf.orientation_text, tf.scale.round(4).tolist(), loc.registration.dice, secs)
-    n_img = int(np.prod(image.GetSize()))
     for region in regions:
         structures = region.provenance.get("roi_structures_totalsegmentator_v2")
         if not structures:
             continue
         roi = roi_mask(labels, scheme, structures)
-        n_fg = int(roi.sum())
-        if n_fg == 0:
+        if not roi.any():
             continue
         plan = plan_region(image, loc, region, extra_margin_mm, warnings=WarningLog())
-        keep = plan.union_mask_zyx()
-        kept = int((roi & keep).sum())
-        n_keep = int(keep.sum())
-        out.regions.append(RegionScore(region.name, n_fg, 100.0 * kept / n_fg, n_keep / n_img,
-                                       100.0 * n_fg / n_img, 100.0 * kept / max(n_keep, 1), len(plan.usable)))
+        out.regions.append(RegionScore(region.name, n_boxes_used=len(plan.usable),
+                                       **crop_scores(roi, plan.union_mask_zyx())))
     out.warnings = list(warnings)
     return out

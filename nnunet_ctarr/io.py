@@ -138,6 +138,14 @@ def same_grid(a: sitk.Image, b: sitk.Image, tol: float = 1e-3) -> bool:
             and np.allclose(a.GetDirection(), b.GetDirection(), atol=tol))
 
 
+def world_overlap(a: sitk.Image, b: sitk.Image) -> tuple[float, float]:
+    """Shares of ``a``'s and of ``b``'s world bounding box that the two boxes have in common."""
+    alo, ahi = world_bbox(a)
+    blo, bhi = world_bbox(b)
+    inter = float(np.prod(np.clip(np.minimum(ahi, bhi) - np.maximum(alo, blo), 0, None)))
+    return inter / max(float(np.prod(ahi - alo)), 1e-9), inter / max(float(np.prod(bhi - blo)), 1e-9)
+
+
 def match_label_to_image(label: sitk.Image, image: sitk.Image, name: str = "label map") -> sitk.Image:
     """Return ``label`` on the grid of ``image``, matched in world coordinates.
 
@@ -147,10 +155,7 @@ def match_label_to_image(label: sitk.Image, image: sitk.Image, name: str = "labe
     """
     if same_grid(label, image):
         return label
-    lmin, lmax = world_bbox(label)
-    imin, imax = world_bbox(image)
-    inter = np.clip(np.minimum(lmax, imax) - np.maximum(lmin, imin), 0, None)
-    cover = float(np.prod(inter) / max(np.prod(imax - imin), 1e-9))
+    _, cover = world_overlap(label, image)
     if cover < 0.9:
         raise CTARRError(
             f"{name} does not match the image in world space: it covers {100 * cover:.0f}% of the image "
@@ -192,6 +197,37 @@ def list_inputs(path: str | Path) -> list[Path]:
     if is_dicom_dir(path):
         return [path]
     raise CTARRError(f"{path} holds no images (.nii.gz, .nii, .nrrd, .mha, .mhd) and no DICOM series")
+
+
+def match_case_file(where: Path, case: str, all_cases: list[str], what: str) -> Path:
+    """The file or folder in ``where`` that belongs to ``case``.
+
+    ``where`` may itself be the file. In a folder: exact name ``<case>`` (any image
+    extension, nnU-Net ``_0000`` suffix allowed, or a sub-folder), else a unique
+    ``<case>_*`` entry that is not claimed by a longer case id of the batch.
+    """
+    if not where.exists():
+        raise CTARRError(f"{what} not found: {where}")
+    if where.is_file() or (where.is_dir() and len(all_cases) == 1 and not _has_case_entries(where, case)):
+        return where
+    entries = [p for p in where.iterdir() if is_image_file(p) or p.is_dir()]
+    exact = [p for p in entries if case_id(p) == case or (p.is_dir() and p.name == case)]
+    if len(exact) == 1:
+        return exact[0]
+    longer = [c for c in all_cases if c != case and c.startswith(case + "_")]
+    pref = [p for p in entries if strip_extension(p.name).startswith(case + "_")
+            and not any(strip_extension(p.name) == c or strip_extension(p.name).startswith(c + "_") for c in longer)]
+    if len(pref) == 1:
+        return pref[0]
+    if not exact and not pref:
+        raise CTARRError(f"no {what} for case '{case}' in {where} (expected {case}{IMAGE_EXTENSIONS[0]} "
+                         f"or a folder {case}/)")
+    raise CTARRError(f"several {what} files match case '{case}' in {where}: {[p.name for p in exact + pref]}")
+
+
+def _has_case_entries(folder: Path, case: str) -> bool:
+    return any(strip_extension(p.name) == case or strip_extension(p.name).startswith(case + "_")
+               for p in folder.iterdir())
 
 
 class ImageHeader:

@@ -59,7 +59,6 @@ def _build(args) -> None:
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         os.environ[k] = str(work / k)
         (work / k).mkdir()
-    import numpy as np
     import SimpleITK as sitk
     import torch
     from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments

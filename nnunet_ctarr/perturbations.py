@@ -58,6 +58,13 @@ def _cut(img: sitk.Image, lo: np.ndarray, hi: np.ndarray) -> sitk.Image:
     return img[int(lo[0]):int(hi[0]), int(lo[1]):int(hi[1]), int(lo[2]):int(hi[2])]
 
 
+def _zoomed(img: sitk.Image, spacing, f: float) -> sitk.Image:
+    """A copy of ``img`` whose spacing is ``spacing * f`` (array unchanged: anatomy zoomed by f)."""
+    out = sitk.Image(img)
+    out.SetSpacing([s * f for s in spacing])
+    return out
+
+
 def standard_perturbations(image: sitk.Image, labels: sitk.Image) -> list[Perturbed]:
     """The suite used by the tests: FOV cuts, rotations/flips (array), zoom, orientations."""
     img_c, lab_c = canonical(image), canonical(labels)
@@ -82,11 +89,9 @@ def standard_perturbations(image: sitk.Image, labels: sitk.Image) -> list[Pertur
     for name, op in ops.items():
         pi, pl = _array_op(img_c, op), _array_op(lab_c, op)
         out.append(Perturbed(name, pi, pl, linear_map(img_c, pi, op)))
+    sp = img_c.GetSpacing()
     for f in (0.85, 1.15):
-        pi, pl = sitk.Image(img_c), sitk.Image(lab_c)
-        for x in (pi, pl):
-            x.SetSpacing([s * f for s in img_c.GetSpacing()])
-        out.append(Perturbed(f"zoom_{f:.2f}", pi, pl, np.eye(3) / f))
+        out.append(Perturbed(f"zoom_{f:.2f}", _zoomed(img_c, sp, f), _zoomed(lab_c, sp, f), np.eye(3) / f))
     # combinations: a cut scan stored rotated and flipped; a zoomed scan rotated
     lo = np.array([0, 0, int(0.35 * z)])
     hi = np.array([size[0], size[1], z])
@@ -94,9 +99,7 @@ def standard_perturbations(image: sitk.Image, labels: sitk.Image) -> list[Pertur
     op = ops["rot90_xy_flip_z"]
     pi, pl = _array_op(cut_i, op), _array_op(cut_l, op)
     out.append(Perturbed("fov_upper_65pct_rot90_flip_z", pi, pl, linear_map(cut_i, pi, op)))
-    zi, zl = sitk.Image(img_c), sitk.Image(lab_c)
-    for x in (zi, zl):
-        x.SetSpacing([s * 0.9 for s in img_c.GetSpacing()])
+    zi, zl = _zoomed(img_c, sp, 0.9), _zoomed(lab_c, sp, 0.9)
     op = ops["rot270_xy"]
     pi, pl = _array_op(zi, op), _array_op(zl, op)
     out.append(Perturbed("zoom_0.90_rot270", pi, pl, linear_map(zi, pi, op) / 0.9))
@@ -125,10 +128,9 @@ def random_perturbations(image: sitk.Image, labels: sitk.Image, n: int, seed: in
         length = int(rng.uniform(0.3, 1.0) * size[2])
         start = int(rng.uniform(0, size[2] - length))
         lo, hi = np.array([0, 0, start]), np.array([size[0], size[1], start + length])
-        ci, cl = _cut(img_c, lo, hi), _cut(lab_c, lo, hi)
         f = float(rng.uniform(0.85, 1.15))
-        for x in (ci, cl):
-            x.SetSpacing([s * f for s in img_c.GetSpacing()])
+        ci = _zoomed(_cut(img_c, lo, hi), img_c.GetSpacing(), f)
+        cl = _zoomed(_cut(lab_c, lo, hi), img_c.GetSpacing(), f)
         k, fz = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
 
         def op(a, k=k, fz=fz):

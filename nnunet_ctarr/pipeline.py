@@ -12,7 +12,7 @@ from .atlas import Atlas
 from .cropping import CropPlan, plan_crops
 from .errors import CTARRError, WarningLog
 from .grid import MaskVolume, anatomy_to_volume
-from .io import world_bbox
+from .io import world_overlap
 from .registration import RegistrationResult, RegistrationSettings, register
 from .regions import Region
 
@@ -35,11 +35,7 @@ class Localisation:
 
 def check_anatomy_matches_image(anatomy: AnatomyMasks, image: sitk.Image) -> None:
     """Anatomy and image must cover the same world region (grids may differ)."""
-    alo, ahi = world_bbox(anatomy.labels)
-    ilo, ihi = world_bbox(image)
-    inter = np.clip(np.minimum(ahi, ihi) - np.maximum(alo, ilo), 0, None)
-    frac_img = float(np.prod(inter) / max(np.prod(ihi - ilo), 1e-9))
-    frac_anat = float(np.prod(inter) / max(np.prod(ahi - alo), 1e-9))
+    frac_anat, frac_img = world_overlap(anatomy.labels, image)
     if frac_img < 0.9 or frac_anat < 0.9:
         raise CTARRError(
             f"anatomy segmentation does not match the image in world space (they share {100 * frac_img:.0f}% of "

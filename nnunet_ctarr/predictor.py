@@ -18,14 +18,12 @@ How it hooks into nnU-Net 2.8 (no nnU-Net code is copied):
 from __future__ import annotations
 
 import copy
-import json
 import os
 import shutil
 import tempfile
 import time
 from functools import partial
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -38,13 +36,9 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from .atlas import Atlas
 from .errors import CTARRError, WarningLog
 from .io import ImageHeader
-from .pipeline import locate, plan_region
+from .pipeline import MIN_PLAUSIBLE_DICE, locate, plan_region
 from .registration import RegistrationSettings
 from .regions import Region
-
-#: registration Dice below which the localisation is not trusted (full-volume prediction)
-MIN_TRUSTED_DICE = 0.25
-
 
 # ----------------------------------------------------------------------------- preprocessing
 class CTARRPreprocessor(DefaultPreprocessor):
@@ -161,10 +155,10 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
             anatomy = self.ctarr_anatomy.load(case, warnings)
             loc = locate(image, anatomy, self.ctarr_atlas, self.ctarr_registration, warnings)
             report["registration"] = loc.registration.to_dict()
-            if loc.registration.dice < MIN_TRUSTED_DICE:
-                raise CTARRError(f"registration Dice {loc.registration.dice:.2f} < {MIN_TRUSTED_DICE}: anatomy "
+            if loc.registration.dice < MIN_PLAUSIBLE_DICE:
+                raise CTARRError(f"registration Dice {loc.registration.dice:.2f} < {MIN_PLAUSIBLE_DICE}: anatomy "
                                  "implausible")
-            if any("orientation ambiguous" in w for w in loc.registration.warnings):
+            if loc.registration.orientation_ambiguous:
                 raise CTARRError("orientation ambiguous")
             plan = plan_region(image, loc, self.ctarr_region, self.ctarr_margin, warnings=warnings)
             report["boxes"] = [b.to_dict() for b in plan.boxes]
@@ -197,12 +191,9 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
             from .cli.common import write_json
             write_json(Path(self.ctarr_sidecar_folder) / f"{case}.ctarr.json", report)
 
-    def _ctarr_plan_files(self, lists: list[list[str]], outs: list[str] | None):
-        """Localise every case; returns per-case plans keyed by the first input file."""
-        cases = {}
-        for i, files in enumerate(lists):
-            stem = Path(outs[i]).name if outs is not None else Path(files[0]).name.split(".")[0]
-            cases[stem] = files
+    def _ctarr_plan_files(self, lists: list[list[str]], outs: list[str]):
+        """Localise every case (named after its output file); returns one plan per case."""
+        cases = {Path(out).name: files for files, out in zip(lists, outs)}
         self.ctarr_anatomy.prepare(cases)
         plans = []
         for case, files in cases.items():
@@ -314,12 +305,16 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
                      "spacing": list(spacing)[::-1], "shape_before_cropping": tuple(size[::-1]),
                      "ctarr": {"mode": plan["mode"], "boxes": plan["boxes"]}}, out + ".pkl")
 
+    def _ctarr_empty(self, shape_zyx) -> tuple[np.ndarray, np.ndarray]:
+        """All-background segmentation and probabilities (background 1) of a full image."""
+        probs = np.zeros((self.label_manager.num_segmentation_heads,) + tuple(shape_zyx), np.float16)
+        probs[0] = 1
+        return np.zeros(tuple(shape_zyx), np.uint8), probs
+
     def _ctarr_write_empty(self, plan, out: str, ending: str, save_probabilities: bool) -> None:
-        shape = tuple(plan["header"][0][::-1])
-        self._ctarr_write_seg(np.zeros(shape, np.uint8), plan, out + ending)
+        seg, probs = self._ctarr_empty(plan["header"][0][::-1])
+        self._ctarr_write_seg(seg, plan, out + ending)
         if save_probabilities:
-            probs = np.zeros((self.label_manager.num_segmentation_heads,) + shape, np.float16)
-            probs[0] = 1
             self._ctarr_write_probabilities(probs, plan, out)
 
     def _ctarr_merge_box_files(self, plan, out: str, ending: str, folder: Path, save_probabilities: bool) -> None:
@@ -328,12 +323,12 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
         for k, box in enumerate(plan["boxes"]):
             p = np.load(folder / f"{plan['case']}__box{k}.npz")["probabilities"]
             boxes.append((p, box["start_xyz"], box["stop_xyz"]))
-        seg, probs = self._ctarr_merge(shape, boxes, keep_probabilities=True)
+        seg, probs = self._ctarr_merge(shape, boxes)
         self._ctarr_write_seg(seg, plan, out + ending)
         if save_probabilities:
             self._ctarr_write_probabilities(probs, plan, out)
 
-    def _ctarr_merge(self, shape, boxes, keep_probabilities: bool):
+    def _ctarr_merge(self, shape, boxes):
         n = self.label_manager.num_segmentation_heads
         _, probs = merge_box_probabilities(shape, boxes, n, keep_probabilities=True)
         seg = self.label_manager.convert_probabilities_to_segmentation(probs)
@@ -385,7 +380,6 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
             self.configuration_manager = original_cm
 
     def _ctarr_npy_impl(self, imgs, segs, props, ofns, save_probabilities, anatomy, cases, run):
-        from .anatomy_source import PrecomputedAnatomy
         results: list = [None] * len(imgs)
         single, multi = [], []
         for idx, (img, p, anat, case) in enumerate(zip(imgs, props, anatomy, cases)):
@@ -403,14 +397,11 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
             plan["case"], plan["header"] = case, (ref.GetSize(), ref.GetOrigin(), ref.GetSpacing(), ref.GetDirection())
             self._ctarr_write_sidecar(case, plan["report"])
             if plan["mode"] == "empty":
-                shape = img.shape[1:]
-                seg = np.zeros(shape, np.uint8)
-                probs = np.zeros((self.label_manager.num_segmentation_heads,) + shape, np.float32)
-                probs[0] = 1
                 if ofns[idx]:
                     self._ctarr_write_empty(plan, ofns[idx], self.dataset_json["file_ending"], save_probabilities)
                 else:
-                    results[idx] = (seg, probs) if save_probabilities else seg
+                    seg, probs = self._ctarr_empty(img.shape[1:])
+                    results[idx] = (seg, probs.astype(np.float32)) if save_probabilities else seg
             elif plan["mode"] == "full" or len(plan["boxes"]) == 1:
                 p = copy.deepcopy(p)
                 if plan["mode"] == "crop":
@@ -431,7 +422,7 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
                 items.append(pb)
             out = run([img] * len(items), [seg] * len(items), items, [None] * len(items), True)
             boxes = [(r[1], b["start_xyz"], b["stop_xyz"]) for r, b in zip(out, plan["boxes"])]
-            merged_seg, probs = self._ctarr_merge(img.shape[1:], boxes, True)
+            merged_seg, probs = self._ctarr_merge(img.shape[1:], boxes)
             if ofn:
                 self._ctarr_write_seg(merged_seg, plan, ofn + self.dataset_json["file_ending"])
                 if save_probabilities:

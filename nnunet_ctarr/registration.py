@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .anatomy import GROUPS
 from .errors import CTARRError
@@ -67,6 +66,8 @@ class RegistrationResult:
     n_iterations: int
     seconds: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    #: a non-header orientation fitted best but not clearly enough; the header one was kept
+    orientation_ambiguous: bool = False
 
     def to_dict(self) -> dict:
         return {
@@ -75,6 +76,7 @@ class RegistrationResult:
             "dice_per_group": {k: round(v, 4) for k, v in self.dice_per_group.items()},
             "landmark_weights": {k: round(v, 4) for k, v in self.weights.items() if v > 0},
             "orientation_searched": self.orientation_searched,
+            "orientation_ambiguous": self.orientation_ambiguous,
             "orientation_margin": round(self.orientation_margin, 3) if np.isfinite(self.orientation_margin) else None,
             "orientation_candidates": self.orientation_candidates,
             "n_iterations": self.n_iterations,
@@ -252,6 +254,7 @@ def register(moving: MaskVolume, fixed: MaskVolume, settings: RegistrationSettin
     n_big = int((ratio[usable] >= s.gate_fraction).sum())
     searched = orientation is None and n_big > s.gate_min_groups
     header = next(c for c in cands if c["k_rot"] == 0 and not any(c["flip"]))
+    ambiguous = False
     if orientation is not None:
         chosen = search_orientation(x[idx], y[idx], w[idx], [orientation])[0]
     elif searched:
@@ -260,7 +263,7 @@ def register(moving: MaskVolume, fixed: MaskVolume, settings: RegistrationSettin
             warnings.append(f"orientation ambiguous: {describe_orientation(chosen['k_rot'], chosen['flip'])} fits the "
                             f"landmarks only {header['wmse'] / max(chosen['wmse'], 1e-9):.2f}x better than the header "
                             "orientation; kept the header orientation")
-            chosen = header
+            chosen, ambiguous = header, True
     else:
         chosen = header
         warnings.append(f"orientation search skipped: only {n_big} group(s) with >= "
@@ -295,4 +298,5 @@ def register(moving: MaskVolume, fixed: MaskVolume, settings: RegistrationSettin
         n_iterations=n_it,
         seconds={"landmarks": t_landmarks - t_start, "refinement": t_end - t_landmarks},
         warnings=warnings,
+        orientation_ambiguous=ambiguous,
     )

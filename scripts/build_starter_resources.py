@@ -9,7 +9,6 @@ both with TotalSegmentator v2 labels; see examples/data/PROVENANCE.md.
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import ABDOMEN, CHEST
-from nnunet_ctarr.anatomy import (GROUPS, AnatomyMasks, LabelScheme, detect_scheme, group_of, load_anatomy,
+from nnunet_ctarr.anatomy import (GROUPS, LabelScheme, group_of, load_anatomy,
                                   read_nifti_label_table, totalsegmentator_scheme)
 from nnunet_ctarr.errors import CTARRError, WarningLog
 

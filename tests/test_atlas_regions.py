@@ -3,7 +3,6 @@ learner (paper 3.4)."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 
 from conftest import ABDOMEN, CHEST, anatomy_of

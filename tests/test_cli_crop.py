@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 
 from conftest import ABDOMEN, CHEST, DICOM, SMALL

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import CHEST, DICOM, anatomy_of
+from conftest import DICOM, anatomy_of
 from nnunet_ctarr.cropping import crop_image, paste_back, plan_crops
 from nnunet_ctarr.io import match_label_to_image, read_image
 from nnunet_ctarr.pipeline import locate, plan_region

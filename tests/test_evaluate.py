@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import shutil
 
-import numpy as np
 import SimpleITK as sitk
 
 from conftest import ABDOMEN, CHEST

@@ -45,7 +45,7 @@ def inputs(tmp_path_factory):
     return d
 
 
-def stock_predictor(model) -> "nnUNetPredictor":
+def stock_predictor(model):
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     p = nnUNetPredictor(use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
     p.initialize_from_trained_model_folder(str(model), (0,))
@@ -53,7 +53,6 @@ def stock_predictor(model) -> "nnUNetPredictor":
 
 
 def stock_on(model, img: sitk.Image) -> np.ndarray:
-    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     p = stock_predictor(model)
     arr = sitk.GetArrayFromImage(img)[None].astype(np.float32)
     props = {"spacing": list(img.GetSpacing())[::-1],

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from nnunet_ctarr.trainers.anatomy import (DEG, CTWindows, WarmupCosine, ctarr_training_transforms,
+from nnunet_ctarr.trainers.anatomy import (CTWindows, WarmupCosine, ctarr_training_transforms,
                                            nnUNetTrainerCTARRAnatomy)
 
 N = 2000

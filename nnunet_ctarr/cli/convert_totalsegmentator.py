@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ..anatomy import GROUPS, load_mask_folder
 from ..errors import CTARRError, WarningLog
+from ..io import write_image
 from .common import run_cli, setup_logging
 
 DATASET_NAME = "CTARRAnatomy"
@@ -77,12 +78,8 @@ def convert_subject(args: tuple[str, str, str]) -> tuple[str, str]:
         if lab.GetSize() != img.GetSize():
             raise CTARRError(f"masks have size {lab.GetSize()}, ct.nii.gz {img.GetSize()}")
         lab.CopyInformation(img)
-        tmp_lab = lab_out.with_name(".tmp_" + lab_out.name)
-        sitk.WriteImage(lab, str(tmp_lab), True)
-        tmp_img = img_out.with_name(".tmp_" + img_out.name)
-        sitk.WriteImage(img, str(tmp_img), True)
-        os.replace(tmp_img, img_out)
-        os.replace(tmp_lab, lab_out)
+        write_image(lab, lab_out)                 # atomic; a subject counts as done once both exist
+        write_image(img, img_out)
         return sid, "done"
     except (CTARRError, RuntimeError, OSError) as e:
         return sid, f"error: {str(e).splitlines()[0][:200]}"

@@ -14,12 +14,14 @@ from ..anatomy import load_anatomy
 from ..atlas import Atlas
 from ..cropping import crop_image
 from ..errors import CTARRError, WarningLog
-from ..io import case_id, check_ct_intensities, list_inputs, match_label_to_image, read_image, write_image
+from ..evaluation import crop_scores
+from ..io import (case_id, check_ct_intensities, list_inputs, match_case_file, match_label_to_image, read_image,
+                  write_image)
 from ..pipeline import groups_present, locate, plan_region
 from ..qc import render_qc
 from ..registration import RegistrationSettings
 from ..regions import builtin_regions, load_region
-from .common import match_case_file, run_cli, setup_logging, versions, write_json
+from .common import run_cli, setup_logging, versions, write_json
 
 EPILOG = """examples:
   nnUNetv2_ctarr_crop -i examples/data/totalseg_example/example_ct.nii.gz \\
@@ -91,8 +93,10 @@ def crop_case(src: Path, anat_path: Path, label_path: Path | None, out: Path, re
         if not usable:
             raise CTARRError(f"region '{region.name}' lies entirely outside the field of view of {src.name}; "
                              "nothing written")
-        fill = float(args.fill_value) if args.fill_value is not None else \
-            float(sitk.GetArrayViewFromImage(image).min())
+        fill = 0.0                     # only used by --pad: default is the image minimum
+        if args.pad:
+            fill = float(args.fill_value) if args.fill_value is not None else \
+                float(sitk.GetArrayViewFromImage(image).min())
         outputs = []
         for b in usable:
             suffix = f"_box{b.index}" if len(plan.boxes) > 1 else ""
@@ -107,13 +111,12 @@ def crop_case(src: Path, anat_path: Path, label_path: Path | None, out: Path, re
                 written.append(lab_path)
                 entry["labels"] = lab_path.name
             outputs.append(entry)
+        keep = plan.union_mask_zyx()
         if labels is not None:
-            lab = sitk.GetArrayViewFromImage(labels) > 0
-            n_all = int(lab.sum())
-            kept = int((lab & plan.union_mask_zyx()).sum())
-            preserved = 100.0 * kept / n_all if n_all else None
-            if n_all and kept < n_all:
-                warnings.warn(f"{n_all - kept} of {n_all} label voxels ({100 - preserved:.2f}%) lie outside the crop(s)")
+            sc = crop_scores(sitk.GetArrayViewFromImage(labels) > 0, keep)
+            preserved, n_all = sc["preserved_percent"], sc["fg_voxels"]
+            if sc["fg_kept"] < n_all:
+                warnings.warn(f"{n_all - sc['fg_kept']} of {n_all} label voxels ({100 - preserved:.2f}%) lie outside the crop(s)")
         seconds["crop_write"] = time.perf_counter() - t
         if args.qc:
             t = time.perf_counter()
@@ -134,7 +137,7 @@ def crop_case(src: Path, anat_path: Path, label_path: Path | None, out: Path, re
                        "z_only": args.z_only, "atlas_id": region.atlas_id},
             "registration": loc.registration.to_dict(),
             "boxes": [b.to_dict() for b in plan.boxes],
-            "voxel_fraction_kept": round(plan.voxel_fraction(), 5),
+            "voxel_fraction_kept": round(float(keep.mean()), 5),
             "outputs": outputs,
             "warnings": list(warnings),
             "seconds": {k: round(v, 4) for k, v in {**seconds, **{f"registration_{k}": v for k, v in loc.seconds.items()}}.items()},

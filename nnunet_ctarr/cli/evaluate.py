@@ -20,12 +20,13 @@ from tqdm import tqdm
 from ..anatomy import load_anatomy
 from ..atlas import Atlas
 from ..errors import CTARRError, WarningLog
-from ..io import case_id, list_inputs, match_label_to_image, read_image
+from ..evaluation import crop_scores
+from ..io import case_id, list_inputs, match_case_file, match_label_to_image, read_image
 from ..pipeline import locate, plan_region
 from ..qc import render_qc
 from ..registration import RegistrationSettings
 from ..regions import load_region
-from .common import match_case_file, run_cli, setup_logging
+from .common import run_cli, setup_logging
 
 FIELDS = ["case", "preserved_fg_percent", "fg_voxels", "fg_share_before_percent", "fg_share_after_percent",
           "voxel_reduction", "ctarr_seconds", "orientation", "registration_dice", "status", "warnings"]
@@ -42,15 +43,14 @@ def evaluate_case(img_path: Path, lab_path: Path, anat_path: Path, region, atlas
     loc = locate(image, anatomy, atlas, RegistrationSettings(device=args.device), warnings)
     plan = plan_region(image, loc, region, args.margin, warnings=warnings)
     secs = time.perf_counter() - t0
-    keep = plan.union_mask_zyx()
-    n_fg, n_keep = int(fg.sum()), int(keep.sum())
+    sc = crop_scores(fg, plan.union_mask_zyx())
     row = {
         "case": case_id(img_path),
-        "preserved_fg_percent": round(100.0 * (fg & keep).sum() / n_fg, 3) if n_fg else "",
-        "fg_voxels": n_fg,
-        "fg_share_before_percent": round(100.0 * n_fg / fg.size, 4),
-        "fg_share_after_percent": round(100.0 * (fg & keep).sum() / max(n_keep, 1), 4),
-        "voxel_reduction": round(fg.size / max(n_keep, 1), 3),
+        "preserved_fg_percent": "" if sc["preserved_percent"] is None else round(sc["preserved_percent"], 3),
+        "fg_voxels": sc["fg_voxels"],
+        "fg_share_before_percent": round(sc["fg_share_before"], 4),
+        "fg_share_after_percent": round(sc["fg_share_after"], 4),
+        "voxel_reduction": round(1.0 / max(sc["crop_voxel_fraction"], 1.0 / fg.size), 3),
         "ctarr_seconds": round(secs, 3),
         "orientation": loc.transform.orientation_text,
         "registration_dice": round(loc.registration.dice, 3),
