@@ -94,3 +94,7 @@ class ModelAnatomy:
     def label_file(self, case: str) -> Path:
         return self.out / f"{case}.nii.gz"
 
+    def __getstate__(self) -> dict:
+        """Workers get the predicted maps' folder; the owner keeps the temporary folder alive."""
+        return {k: v for k, v in self.__dict__.items() if k != "_tmp"}
+

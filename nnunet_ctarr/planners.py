@@ -5,6 +5,7 @@ nnU-Net 2.8 only finds ``-pl`` planners inside its own package, so this planner 
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Union
 
 import numpy as np
@@ -15,6 +16,41 @@ from nnunetv2.experiment_planning.experiment_planners.network_topology import ge
 PLANS_NAME = "nnUNetPlans_CTARR3mm"
 SPACING_MM = 3.0
 PATCH = (64, 64, 64)
+
+
+#: ExperimentPlanner's U-Net width/depth settings (nnU-Net 2.8 defaults), for planning without a dataset
+NNUNET_UNET_DEFAULTS = SimpleNamespace(UNet_base_num_features=32, UNet_max_features_3d=320,
+                                       UNet_featuremap_min_edge_length=4, UNet_blocks_per_stage_encoder=(2,) * 14,
+                                       UNet_blocks_per_stage_decoder=(2,) * 13)
+
+
+def ctarr_arch_kwargs(planner=NNUNET_UNET_DEFAULTS) -> tuple[dict, list[int]]:
+    """U-Net topology for a 64^3 patch at 3 mm with nnU-Net's width rules (32 -> 320 features):
+    (the ``arch_kwargs`` entries CTARR sets, the patch size)."""
+    _, pool_op_kernel_sizes, conv_kernel_sizes, patch, _ = get_pool_and_conv_props(
+        [SPACING_MM] * 3, PATCH, planner.UNet_featuremap_min_edge_length, 999999)
+    n_stages = len(pool_op_kernel_sizes)
+    return {
+        "n_stages": n_stages,
+        "features_per_stage": [min(planner.UNet_max_features_3d, planner.UNet_base_num_features * 2 ** i)
+                               for i in range(n_stages)],
+        "kernel_sizes": [list(k) for k in conv_kernel_sizes],
+        "strides": [list(s) for s in pool_op_kernel_sizes],
+        "n_conv_per_stage": list(planner.UNet_blocks_per_stage_encoder[:n_stages]),
+        "n_conv_per_stage_decoder": list(planner.UNet_blocks_per_stage_decoder[:n_stages - 1]),
+    }, [int(v) for v in patch]
+
+
+def ctarr_configuration() -> dict:
+    """The 3d_fullres architecture entry of ``nnUNetPlans_CTARR3mm`` without a dataset (benchmarks)."""
+    arch, patch = ctarr_arch_kwargs()
+    arch.update({"conv_op": "torch.nn.modules.conv.Conv3d", "conv_bias": True,
+                 "norm_op": "torch.nn.modules.instancenorm.InstanceNorm3d",
+                 "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
+                 "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}})
+    return {"architecture": {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
+                             "arch_kwargs": arch, "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
+            "patch_size": patch, "spacing": [SPACING_MM] * 3, "batch_size": 4}
 
 
 class CTARR3mmPlanner(ExperimentPlanner):
@@ -34,18 +70,8 @@ class CTARR3mmPlanner(ExperimentPlanner):
         from nnunetv2.utilities.json_export import recursive_fix_for_json_export
         cfg = plans["configurations"]["3d_fullres"]
         spacing = [SPACING_MM] * 3
-        _, pool_op_kernel_sizes, conv_kernel_sizes, patch, _ = get_pool_and_conv_props(
-            spacing, PATCH, self.UNet_featuremap_min_edge_length, 999999)
-        n_stages = len(pool_op_kernel_sizes)
-        cfg["architecture"]["arch_kwargs"].update({
-            "n_stages": n_stages,
-            "features_per_stage": [min(self.UNet_max_features_3d, self.UNet_base_num_features * 2 ** i)
-                                   for i in range(n_stages)],
-            "kernel_sizes": [list(k) for k in conv_kernel_sizes],
-            "strides": [list(s) for s in pool_op_kernel_sizes],
-            "n_conv_per_stage": list(self.UNet_blocks_per_stage_encoder[:n_stages]),
-            "n_conv_per_stage_decoder": list(self.UNet_blocks_per_stage_decoder[:n_stages - 1]),
-        })
+        arch, patch = ctarr_arch_kwargs(self)
+        cfg["architecture"]["arch_kwargs"].update(arch)
         cfg["patch_size"] = [int(v) for v in patch]
         cfg["spacing"] = spacing
         cfg["batch_size"] = 4                                  # the paper's batch size

@@ -11,6 +11,7 @@ used (plus any extra margin the user asks for).
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -59,6 +60,13 @@ class Region:
                        d.get("atlas_id", ""), d.get("provenance", {}))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise CTARRError(f"cannot read region file {path}: {e}") from None
+
+
+def check_region_atlas(region: Region, atlas_id: str) -> None:
+    """Warn (stderr) when a region's boxes were defined on another atlas than the one in use."""
+    if region.atlas_id and atlas_id != region.atlas_id:
+        print(f"warning: region '{region.name}' was defined on atlas {region.atlas_id}, using atlas {atlas_id} "
+              "(pass the atlas it was learned on with -atlas)", file=sys.stderr)
 
 
 def builtin_regions() -> dict[str, Path]:

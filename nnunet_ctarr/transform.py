@@ -8,6 +8,7 @@ both directions, so mapped boxes can be cropped without interpolation.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +32,15 @@ def describe_orientation(k_rot: int, flip: tuple[bool, bool, bool]) -> str:
         if b:
             parts.append(f"{ax} flip")
     return ", ".join(parts) if parts else "as in header"
+
+
+def orientation_from_matrix(M) -> tuple[int, tuple[bool, bool, bool]] | None:
+    """A (k_rot, flip) whose orientation matrix equals the signed permutation ``M`` (fewest flips
+    first: a 180 deg turn rather than x+y flips), or None."""
+    M = np.rint(np.asarray(M, dtype=float)).astype(int)
+    candidates = sorted(((k, flip) for k in range(4) for flip in itertools.product((False, True), repeat=3)),
+                        key=lambda c: (sum(c[1]), c[0]))
+    return next((c for c in candidates if np.array_equal(orientation_matrix(*c).astype(int), M)), None)
 
 
 @dataclass

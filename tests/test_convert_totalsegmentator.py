@@ -49,7 +49,7 @@ def test_convert_with_split_v1_names_resume_and_errors(tmp_path):
     assert np.array_equal(sitk.GetArrayViewFromImage(lab), sitk.GetArrayViewFromImage(ref))
     img = sitk.ReadImage(str(ds / "imagesTr" / "s0001_0000.nii.gz"))
     assert img.GetOrigin() == lab.GetOrigin() and img.GetDirection() == lab.GetDirection()
-    heart = sitk.GetArrayViewFromImage(sitk.ReadImage(str(ds / "labelsTs" / "s0002.nii.gz"))) == GROUPS.index("heart") + 1
+    heart = sitk.GetArrayFromImage(sitk.ReadImage(str(ds / "labelsTs" / "s0002.nii.gz"))) == GROUPS.index("heart") + 1
     assert heart.sum() > 1000                                         # v1 chamber names -> heart
     # resumable: a second run converts nothing again
     r = subprocess.run([sys.executable, "-m", "nnunet_ctarr.cli.convert_totalsegmentator", "-i", str(root), "-d", "500",
@@ -78,6 +78,8 @@ def test_plan_and_preprocess_3mm(tmp_path):
     assert list(plans["configurations"]) == ["3d_fullres"]
     cfg = plans["configurations"]["3d_fullres"]
     assert cfg["spacing"] == [3.0, 3.0, 3.0] and cfg["patch_size"] == [64, 64, 64] and cfg["batch_size"] == 4
+    from nnunet_ctarr.planners import ctarr_configuration          # what benchmarks/bench_training.py counts
+    assert cfg["architecture"] == ctarr_configuration()["architecture"]
     assert cfg["architecture"]["arch_kwargs"]["features_per_stage"][0] == 32
     assert cfg["normalization_schemes"] == ["NoNormalization"]          # raw HU; the trainer windows itself
     data = pre / "Dataset502_CTARRAnatomy" / cfg["data_identifier"]

@@ -34,3 +34,28 @@ def test_evaluate_liver_table_worst_first_and_qc(tmp_path):
                    - float(r["voxel_reduction"]) * float(r["preserved_fg_percent"]) / 100) < 0.05
     assert "preserved foreground" in (out / "summary.md").read_text()
     assert len(list(out.glob("*_qc.png"))) == 1
+
+
+def test_known_perturbations_marked_right_and_wrong(tmp_path):
+    """The example script's perturbed copies are all recovered; a deliberately wrong expectation is
+    marked wrong and listed first."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).resolve().parents[1] / "scripts" / "make_eval_example.py"
+    subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, capture_output=True)
+    known = json.loads((tmp_path / "perturbations.json").read_text())
+    assert known["abdomen_rot90_xy"]["expected_M"] != known["abdomen"]["expected_M"]
+    known["chest"]["expected_M"] = [[1, 0, 0], [0, 1, 0], [0, 0, -1]]          # wrong on purpose
+    (tmp_path / "wrong.json").write_text(json.dumps(known))
+    out = tmp_path / "eval"
+    assert main(["-i", str(tmp_path), "--anatomy_seg", str(tmp_path / "anatomy"), "-r", "liver", "-o", str(out),
+                 "--perturbations", str(tmp_path / "wrong.json")]) == 0
+    rows = list(csv.DictReader(open(out / "evaluation.csv")))
+    assert len(rows) == 6 and rows[0]["case"] == "chest" and rows[0]["orientation_correct"] == "False"
+    assert all(r["orientation_correct"] == "True" for r in rows[1:])
+    by_case = {r["case"]: r for r in rows}
+    assert by_case["abdomen_rot90_xy"]["expected_orientation"] == "90 deg xy rotation"
+    assert by_case["chest_flip_z"]["orientation"] == "z flip"
+    assert "orientation right in 5 of 6 scans" in (out / "summary.md").read_text()

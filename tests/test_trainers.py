@@ -115,16 +115,9 @@ def test_shim_reexports_the_installed_classes():
         os.environ.pop("nnUNet_extTrainer", None) if old is None else os.environ.__setitem__("nnUNet_extTrainer", old)
 
 
-def _torchvision_imports() -> bool:
-    r = subprocess.run([sys.executable, "-c", "import torchvision"], capture_output=True)
-    return r.returncode == 0
-
-
-@pytest.mark.skipif(not _torchvision_imports(),
-                    reason="`import torchvision` fails here (the PyPI torchvision wheel is a CUDA build and this "
-                           "machine has the CPU torch); nnU-Net's own trainer search imports timm -> torchvision "
-                           "and crashes before it reaches nnUNet_extTrainer (docs/training.md)")
 def test_trainer_found_through_nnunet_ext_trainer():
+    """nnU-Net's own lookup (a fresh interpreter, only nnUNet_extTrainer set) finds the trainer; on a
+    CPU torch + CUDA torchvision install this needs nnunet_ctarr.torchvision_compat (torch plug-in)."""
     from nnunet_ctarr.trainer_path import ext_trainer_folder
     code = ("from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as f;"
             "import pickle; c = f('nnUNetTrainerCTARRAnatomy'); print(c.__module__, len(pickle.dumps(c)) > 0)")
@@ -132,3 +125,16 @@ def test_trainer_found_through_nnunet_ext_trainer():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "nnunet_ctarr.trainers.anatomy True" in r.stdout
+
+
+def test_torchvision_imports_and_compat_is_what_makes_it_work():
+    """``import torchvision, timm`` works in a fresh interpreter of this install; where torch is a
+    CPU build and torchvision a CUDA build, switching the compat plug-in off brings the crash back."""
+    from nnunet_ctarr.torchvision_compat import torchvision_build_mismatch
+    code = "import torchvision, timm; print(torchvision.__version__)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    if torchvision_build_mismatch():
+        env = dict(os.environ, NNUNET_CTARR_TORCHVISION_COMPAT="0")
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        assert r.returncode != 0 and "torchvision::nms" in r.stderr

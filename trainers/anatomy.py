@@ -164,15 +164,3 @@ class nnUNetTrainerCTARRAnatomy(nnUNetTrainer):
                                 is_cascaded: bool = False, foreground_labels=None, regions=None,
                                 ignore_label: int = None) -> BasicTransform:
         return ctarr_training_transforms(patch_size, deep_supervision_scales)
-
-
-class nnUNetTrainerCTARRAnatomy_CPUSmoke(nnUNetTrainerCTARRAnatomy):
-    """Test fixture: 2 epochs x 2 iterations, for the CPU end-to-end test. Not a product default."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 2
-        self.num_iterations_per_epoch = 2
-        self.num_val_iterations_per_epoch = 1
-        self.warmup_epochs = 1

@@ -20,7 +20,7 @@ from ..io import (case_id, check_ct_intensities, list_inputs, match_case_file, m
 from ..pipeline import groups_present, locate, plan_region
 from ..qc import render_qc
 from ..registration import RegistrationSettings
-from ..regions import builtin_regions, load_region
+from ..regions import builtin_regions, check_region_atlas, load_region
 from .common import run_cli, setup_logging, versions, write_json
 
 EPILOG = """examples:
@@ -167,9 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"missing required argument(s): {' '.join(missing)}")
     region = load_region(args.region)
     atlas = Atlas.load(args.atlas)
-    if region.atlas_id and atlas.atlas_id != region.atlas_id:
-        print(f"warning: region '{region.name}' was learned on atlas {region.atlas_id}, using atlas {atlas.atlas_id}",
-              file=sys.stderr)
+    check_region_atlas(region, atlas.atlas_id)
     settings = RegistrationSettings(device=args.device)
     inputs = list_inputs(args.input)
     cases = [case_id(p) for p in inputs]

@@ -1,7 +1,8 @@
 """nnUNetv2_ctarr_evaluate: the CTARR paper's Table 2 for a labelled image folder and a region.
 
 Per case: preserved foreground (%), foreground share of the scan before and after cropping,
-voxel reduction factor, CTARR seconds, orientation found. Writes ``OUT/evaluation.csv`` (worst
+voxel reduction factor, CTARR seconds, orientation found (and, with ``--perturbations``, whether
+it is the known one). Writes ``OUT/evaluation.csv`` (worst
 cases first) and ``OUT/summary.md``; ``--qc N`` adds QC pictures of the N worst cases.
 The input may be an nnU-Net raw dataset folder (imagesTr + labelsTr) or image/label folders.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import sys
 import time
 from pathlib import Path
@@ -26,13 +28,39 @@ from ..pipeline import locate, plan_region
 from ..qc import render_qc
 from ..registration import RegistrationSettings
 from ..regions import load_region
+from ..transform import describe_orientation, orientation_from_matrix
 from .common import run_cli, setup_logging
 
 FIELDS = ["case", "preserved_fg_percent", "fg_voxels", "fg_share_before_percent", "fg_share_after_percent",
-          "voxel_reduction", "ctarr_seconds", "orientation", "registration_dice", "status", "warnings"]
+          "voxel_reduction", "ctarr_seconds", "orientation", "known_perturbation", "expected_orientation",
+          "orientation_correct", "registration_dice", "status", "warnings"]
 
 
-def evaluate_case(img_path: Path, lab_path: Path, anat_path: Path, region, atlas, args):
+def load_perturbations(path: str | None) -> dict[str, dict]:
+    """``{case: {"perturbation": name, "expected_M": 3x3 signed permutation}}``: the orientation
+    matrix the registration must find (``world_true = expected_M @ world_stored`` up to scale)."""
+    if not path:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+        for case, d in data.items():
+            if orientation_from_matrix(d["expected_M"]) is None:
+                raise ValueError(f"{case}: expected_M is not a quarter-turn/flip matrix")
+        return data
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CTARRError(f"cannot read perturbations file {path}: {e}") from None
+
+
+def orientation_check(found_M, known: dict | None) -> dict:
+    if not known:
+        return {"known_perturbation": "", "expected_orientation": "", "orientation_correct": ""}
+    expected = np.rint(np.asarray(known["expected_M"])).astype(int)
+    return {"known_perturbation": known.get("perturbation", ""),
+            "expected_orientation": describe_orientation(*orientation_from_matrix(expected)),
+            "orientation_correct": bool(np.array_equal(np.rint(np.asarray(found_M)).astype(int), expected))}
+
+
+def evaluate_case(img_path: Path, lab_path: Path, anat_path: Path, region, atlas, args, known: dict | None = None):
     warnings = WarningLog()
     image = read_image(img_path)
     labels = match_label_to_image(read_image(lab_path), image, f"labels {lab_path.name}")
@@ -53,6 +81,7 @@ def evaluate_case(img_path: Path, lab_path: Path, anat_path: Path, region, atlas
         "voxel_reduction": round(1.0 / max(sc["crop_voxel_fraction"], 1.0 / fg.size), 3),
         "ctarr_seconds": round(secs, 3),
         "orientation": loc.transform.orientation_text,
+        **orientation_check(loc.transform.M, known),
         "registration_dice": round(loc.registration.dice, 3),
         "status": "ok" if plan.usable else "region outside the field of view",
         "warnings": " | ".join(warnings),
@@ -73,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--anatomy_format", default="auto")
     ap.add_argument("--atlas", default=None)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--perturbations", default=None,
+                    help="JSON {case: {perturbation, expected_M}} of scans with a known perturbation: marks the "
+                         "orientation found right/wrong (scripts/make_eval_example.py writes one)")
     ap.add_argument("--qc", type=int, default=0, help="QC pictures for the N worst cases")
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
@@ -85,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if labels_dir is None:
         raise CTARRError("give --labels FOLDER (or an nnU-Net dataset folder with imagesTr/labelsTr)")
     region, atlas = load_region(args.region), Atlas.load(args.atlas)
+    known = load_perturbations(args.perturbations)
     inputs = list_inputs(src)
     cases = [case_id(p) for p in inputs]
     out = Path(args.out)
@@ -95,12 +128,14 @@ def main(argv: list[str] | None = None) -> int:
         try:
             lab = match_case_file(labels_dir, c, cases, "label map")
             anat = match_case_file(Path(args.anatomy_seg), c, cases, "anatomy segmentation")
-            row, extra = evaluate_case(img, lab, anat, region, atlas, args)
+            row, extra = evaluate_case(img, lab, anat, region, atlas, args, known.get(c))
             keep_for_qc[c] = extra
         except CTARRError as e:
             row = {"case": c, "status": f"error: {e}"}
         rows.append(row)
-    rows.sort(key=lambda r: (r.get("preserved_fg_percent") in ("", None), r.get("preserved_fg_percent", 101)))
+    # worst first: wrong orientation, then least foreground preserved; failed/empty cases last
+    rows.sort(key=lambda r: (r.get("preserved_fg_percent") in ("", None), r.get("orientation_correct") is not False,
+                             r.get("preserved_fg_percent", 101)))
     with open(out / "evaluation.csv", "w", newline="") as f:
         w = csv.DictWriter(f, FIELDS)
         w.writeheader()
@@ -115,16 +150,22 @@ def main(argv: list[str] | None = None) -> int:
                "|---|---|---|---|---|",
                f"| {col('preserved_fg_percent').mean():.2f}% (min {col('preserved_fg_percent').min():.2f}%) | "
                f"{col('fg_share_before_percent').mean():.3f}% | {col('fg_share_after_percent').mean():.3f}% | "
-               f"{col('voxel_reduction').mean():.2f}x | {np.median(col('ctarr_seconds')):.2f} |", "",
-               "Worst cases:", "", "| case | preserved | orientation | Dice | status |", "|---|---|---|---|---|"]
-        md += [f"| {r['case']} | {r['preserved_fg_percent']}% | {r['orientation']} | {r['registration_dice']} | "
-               f"{r['status']} |" for r in ok[:10]]
+               f"{col('voxel_reduction').mean():.2f}x | {np.median(col('ctarr_seconds')):.2f} |", ""]
+        checked = [r for r in ok if r.get("orientation_correct") != ""]
+        if checked:
+            right = sum(r["orientation_correct"] is True for r in checked)
+            md += [f"Known perturbations: orientation right in {right} of {len(checked)} scans", ""]
+        md += ["Worst cases:", "", "| case | preserved | orientation found | known perturbation | right | Dice | status |",
+               "|---|---|---|---|---|---|---|"]
+        md += [f"| {r['case']} | {r['preserved_fg_percent']}% | {r['orientation']} | {r.get('known_perturbation', '')} | "
+               f"{ {True: 'yes', False: '**NO**', '': ''}[r.get('orientation_correct', '')] } | "
+               f"{r['registration_dice']} | {r['status']} |" for r in ok[:10]]
     (out / "summary.md").write_text("\n".join(md) + "\n")
     for r in ok[:args.qc]:
         img_path, loc, plan = keep_for_qc[r["case"]]
         render_qc(out / f"{r['case']}_qc.png", read_image(img_path), loc.anatomy_volume, plan,
                   f"{r['case']} | {region.name} | preserved {r['preserved_fg_percent']}%")
-    print("\n".join(md[2:8]))
+    print("\n".join(md[2:10]))
     return 0
 
 

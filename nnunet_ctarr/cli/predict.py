@@ -6,7 +6,6 @@ source. Outputs have the input's size, spacing, origin and direction.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -14,11 +13,12 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from ..anatomy_source import ModelAnatomy, PrecomputedAnatomy
 from ..atlas import Atlas
 from ..errors import CTARRError
 from ..io import case_id, is_dicom_dir, read_image
-from ..regions import load_region
+from ..model_config import config_region, read_model_config
+from ..regions import check_region_atlas
+from .anatomy_args import add_anatomy_args, anatomy_source
 from .common import run_cli, setup_logging
 
 EPILOG = """examples:
@@ -68,12 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     # --- CTARR
     p.add_argument("-region", type=str, default=None, help="region name or region .json (default: from the model "
                                                            "folder's ctarr.json)")
-    p.add_argument("-anatomy_seg", type=str, default=None, help="precomputed anatomy maps, matched by case id")
-    p.add_argument("-anatomy_format", type=str, default="auto", choices=["auto", "ts_v2", "ts_v1", "ctarr19", "mask_folder"])
-    p.add_argument("-anatomy_model", type=str, default=None, help="nnU-Net model folder predicting the anatomy "
-                                                                  "(CTARR groups or TotalSegmentator names)")
-    p.add_argument("-anatomy_folds", nargs="+", type=str, default=None)
-    p.add_argument("-anatomy_chk", type=str, default="checkpoint_final.pth")
+    add_anatomy_args(p)
     p.add_argument("-margin", type=float, default=None, help="extra margin in mm (default: model's ctarr.json or 0)")
     p.add_argument("--on_miss", choices=["full", "empty"], default="full",
                    help="region outside the field of view: predict the full volume (default) or write background")
@@ -119,20 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     model = _model_folder(args)
     if not os.path.isdir(model):
         raise CTARRError(f"model folder not found: {model}")
-    ctarr_json = Path(model) / "ctarr.json"
-    model_ctarr = json.loads(ctarr_json.read_text()) if ctarr_json.is_file() else {}
-    region_arg = args.region or model_ctarr.get("region_file") or model_ctarr.get("region")
-    if not region_arg:
-        raise CTARRError("no region: pass -region NAME (or a model folder with ctarr.json)")
-    if isinstance(region_arg, dict):
-        from ..regions import Region
-        region = Region(region_arg["name"], region_arg["boxes_mm"], region_arg.get("margin_mm", 10.0),
-                        region_arg.get("atlas_id", ""), region_arg.get("provenance", {}))
-    else:
-        region = load_region(region_arg)
+    model_ctarr = read_model_config(model)
+    region = config_region(model_ctarr, args.region)
+    if region is None:
+        raise CTARRError("no region: pass -region NAME (or a model folder whose ctarr.json / dataset.json names one)")
     margin = args.margin if args.margin is not None else float(model_ctarr.get("margin_mm", 0.0))
-    if bool(args.anatomy_seg) == bool(args.anatomy_model):
-        raise CTARRError("give exactly one anatomy source: -anatomy_seg FOLDER or -anatomy_model MODEL_FOLDER")
+    anatomy = anatomy_source(args, args.device, args.step_size, args.disable_tta, args.npp, args.nps, args.verbose)
     if args.device not in ("cpu", "cuda", "mps"):
         raise CTARRError(f"-device must be cpu, cuda or mps, got {args.device}")
     if args.device == "cpu":
@@ -143,19 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.o, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ctarr_inputs_") as tmp:
         source = _prepare_inputs(Path(args.i), Path(tmp))
-        if args.anatomy_seg:
-            anatomy = PrecomputedAnatomy(args.anatomy_seg, args.anatomy_format)
-        else:
-            afolds = None if args.anatomy_folds is None else [f if f == "all" else int(f) for f in args.anatomy_folds]
-            anatomy = ModelAnatomy(args.anatomy_model, afolds, args.anatomy_chk, args.device, args.step_size,
-                                   args.disable_tta, args.npp, args.nps, args.verbose)
         predictor = nnUNetPredictorCTARR(tile_step_size=args.step_size, use_gaussian=True,
                                          use_mirroring=not args.disable_tta,
                                          perform_everything_on_device=not args.not_on_device, device=device,
                                          verbose=args.verbose, verbose_preprocessing=args.verbose,
                                          allow_tqdm=not args.disable_progress_bar)
         predictor.initialize_from_trained_model_folder(model, folds, args.chk)
-        predictor.ctarr_setup(region, anatomy, Atlas.load(args.atlas), margin, args.on_miss,
+        atlas = Atlas.load(args.atlas)
+        check_region_atlas(region, atlas.atlas_id)
+        predictor.ctarr_setup(region, anatomy, atlas, margin, args.on_miss,
                               sidecar_folder=args.o if args.save_ctarr_json else None,
                               qc_folder=args.o if args.qc else None)
         if isinstance(source, list):

@@ -1,0 +1,49 @@
+"""The CTARR settings a region model carries with it (``ctarr.json``).
+
+``nnUNetv2_ctarr_crop_dataset`` writes them twice into the new raw dataset: as ``ctarr.json``
+and as the ``"ctarr"`` entry of its ``dataset.json``. nnU-Net copies ``dataset.json`` into
+every model folder it trains (any trainer), so ``nnUNetv2_predict_ctarr`` finds the region of a
+model folder without options; a ``ctarr.json`` placed in the model folder takes precedence.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import CTARRError
+from .regions import Region, load_region
+
+CONFIG_NAME = "ctarr.json"
+
+
+def make_config(region: Region, margin_mm: float, **extra) -> dict:
+    """``region``: the full definition (a learned region need not be installed anywhere)."""
+    return {"region": region.to_dict(), "margin_mm": float(margin_mm), "atlas_id": region.atlas_id, **extra}
+
+
+def read_model_config(model_folder: str | Path) -> dict:
+    """``ctarr.json`` of a model folder, else its ``dataset.json["ctarr"]``, else ``{}``."""
+    folder = Path(model_folder)
+    for path, pick in ((folder / CONFIG_NAME, lambda d: d), (folder / "dataset.json", lambda d: d.get("ctarr", {}))):
+        if path.is_file():
+            try:
+                cfg = pick(json.loads(path.read_text()))
+            except (OSError, ValueError) as e:
+                raise CTARRError(f"cannot read {path}: {e}") from None
+            if cfg:
+                return cfg
+    return {}
+
+
+def config_region(cfg: dict, override: str | None = None) -> Region | None:
+    """The region to use: ``override`` (name or JSON path) if given, else the config's."""
+    spec = override or cfg.get("region_file") or cfg.get("region")
+    if not spec:
+        return None
+    if isinstance(spec, dict):
+        try:
+            return Region(spec["name"], spec["boxes_mm"], float(spec.get("margin_mm", 10.0)),
+                          spec.get("atlas_id", ""), spec.get("provenance", {}))
+        except (KeyError, TypeError, ValueError) as e:
+            raise CTARRError(f"invalid region in the model's CTARR settings: {e}") from None
+    return load_region(str(spec))

@@ -1,0 +1,80 @@
+"""Test fixtures: seconds-long CPU variants for the end-to-end tests. Not product defaults.
+
+Both keep the planned topology but with 8-32 features per stage and train 2 epochs x 2
+iterations without test-time mirroring, so ``nnUNetv2_train ... -device cpu`` (training,
+checkpoint, validation) finishes in about a minute on 2 cores. Inference rebuilds the same small
+network from the trainer name.
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
+from torch import nn
+
+from .anatomy import nnUNetTrainerCTARRAnatomy
+
+
+def small_configuration(configuration_manager: ConfigurationManager) -> ConfigurationManager:
+    """The same configuration with features per stage cut to 8-32."""
+    cfg = copy.deepcopy(configuration_manager.configuration)
+    kwargs = cfg["architecture"]["arch_kwargs"]
+    kwargs["features_per_stage"] = [min(32, max(8, f // 4)) for f in kwargs["features_per_stage"]]
+    return ConfigurationManager(cfg)
+
+
+def _shorten(trainer: nnUNetTrainer) -> None:
+    trainer.num_epochs = 2
+    trainer.num_iterations_per_epoch = 2
+    trainer.num_val_iterations_per_epoch = 1
+
+
+def _no_test_time_mirroring(configure):
+    """Wrap configure_rotation_dummyDA_mirroring_and_inital_patch_size: training augmentation as
+    planned, but validation/inference without mirroring (up to 8x fewer forward passes)."""
+    def wrapped(self):
+        out = configure(self)
+        self.inference_allowed_mirroring_axes = None
+        return out
+    return wrapped
+
+
+class nnUNetTrainerCTARRAnatomy_CPUSmoke(nnUNetTrainerCTARRAnatomy):
+    """The anatomy recipe (windows, augmentation, optimiser), tiny and short."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        _shorten(self)
+        self.warmup_epochs = 1
+
+    configure_rotation_dummyDA_mirroring_and_inital_patch_size = _no_test_time_mirroring(
+        nnUNetTrainerCTARRAnatomy.configure_rotation_dummyDA_mirroring_and_inital_patch_size)
+
+    @staticmethod
+    def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        return nnUNetTrainerCTARRAnatomy.build_network_architecture(
+            plans_manager, small_configuration(configuration_manager), num_input_channels, num_output_channels,
+            enable_deep_supervision)
+
+
+class nnUNetTrainer_CTARRCPUSmoke(nnUNetTrainer):
+    """Stock nnU-Net training (for region-crop datasets), tiny and short."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        _shorten(self)
+
+    configure_rotation_dummyDA_mirroring_and_inital_patch_size = _no_test_time_mirroring(
+        nnUNetTrainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size)
+
+    @staticmethod
+    def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        return nnUNetTrainer.build_network_architecture(
+            plans_manager, small_configuration(configuration_manager), num_input_channels, num_output_channels,
+            enable_deep_supervision)
