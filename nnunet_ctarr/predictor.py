@@ -36,7 +36,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from .atlas import Atlas
 from .errors import CTARRError, WarningLog
 from .io import ImageHeader
-from .pipeline import MIN_PLAUSIBLE_DICE, locate, plan_region
+from .pipeline import MIN_PLAUSIBLE_DICE, Localisation, locate, plan_region
 from .registration import RegistrationSettings
 from .regions import Region
 
@@ -145,6 +145,11 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
         self.ctarr_reports: dict[str, dict] = {}
 
     # ---- localisation -------------------------------------------------------------------
+    def _ctarr_locate(self, case: str, image, warnings: WarningLog) -> Localisation:
+        """Anatomy -> atlas registration for one case (a subclass may return a shared result)."""
+        anatomy = self.ctarr_anatomy.load(case, warnings)
+        return locate(image, anatomy, self.ctarr_atlas, self.ctarr_registration, warnings)
+
     def _ctarr_localise(self, case: str, image: sitk.Image) -> dict:
         """Crop plan for one case: {'mode': crop|full|empty, 'boxes': [...], 'report': {...}}."""
         t0 = time.perf_counter()
@@ -152,8 +157,7 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
         report: dict = {"case": case, "region": self.ctarr_region.name, "warnings": warnings}
         size = list(image.GetSize())
         try:
-            anatomy = self.ctarr_anatomy.load(case, warnings)
-            loc = locate(image, anatomy, self.ctarr_atlas, self.ctarr_registration, warnings)
+            loc = self._ctarr_locate(case, image, warnings)
             report["registration"] = loc.registration.to_dict()
             if loc.registration.dice < MIN_PLAUSIBLE_DICE:
                 raise CTARRError(f"registration Dice {loc.registration.dice:.2f} < {MIN_PLAUSIBLE_DICE}: anatomy "

@@ -1,0 +1,438 @@
+"""Organ-wise prediction with several nnU-Net models, one localisation per case.
+
+As in Navarro et al. (organ-wise segmentation on localised ROIs, then aggregation): every model
+predicts only inside its own CTARR region; all models share one anatomy load and one atlas
+registration per case; their full-size predictions are merged into one label map.
+
+Merge rule: at each voxel every model votes for the class its own segmentation gives there
+(nnU-Net's argmax, exactly what ``nnUNetv2_predict_ctarr`` would write for that model alone),
+mapped to an output label; background and unmapped classes do not vote. The voxel takes the
+output label of the vote with the highest probability (the model's probability of the class it
+voted for); ties go to the model listed first; no vote means background. So one model's
+background never erases another model's foreground, and overlaps go to the most probable.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .atlas import Atlas
+from .errors import CTARRError, WarningLog
+from .model_config import config_region, read_model_config
+from .pipeline import Localisation, locate
+from .predictor import nnUNetPredictorCTARR
+from .registration import RegistrationSettings
+from .regions import Region
+
+MODEL_KEYS = {"name", "folder", "folds", "checkpoint", "region", "margin", "labels"}
+TOP_KEYS = {"labels", "models", "description"}
+
+
+@dataclass
+class ModelSpec:
+    """One model of the spec, resolved and validated."""
+    name: str
+    folder: Path
+    folds: list | None                  # None: every fold_X holding the checkpoint
+    checkpoint: str
+    region: Region
+    margin_mm: float
+    label_map: dict[int, int]           # model class value -> output value (foreground only)
+    n_channels: int
+    file_ending: str
+
+    def lut(self, n_classes: int) -> np.ndarray:
+        """Model class -> output value; 0 = no vote."""
+        lut = np.zeros(max(n_classes, max(self.label_map, default=0) + 1), np.int32)
+        for c, v in self.label_map.items():
+            lut[c] = v
+        return lut
+
+
+@dataclass
+class MultiSpec:
+    labels: dict[str, int]              # output label name -> value
+    models: list[ModelSpec] = field(default_factory=list)
+
+    @property
+    def file_ending(self) -> str:
+        return self.models[0].file_ending
+
+
+# ----------------------------------------------------------------------------- spec
+def _int_value(v) -> int | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, str) and re.fullmatch(r"\d+", v.strip()):
+        return int(v)
+    return None
+
+
+def _check_output_labels(labels) -> dict[str, int]:
+    if not isinstance(labels, dict) or not labels:
+        raise CTARRError('spec: "labels" must be a dict of output label name -> value, e.g. '
+                         '{"background": 0, "liver": 1}')
+    out: dict[str, int] = {}
+    seen: dict[int, str] = {}
+    for name, v in labels.items():
+        if isinstance(v, (list, tuple)):
+            raise CTARRError(f"spec: output label '{name}' is region-based ({v}); output labels need one value each")
+        iv = v if isinstance(v, int) and not isinstance(v, bool) else None
+        if iv is None or not 0 <= iv < 65536:
+            raise CTARRError(f"spec: output label '{name}' has value {v!r}; values must be integers 0..65535")
+        if iv in seen:
+            raise CTARRError(f"spec: output labels '{seen[iv]}' and '{name}' share the value {iv}")
+        seen[iv] = name
+        out[name] = iv
+    if out.get("background") != 0:
+        raise CTARRError('spec: output labels need "background": 0')
+    return out
+
+
+def _model_labels(dataset_json: dict, where: str) -> dict[str, int]:
+    labels = dataset_json.get("labels", {})
+    out = {}
+    for k, v in labels.items():
+        if isinstance(v, (list, tuple)):
+            raise CTARRError(f"{where}: region-based models (label '{k}' = {v}) are not supported")
+        if k != "ignore":                # nnU-Net's ignore label is never predicted
+            out[k] = int(v)
+    if not any(v > 0 for v in out.values()):
+        raise CTARRError(f"{where}: its dataset.json has no foreground labels")
+    return out
+
+
+def _label_map(mapping, model_labels: dict[str, int], out_labels: dict[str, int], where: str) -> dict[int, int]:
+    fg = {k: v for k, v in model_labels.items() if v > 0}
+    values = set(out_labels.values())
+    if mapping is None:                 # by name
+        missing = [k for k in fg if k not in out_labels]
+        if missing:
+            raise CTARRError(f"{where}: no \"labels\" mapping and its label(s) {missing} are not output labels; "
+                             "add a mapping model label -> output label")
+        return {v: out_labels[k] for k, v in fg.items()}
+    if not isinstance(mapping, dict) or not mapping:
+        raise CTARRError(f"{where}: \"labels\" must be a dict model label (name or value) -> output label "
+                         "(value or name)")
+    res: dict[int, int] = {}
+    seen: set[int] = set()
+    known = ", ".join(f"{k}={v}" for k, v in fg.items())
+    for key, target in mapping.items():
+        if key in model_labels:
+            c = model_labels[key]
+        elif _int_value(key) is not None and _int_value(key) in model_labels.values():
+            c = _int_value(key)
+        else:
+            raise CTARRError(f"{where}: '{key}' is not a label of the model (its labels: {known})")
+        if c == 0:
+            raise CTARRError(f"{where}: the model's background cannot be mapped")
+        if isinstance(target, str) and target in out_labels:
+            v = out_labels[target]
+        elif _int_value(target) in values:
+            v = _int_value(target)
+        else:
+            raise CTARRError(f"{where}: label '{key}' is mapped to {target!r}, which is not an output label "
+                             f"(output labels: {', '.join(f'{k}={v}' for k, v in out_labels.items())})")
+        if c in seen:
+            raise CTARRError(f"{where}: model label value {c} is mapped twice")
+        seen.add(c)
+        if v:                            # mapped to background: the class never votes
+            res[c] = v
+    if not res:
+        raise CTARRError(f"{where}: every label is mapped to background; the model would contribute nothing")
+    return res
+
+
+def region_for_model(folder: Path, region_arg, base: Path, where: str) -> tuple[Region, float | None]:
+    """The spec's region (name, or .json relative to the spec), else the model folder's CTARR
+    settings (as ``nnUNetv2_predict_ctarr``); returns (region, the settings' margin or None)."""
+    if region_arg is not None and not (isinstance(region_arg, str) and region_arg):
+        raise CTARRError(f"{where}: \"region\" must be a region name or a region .json path")
+    if region_arg and region_arg.endswith(".json") and not Path(region_arg).is_absolute():
+        region_arg = str(base / region_arg)
+    try:
+        cfg = read_model_config(folder)
+        region = config_region(cfg, region_arg)
+    except CTARRError as e:
+        raise CTARRError(f"{where}: {e}") from None
+    if region is None:
+        raise CTARRError(f"{where}: no region (give \"region\", or a model folder whose ctarr.json / "
+                         "dataset.json names one)")
+    return region, cfg.get("margin_mm")
+
+
+def load_spec(path: str | Path) -> MultiSpec:
+    """Read and validate a spec (see docs/predict_multi.md); relative paths are relative to
+    the spec file. Raises :class:`CTARRError` with a one-line message."""
+    path = Path(path)
+    if not path.is_file():
+        raise CTARRError(f"spec file not found: {path}")
+    try:
+        d = json.loads(path.read_text())
+    except ValueError as e:
+        raise CTARRError(f"spec {path} is not valid JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise CTARRError("spec: the top level must be an object with \"labels\" and \"models\"")
+    unknown = set(d) - TOP_KEYS
+    if unknown:
+        raise CTARRError(f"spec: unknown key(s) {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")
+    out_labels = _check_output_labels(d.get("labels"))
+    models_in = d.get("models")
+    if not isinstance(models_in, list) or not models_in:
+        raise CTARRError("spec: \"models\" must be a non-empty list")
+    base = path.resolve().parent
+    spec = MultiSpec(out_labels)
+    for i, m in enumerate(models_in):
+        spec.models.append(_model_spec(m, i, base, out_labels))
+    names = [m.name for m in spec.models]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise CTARRError(f"spec: model name(s) {dup} used more than once; give each model a distinct \"name\"")
+    for attr, what in (("n_channels", "number of input channels"), ("file_ending", "file ending")):
+        vals = {getattr(m, attr) for m in spec.models}
+        if len(vals) > 1:
+            raise CTARRError(f"spec: all models must share the {what}; got " +
+                             ", ".join(f"{m.name}: {getattr(m, attr)}" for m in spec.models))
+    return spec
+
+
+def _model_spec(m, i: int, base: Path, out_labels: dict[str, int]) -> ModelSpec:
+    where = f"spec models[{i}]"
+    if not isinstance(m, dict):
+        raise CTARRError(f"{where}: each model must be an object with at least \"folder\"")
+    unknown = set(m) - MODEL_KEYS
+    if unknown:
+        raise CTARRError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(MODEL_KEYS)}")
+    if not isinstance(m.get("folder"), str):
+        raise CTARRError(f"{where}: \"folder\" (the trained model folder) is missing")
+    folder = Path(m["folder"])
+    folder = folder if folder.is_absolute() else base / folder
+    if "name" in m:
+        where = f"{where} ('{m['name']}')"
+    if not folder.is_dir():
+        raise CTARRError(f"{where}: model folder not found: {folder}")
+    for f in ("dataset.json", "plans.json"):
+        if not (folder / f).is_file():
+            raise CTARRError(f"{where}: {folder} is not a trained nnU-Net model folder ({f} missing)")
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    plans = json.loads((folder / "plans.json").read_text())
+    if plans.get("image_reader_writer", "SimpleITKIO") != "SimpleITKIO":
+        raise CTARRError(f"{where}: CTARR needs a model whose image reader is SimpleITKIO, this one uses "
+                         f"{plans['image_reader_writer']}")
+    checkpoint = m.get("checkpoint", "checkpoint_final.pth")
+    folds = m.get("folds")
+    if folds is not None:
+        folds = folds if isinstance(folds, list) else [folds]
+        folds = [f if f == "all" else _int_value(f) for f in folds]
+        if any(f is None for f in folds) or not folds:
+            raise CTARRError(f"{where}: \"folds\" must be a list of fold numbers or \"all\", got {m['folds']!r}")
+        for f in folds:
+            if not (folder / f"fold_{f}" / checkpoint).is_file():
+                raise CTARRError(f"{where}: checkpoint not found: {folder / f'fold_{f}' / checkpoint}")
+    elif not any(p.name != "fold_all" and (p / checkpoint).is_file() for p in folder.glob("fold_*")):
+        raise CTARRError(f"{where}: no fold_X/{checkpoint} in {folder}")
+    region, ctarr_margin = region_for_model(folder, m.get("region"), base, where)
+    margin = m.get("margin", ctarr_margin if ctarr_margin is not None else 0.0)
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)):
+        raise CTARRError(f"{where}: \"margin\" must be a number (mm), got {margin!r}")
+    name = m.get("name", region.name)
+    if not isinstance(name, str) or not name:
+        raise CTARRError(f"{where}: \"name\" must be a non-empty string")
+    where = f"spec models[{i}] ('{name}')"
+    label_map = _label_map(m.get("labels"), _model_labels(dataset_json, where), out_labels, where)
+    n_channels = len(dataset_json.get("channel_names", dataset_json.get("modality", {"0": "CT"})))
+    return ModelSpec(name, folder, folds, checkpoint, region, float(margin), label_map, n_channels,
+                     dataset_json.get("file_ending", ".nii.gz"))
+
+
+# ----------------------------------------------------------------------------- merging
+class MaxProbabilityMerge:
+    """Accumulates the models' votes (see module docstring) into one label map."""
+
+    def __init__(self, shape_zyx: tuple[int, ...], n_models: int):
+        self.best = np.full(shape_zyx, -1.0, np.float32)
+        self.labels = np.zeros(shape_zyx, np.uint16)
+        self.winner = np.full(shape_zyx, -1, np.int16)
+        self.votes = np.zeros(shape_zyx, np.uint8)
+        self.n_models = n_models
+
+    def add(self, k: int, votes: np.ndarray, confidence: np.ndarray) -> None:
+        """Model ``k``: ``votes`` = output value per voxel (0 = no vote), ``confidence`` = its
+        probability of the voted class."""
+        fg = votes > 0
+        better = fg & (confidence > self.best)
+        self.best[better] = confidence[better]
+        self.labels[better] = votes[better]
+        self.winner[better] = k
+        self.votes += fg
+
+    def stats(self) -> tuple[int, list[dict]]:
+        """(overlap voxels, per model: voxels voted, won, won and lost in overlaps)."""
+        overlap = self.votes >= 2
+        per = []
+        w_over = self.winner[overlap]
+        for k in range(self.n_models):
+            won = int((self.winner == k).sum())
+            per.append({"voxels_won": won, "voxels_won_in_overlap": int((w_over == k).sum())})
+        return int(overlap.sum()), per
+
+
+def model_votes(seg: np.ndarray, probs: np.ndarray, lut: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A model's full-size segmentation + probabilities -> (output value per voxel, probability
+    of the predicted class)."""
+    seg = np.asarray(seg)
+    conf = np.take_along_axis(np.asarray(probs), seg[None].astype(np.intp), 0)[0].astype(np.float32)
+    return lut[seg], conf
+
+
+# ----------------------------------------------------------------------------- prediction
+class _SharedLocalisation:
+    """What every model of a case uses instead of its own anatomy load + registration."""
+
+    def __init__(self):
+        self.result: Localisation | CTARRError | None = None
+
+    def load(self, case, warnings):     # the predictor's anatomy hook; unused (see _ctarr_locate)
+        raise CTARRError("internal: shared localisation has no anatomy")
+
+
+class _SharedLocPredictor(nnUNetPredictorCTARR):
+    """``nnUNetPredictorCTARR`` that takes the case's shared localisation (or its error, so the
+    single-model fallbacks apply unchanged)."""
+
+    shared: _SharedLocalisation
+
+    def _ctarr_locate(self, case: str, image, warnings: WarningLog) -> Localisation:
+        res = self.shared.result
+        if isinstance(res, CTARRError):
+            raise res
+        if res is None:
+            raise CTARRError("internal: no shared localisation")
+        return res
+
+
+class MultiModelPredictor:
+    """Loads every model of a spec once and predicts cases (see module docstring)."""
+
+    def __init__(self, spec: MultiSpec, anatomy_source, atlas: Atlas | None = None, device=None,
+                 on_miss: str = "empty", step_size: float = 0.5, use_mirroring: bool = True,
+                 perform_everything_on_device: bool = True, verbose: bool = False, allow_tqdm: bool = False):
+        import torch
+        self.spec, self.anatomy, self.atlas = spec, anatomy_source, atlas or Atlas.load()
+        self.shared = _SharedLocalisation()
+        self.predictors: list[_SharedLocPredictor] = []
+        for m in spec.models:
+            p = _SharedLocPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=use_mirroring,
+                                    perform_everything_on_device=perform_everything_on_device,
+                                    device=device or torch.device("cpu"), verbose=verbose,
+                                    verbose_preprocessing=verbose, allow_tqdm=allow_tqdm)
+            p.initialize_from_trained_model_folder(str(m.folder), m.folds, m.checkpoint)
+            p.ctarr_setup(m.region, self.shared, self.atlas, m.margin_mm, on_miss)
+            p.shared = self.shared
+            self.predictors.append(p)
+
+    def localise(self, case: str, ref: sitk.Image) -> dict:
+        """One anatomy load + one registration for the case, shared by all models."""
+        t0 = time.perf_counter()
+        warnings = WarningLog()
+        info: dict = {"registrations": 0}
+        try:
+            anatomy = self.anatomy.load(case, warnings)
+            info["registrations"] += 1
+            loc = locate(ref, anatomy, self.atlas, RegistrationSettings(), warnings)
+            self.shared.result = loc
+            info["registration"] = loc.registration.to_dict()
+        except CTARRError as e:
+            self.shared.result = e
+            info["error"] = str(e)
+        info["seconds"] = round(time.perf_counter() - t0, 4)
+        info["warnings"] = list(warnings)
+        return info
+
+    def predict_case(self, case: str, data: np.ndarray, props: dict) -> tuple[np.ndarray, dict]:
+        """``data`` (c, z, y, x) and ``props`` as read by nnU-Net's SimpleITKIO. Returns the merged
+        label map (z, y, x) and the case report."""
+        t0 = time.perf_counter()
+        st = props["sitk_stuff"]
+        ref = sitk.Image([int(v) for v in data.shape[1:][::-1]], sitk.sitkUInt8)
+        ref.SetOrigin(st["origin"]), ref.SetSpacing(st["spacing"]), ref.SetDirection(st["direction"])
+        report: dict = {"case": case, "labels": self.spec.labels}
+        merge = MaxProbabilityMerge(data.shape[1:], len(self.predictors))
+        models = []
+        try:
+            report["localisation"] = self.localise(case, ref)
+            for k, (m, p) in enumerate(zip(self.spec.models, self.predictors)):
+                t1 = time.perf_counter()
+                seg, probs = p.predict_single_npy_array(data, props, None, None, True, anatomy=self.shared, case=case)
+                r = p.ctarr_reports.pop(case)
+                votes, conf = model_votes(seg, probs, m.lut(probs.shape[0]))
+                del seg, probs
+                merge.add(k, votes, conf)
+                models.append({"name": m.name, "folder": str(m.folder), "region": m.region.name,
+                               "margin_mm": m.margin_mm, "mode": r["mode"], "boxes": r.get("boxes", []),
+                               "voxel_fraction": r.get("voxel_fraction"),
+                               "labels": {str(c): v for c, v in m.label_map.items()},
+                               "voxels_voted": int((votes > 0).sum()), "warnings": r["warnings"],
+                               "seconds": round(time.perf_counter() - t1, 4)})
+        finally:
+            self.shared.result = None
+        overlap, per = merge.stats()
+        for entry, s in zip(models, per):
+            entry.update(s)
+        report["models"] = models
+        report["overlap_voxels"] = overlap
+        report["seconds_total"] = round(time.perf_counter() - t0, 4)
+        return merge.labels.astype(np.uint8 if max(self.spec.labels.values()) < 256 else np.uint16), report
+
+    def predict_files(self, lists: dict[str, list[str]], output_folder: str | Path, overwrite: bool = True) -> dict:
+        """``lists``: case -> input files (channels). Writes ``<case><ending>`` (input geometry)
+        and ``<case>.ctarr_multi.json`` per case, plus ``dataset.json`` (the output labels)."""
+        from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+        from .cli.common import write_json
+        out = Path(output_folder)
+        out.mkdir(parents=True, exist_ok=True)
+        ending = self.spec.file_ending
+        write_json(out / "dataset.json", {"labels": self.spec.labels, "file_ending": ending,
+                                          "description": "nnUNetv2_predict_ctarr_multi merged output"})
+        todo = {c: f for c, f in lists.items()
+                if overwrite or not (out / f"{c}{ending}").is_file() or not (out / f"{c}.ctarr_multi.json").is_file()}
+        self.anatomy.prepare(todo)
+        reports = {}
+        for case, files in todo.items():
+            data, props = SimpleITKIO().read_images(files)
+            seg, report = self.predict_case(case, data, props)
+            report["input"] = [str(f) for f in files]
+            st = props["sitk_stuff"]
+            img = sitk.GetImageFromArray(seg)
+            img.SetOrigin(st["origin"]), img.SetSpacing(st["spacing"]), img.SetDirection(st["direction"])
+            sitk.WriteImage(img, str(out / f"{case}{ending}"), True)
+            write_json(out / f"{case}.ctarr_multi.json", report)
+            reports[case] = report
+        return reports
+
+
+def group_channels(folder: str | Path, file_ending: str, n_channels: int) -> dict[str, list[str]]:
+    """nnU-Net input naming (``CASE_XXXX<ending>``) -> case -> channel files."""
+    pat = re.compile(r"^(.+)_(\d{4})" + re.escape(file_ending) + "$")
+    cases: dict[str, dict[int, str]] = {}
+    for p in sorted(Path(folder).iterdir()):
+        mt = pat.match(p.name)
+        if mt and p.is_file():
+            cases.setdefault(mt.group(1), {})[int(mt.group(2))] = str(p)
+    if not cases:
+        raise CTARRError(f"{folder} holds no images named CASE_0000{file_ending}")
+    out = {}
+    for case, ch in cases.items():
+        if sorted(ch) != list(range(n_channels)):
+            raise CTARRError(f"case '{case}' has channels {sorted(ch)}; the models take {n_channels} "
+                             f"(_0000 .. _{n_channels - 1:04d})")
+        out[case] = [ch[i] for i in range(n_channels)]
+    return out
