@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 import torch
 
 from nnunet_ctarr.trainers.anatomy import (CTWindows, WarmupCosine, ctarr_training_transforms,

@@ -30,7 +30,7 @@ EPILOG = """examples:
 """
 
 
-def _env_int(name: str, default: int) -> int:
+def env_int(name: str, default: int) -> int:
     try:
         return int(os.environ.get(name) or default)
     except ValueError:
@@ -55,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_probabilities", action="store_true", help="full-size probabilities (.npz + .pkl)")
     p.add_argument("--continue_prediction", action="store_true")
     p.add_argument("-chk", type=str, default="checkpoint_final.pth")
-    p.add_argument("-npp", type=int, default=_env_int("nnUNet_npp", 3))
-    p.add_argument("-nps", type=int, default=_env_int("nnUNet_nps", 3))
+    p.add_argument("-npp", type=int, default=env_int("nnUNet_npp", 3))
+    p.add_argument("-nps", type=int, default=env_int("nnUNet_nps", 3))
     p.add_argument("-prev_stage_predictions", type=str, default=None)
     p.add_argument("-num_parts", type=int, default=1)
     p.add_argument("-part_id", type=int, default=0)
@@ -87,7 +87,7 @@ def _model_folder(args) -> str:
     return get_output_folder(args.d, args.tr, args.p, args.c)
 
 
-def _prepare_inputs(src: Path, tmp: Path) -> str | list[list[str]]:
+def prepare_inputs(src: Path, tmp: Path) -> str | list[list[str]]:
     """nnU-Net input: a folder as is; a single image file or DICOM folders converted to a list."""
     if src.is_dir() and not is_dicom_dir(src) and not any(is_dicom_dir(d) for d in src.iterdir() if d.is_dir()):
         return str(src)
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     folds = [f if f == "all" else int(f) for f in args.f]
     os.makedirs(args.o, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ctarr_inputs_") as tmp:
-        source = _prepare_inputs(Path(args.i), Path(tmp))
+        source = prepare_inputs(Path(args.i), Path(tmp))
         predictor = nnUNetPredictorCTARR(tile_step_size=args.step_size, use_gaussian=True,
                                          use_mirroring=not args.disable_tta,
                                          perform_everything_on_device=not args.not_on_device, device=device,

@@ -21,7 +21,7 @@ from ..io import case_id
 from ..regions import check_region_atlas
 from .anatomy_args import add_anatomy_args, anatomy_source
 from .common import run_cli, setup_logging
-from .predict import _env_int, _prepare_inputs
+from .predict import env_int, prepare_inputs
 
 EPILOG = """examples:
   nnUNetv2_predict_ctarr_multi -i imagesTs -o pred -spec organs.json -anatomy_seg totalseg_maps/
@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disable_tta", action="store_true")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--continue_prediction", action="store_true", help="skip cases whose outputs exist")
-    p.add_argument("-npp", type=int, default=_env_int("nnUNet_npp", 3), help="anatomy model only")
-    p.add_argument("-nps", type=int, default=_env_int("nnUNet_nps", 3), help="anatomy model only")
+    p.add_argument("-npp", type=int, default=env_int("nnUNet_npp", 3), help="anatomy model only")
+    p.add_argument("-nps", type=int, default=env_int("nnUNet_nps", 3), help="anatomy model only")
     p.add_argument("-device", type=str, default="cuda", help="cuda, cpu or mps")
     p.add_argument("--disable_progress_bar", action="store_true")
     p.add_argument("--not_on_device", action="store_true")
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(multiprocessing.cpu_count())
     n_ch = spec.models[0].n_channels
     with tempfile.TemporaryDirectory(prefix="ctarr_inputs_") as tmp:
-        source = _prepare_inputs(src, Path(tmp))
+        source = prepare_inputs(src, Path(tmp))
         if isinstance(source, str):
             lists = group_channels(source, spec.file_ending, n_ch)
         else:
