@@ -131,8 +131,8 @@ class _DiceProblem:
     in the Dice ratio) and only voxels where the atlas has coverage count. Because the
     transform is axis-aligned, trilinear sampling is three small matrix products (exactly
     trilinear, ~4x faster than ``grid_sample`` on CPU). Parameters are the per-axis ``scale``
-    and a translation ``tau`` in units of the scan's half extent (1 and 0 at the landmark
-    solution), so the paper's step size 0.05 is scale-free."""
+    and a translation ``tau`` in units of the scan's largest half extent (1 and 0 at the landmark
+    solution), so the paper's step size 0.05 is scale-free and equal on all axes."""
 
     def __init__(self, moving: MaskVolume, fixed: MaskVolume, M: np.ndarray, t0: np.ndarray,
                  groups: np.ndarray, level: int, device: str, padding: float = 0.15):
@@ -142,7 +142,11 @@ class _DiceProblem:
         m_mid_full = moving.origin + 0.5 * (m_size_full - 1) * moving.spacing
         self.M = M.astype(float)
         self.c_q = self.M @ m_mid_full                                    # FOV centre, oriented
-        self.h_q = np.abs(self.M) @ (0.5 * m_size_full * moving.spacing)  # FOV half extent
+        # translation unit: the FOV's largest half extent, the same on every axis. (Per-axis half
+        # extents made z steps ~36x smaller than xy steps for a 20-slice slab and left the atlas
+        # crop ~5 mm of room in z: slabs stayed near the landmark guess, up to 44 mm off in the
+        # SSBR-protocol evaluation, docs/prealign_evaluation.md.)
+        self.h_q = np.full(3, float(np.max(0.5 * m_size_full * moving.spacing)))
         self.a_c = self.c_q + t0
         mprob, _, m_origin, m_spacing = moving.pooled(level)
         fprob, fcov, f_origin, f_spacing = fixed.pooled(level)

@@ -44,3 +44,22 @@ def chest():
 
 def anatomy_of(labels, scheme: LabelScheme) -> AnatomyMasks:
     return AnatomyMasks.from_label_image(labels, scheme, WarningLog(), "test")
+
+
+def write_liver_kidney_targets(folder: Path) -> list[Path]:
+    """Target maps (liver = 1, kidneys = 2) of the two subjects for tiny test models."""
+    import numpy as np
+    import SimpleITK as sitk
+    out = []
+    for name, lab_f in (("abd", ABDOMEN[1]), ("chest", CHEST[1])):
+        lab = sitk.ReadImage(str(lab_f))
+        a = sitk.GetArrayFromImage(lab)
+        t = np.zeros_like(a)
+        t[a == 5] = 1                       # liver
+        t[np.isin(a, [2, 3])] = 2           # kidneys
+        img = sitk.GetImageFromArray(t)
+        img.CopyInformation(lab)
+        sitk.WriteImage(img, str(folder / f"{name}.nii.gz"))
+        out.append(folder / f"{name}.nii.gz")
+    return out
+

@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import ABDOMEN, CHEST, DICOM, SMALL
+from conftest import ABDOMEN, CHEST, DICOM, SMALL, write_liver_kidney_targets
 from nnunet_ctarr.anatomy_source import PrecomputedAnatomy
 from nnunet_ctarr.errors import CTARRError
 from nnunet_ctarr.model_factory import make_random_model
@@ -49,17 +49,7 @@ def models(tmp_path_factory):
     """liver model (bg, liver) and kidney model (bg, kidney_left, kidney_right) from one
     randomly initialised tiny nnU-Net (6 mm; outputs are resampled to the input grid)."""
     tmp = tmp_path_factory.mktemp("multi_models")
-    labs = []
-    for name, lab_f in (("abd", ABDOMEN[1]), ("chest", CHEST[1])):
-        lab = sitk.ReadImage(str(lab_f))
-        a = sitk.GetArrayFromImage(lab)
-        out = np.zeros_like(a)
-        out[a == 5] = 1
-        out[np.isin(a, [2, 3])] = 2
-        img = sitk.GetImageFromArray(out)
-        img.CopyInformation(lab)
-        sitk.WriteImage(img, str(tmp / f"{name}.nii.gz"))
-        labs.append(tmp / f"{name}.nii.gz")
+    labs = write_liver_kidney_targets(tmp)
     base = make_random_model(tmp / "base", [ABDOMEN[0], CHEST[0]], labs, {"background": 0, "a": 1, "b": 2},
                              dataset_id=986, seed=4, spacing=[6.0, 6.0, 6.0])       # 6 mm: few patches, fast
     liver = _derive(base, tmp / "liver_model", {"background": 0, "liver": 1}, [0, 1], 1, [0.0, 0.5])

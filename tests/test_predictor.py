@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import ABDOMEN, CHEST, DICOM
+from conftest import ABDOMEN, CHEST, DICOM, write_liver_kidney_targets
 from nnunet_ctarr.anatomy_source import PrecomputedAnatomy
 from nnunet_ctarr.model_factory import make_random_model
 from nnunet_ctarr.predictor import merge_box_probabilities, nnUNetPredictorCTARR
@@ -22,17 +22,7 @@ from nnunet_ctarr.regions import load_region
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("model")
-    labs = []
-    for name, lab_f in (("abd", ABDOMEN[1]), ("chest", CHEST[1])):
-        lab = sitk.ReadImage(str(lab_f))
-        a = sitk.GetArrayFromImage(lab)
-        out = np.zeros_like(a)
-        out[a == 5] = 1                       # liver
-        out[np.isin(a, [2, 3])] = 2           # kidneys
-        img = sitk.GetImageFromArray(out)
-        img.CopyInformation(lab)
-        sitk.WriteImage(img, str(tmp / f"{name}.nii.gz"))
-        labs.append(tmp / f"{name}.nii.gz")
+    labs = write_liver_kidney_targets(tmp)
     return make_random_model(tmp / "model", [ABDOMEN[0], CHEST[0]], labs, {"background": 0, "liver": 1, "kidney": 2})
 
 
