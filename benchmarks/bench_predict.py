@@ -1,10 +1,12 @@
 """Stock nnUNetv2 prediction vs nnUNetv2_predict_ctarr on real CTs at clinical-like resolution.
 
-    python benchmarks/bench_predict.py [--data ../shared/data] [--device cpu] [--out docs/benchmark_predict]
+    python benchmarks/bench_predict.py [--data ../shared/data] [--device cpu] [--spacing X Y Z] [--stock_once]
+                                       [--gpu_memory_gb GB] [--out docs/benchmark_predict]
 
 As in the CTARR paper's speed experiment: a randomly initialised nnU-Net 3d_fullres model,
 planned by nnU-Net for a CT dataset (real architecture, real sliding window), built on the
-fly. Cases: the LIDC chest CT at 1.5 x 1.5 x 2.5 mm and the TotalSegmentator abdomen CT
+fly. Cases: the LIDC chest CT at 1.5 x 1.5 x 2.5 mm (or ``--spacing``; finer than 1.5 mm it is
+resampled from the native 0.70 x 0.70 x 2.5 mm scan) and the TotalSegmentator abdomen CT
 resampled to the same spacing, with their TotalSegmentator maps as precomputed anatomy.
 For each case and region, stock and CTARR runs alternate in one process (model loaded once,
 ``predict_from_files_sequential`` = ``-npp 0 -nps 0``, TTA off; wall time of the call, i.e. read,
