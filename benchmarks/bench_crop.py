@@ -57,7 +57,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         n = make_cases(Path(args.data), tmp, args.n)
-        cmd = ["nnUNetv2_ctarr_crop", "-i", str(tmp / "images"), "--anatomy_seg", str(tmp / "anatomy"),
+        cmd = [str(Path(sys.executable).parent / "nnUNetv2_ctarr_crop"), "-i", str(tmp / "images"), "--anatomy_seg", str(tmp / "anatomy"),
                "-r", args.region, "-o", str(tmp / "out"), "--device", args.device]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
