@@ -9,7 +9,6 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
 from nnunet_ctarr.perturbations import orientation_of, standard_perturbations

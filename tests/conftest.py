@@ -63,3 +63,14 @@ def write_liver_kidney_targets(folder: Path) -> list[Path]:
         out.append(folder / f"{name}.nii.gz")
     return out
 
+
+def assert_same_geometry_as_dicom(result_file: Path, dicom_folder: Path = DICOM[0]) -> None:
+    """A written result has the DICOM series' size, origin, spacing and direction."""
+    import numpy as np
+    import SimpleITK as sitk
+    dcm = sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(dicom_folder)))
+    res = sitk.ReadImage(str(result_file))
+    assert res.GetSize() == dcm.GetSize()
+    assert np.allclose(res.GetOrigin(), dcm.GetOrigin()) and np.allclose(res.GetSpacing(), dcm.GetSpacing())
+    assert np.allclose(res.GetDirection(), dcm.GetDirection())
+

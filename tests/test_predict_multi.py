@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import ABDOMEN, CHEST, DICOM, SMALL, write_liver_kidney_targets
+from conftest import ABDOMEN, CHEST, DICOM, SMALL, write_liver_kidney_targets, assert_same_geometry_as_dicom
 from nnunet_ctarr.anatomy_source import PrecomputedAnatomy
 from nnunet_ctarr.errors import CTARRError
 from nnunet_ctarr.model_factory import make_random_model
@@ -233,11 +233,7 @@ def test_dicom_folder_input_via_cli(models, tmp_path):
                         str(tmp_path / "o"), "-spec", str(spec), "-anatomy_seg", str(anat), "-device", "cpu",
                         "--disable_tta", "--disable_progress_bar"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
-    dcm = sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(DICOM[0])))
-    res = sitk.ReadImage(str(tmp_path / "o" / "example_ct_dicom.nii.gz"))
-    assert res.GetSize() == dcm.GetSize()
-    assert np.allclose(res.GetOrigin(), dcm.GetOrigin()) and np.allclose(res.GetSpacing(), dcm.GetSpacing())
-    assert np.allclose(res.GetDirection(), dcm.GetDirection())
+    assert_same_geometry_as_dicom(tmp_path / "o" / "example_ct_dicom.nii.gz")
     side = json.loads((tmp_path / "o" / "example_ct_dicom.ctarr_multi.json").read_text())
     assert side["models"][0]["mode"] == "crop" and side["localisation"]["registrations"] == 1
 

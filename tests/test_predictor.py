@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import ABDOMEN, CHEST, DICOM, write_liver_kidney_targets
+from conftest import ABDOMEN, CHEST, DICOM, write_liver_kidney_targets, assert_same_geometry_as_dicom
 from nnunet_ctarr.anatomy_source import PrecomputedAnatomy
 from nnunet_ctarr.model_factory import make_random_model
 from nnunet_ctarr.predictor import merge_box_probabilities, nnUNetPredictorCTARR
@@ -102,11 +102,7 @@ def test_dicom_folder_input_keeps_dicom_geometry(tiny_model, tmp_path):
                         str(anat), "--disable_tta", "-npp", "0", "-nps", "0", "--save_ctarr_json"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
-    dcm = sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(DICOM[0])))
-    res = sitk.ReadImage(str(tmp_path / "o" / "example_ct_dicom.nii.gz"))
-    assert res.GetSize() == dcm.GetSize()
-    assert np.allclose(res.GetOrigin(), dcm.GetOrigin()) and np.allclose(res.GetSpacing(), dcm.GetSpacing())
-    assert np.allclose(res.GetDirection(), dcm.GetDirection())
+    assert_same_geometry_as_dicom(tmp_path / "o" / "example_ct_dicom.nii.gz")
     assert json.loads((tmp_path / "o" / "example_ct_dicom.ctarr.json").read_text())["mode"] == "crop"
 
 
