@@ -14,6 +14,7 @@ from pathlib import Path
 from .anatomy import AnatomyMasks, LabelScheme, load_anatomy
 from .errors import CTARRError, WarningLog
 from .io import match_case_file, read_image
+from .nnunet_dataset import foreground_labels, n_channels
 
 
 class PrecomputedAnatomy:
@@ -34,17 +35,8 @@ class PrecomputedAnatomy:
 
 def scheme_from_dataset_json(dataset_json: dict, name: str) -> LabelScheme:
     """Label scheme from an nnU-Net ``dataset.json`` (``labels``: name -> id)."""
-    names = {}
-    for k, v in dataset_json.get("labels", {}).items():
-        if k == "background":
-            continue
-        if isinstance(v, (list, tuple)):
-            raise CTARRError(f"anatomy model {name} is region-based (label '{k}' = {v}); an anatomy model "
-                             "needs one label per structure")
-        names[int(v)] = k
-    if not names:
-        raise CTARRError(f"anatomy model {name}: dataset.json has no labels")
-    return LabelScheme(f"nnU-Net model {name}", names)
+    labels = foreground_labels(dataset_json, f"anatomy model {name}")
+    return LabelScheme(f"nnU-Net model {name}", {v: k for k, v in labels.items()})
 
 
 class ModelAnatomy:
@@ -77,8 +69,7 @@ class ModelAnatomy:
         todo = {c: f for c, f in cases.items() if not self.label_file(c).exists()}
         if not todo:
             return
-        n_in = len(self.dataset_json.get("channel_names", self.dataset_json.get("modality", {"0": "CT"})))
-        lists = [files[:n_in] for files in todo.values()]
+        lists = [files[:n_channels(self.dataset_json)] for files in todo.values()]
         outs = [str(self.out / c) for c in todo]
         if self.npp == 0 and self.nps == 0:
             predictor.predict_from_files_sequential(lists, outs, False, True, None)

@@ -17,9 +17,10 @@ import SimpleITK as sitk
 from .atlas import Atlas
 from .cropping import crop_image
 from .errors import CTARRError, WarningLog
+from .evaluation import crop_scores
 from .io import read_image, same_grid, write_image
 from .nnunet_dataset import RawCase
-from .pipeline import MIN_PLAUSIBLE_DICE, locate, plan_region
+from .pipeline import check_trusted, locate, plan_region
 from .regions import Region
 
 
@@ -61,9 +62,10 @@ def crop_case(job: CropJob, anatomy_source, atlas: Atlas) -> dict:
     n_full = int(np.prod(images[0].GetSize()))
     try:
         loc = locate(images[0], anatomy_source.load(case.case, warnings), atlas, warnings=warnings)
-        if loc.registration.dice < MIN_PLAUSIBLE_DICE or loc.registration.orientation_ambiguous:
-            raise CTARRError(f"localisation not trusted (Dice {loc.registration.dice:.2f}"
-                             + (", orientation ambiguous" if loc.registration.orientation_ambiguous else "") + ")")
+        try:
+            check_trusted(loc)
+        except CTARRError as e:
+            raise CTARRError(f"localisation not trusted ({e})") from None
         plan = plan_region(images[0], loc, job.region, job.margin_mm, warnings=warnings)
         if not plan.usable:
             raise CTARRError(f"region '{job.region.name}' lies outside the field of view")
@@ -87,9 +89,10 @@ def crop_case(job: CropJob, anatomy_source, atlas: Atlas) -> dict:
     row["status"] = "cropped"
     row["voxel_reduction"] = round(n_full / max(kept, 1), 3)
     if fg is not None:
-        lost = int(np.logical_and(fg, ~plan.union_mask_zyx()).sum())
+        sc = crop_scores(fg, plan.union_mask_zyx())
+        lost = sc["fg_voxels"] - sc["fg_kept"]
         row["lost_foreground_voxels"] = lost
-        row["lost_foreground_pct"] = round(100.0 * lost / max(int(fg.sum()), 1), 4)
+        row["lost_foreground_pct"] = round(100.0 * lost / max(sc["fg_voxels"], 1), 4)
         if lost:
             warnings.warn(f"{case.case}: {lost} label voxels ({row['lost_foreground_pct']:.2f}%) lie outside the "
                           f"crop(s); raise --train_margin or check the QC of this case")

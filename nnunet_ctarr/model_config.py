@@ -42,8 +42,7 @@ def config_region(cfg: dict, override: str | None = None) -> Region | None:
         return None
     if isinstance(spec, dict):
         try:
-            return Region(spec["name"], spec["boxes_mm"], float(spec.get("margin_mm", 10.0)),
-                          spec.get("atlas_id", ""), spec.get("provenance", {}))
+            return Region.from_dict(spec)
         except (KeyError, TypeError, ValueError) as e:
             raise CTARRError(f"invalid region in the model's CTARR settings: {e}") from None
     return load_region(str(spec))

@@ -25,6 +25,7 @@ import SimpleITK as sitk
 from .atlas import Atlas
 from .errors import CTARRError, WarningLog
 from .model_config import config_region, read_model_config
+from .nnunet_dataset import foreground_labels, n_channels
 from .pipeline import Localisation, locate
 from .predictor import nnUNetPredictorCTARR
 from .registration import RegistrationSettings
@@ -98,16 +99,8 @@ def _check_output_labels(labels) -> dict[str, int]:
 
 
 def _model_labels(dataset_json: dict, where: str) -> dict[str, int]:
-    labels = dataset_json.get("labels", {})
-    out = {}
-    for k, v in labels.items():
-        if isinstance(v, (list, tuple)):
-            raise CTARRError(f"{where}: region-based models (label '{k}' = {v}) are not supported")
-        if k != "ignore":                # nnU-Net's ignore label is never predicted
-            out[k] = int(v)
-    if not any(v > 0 for v in out.values()):
-        raise CTARRError(f"{where}: its dataset.json has no foreground labels")
-    return out
+    """The model's labels incl. background (nnU-Net's ignore label is never predicted)."""
+    return {"background": 0, **foreground_labels(dataset_json, where)}
 
 
 def _label_map(mapping, model_labels: dict[str, int], out_labels: dict[str, int], where: str) -> dict[int, int]:
@@ -248,8 +241,7 @@ def _model_spec(m, i: int, base: Path, out_labels: dict[str, int]) -> ModelSpec:
         raise CTARRError(f"{where}: \"name\" must be a non-empty string")
     where = f"spec models[{i}] ('{name}')"
     label_map = _label_map(m.get("labels"), _model_labels(dataset_json, where), out_labels, where)
-    n_channels = len(dataset_json.get("channel_names", dataset_json.get("modality", {"0": "CT"})))
-    return ModelSpec(name, folder, folds, checkpoint, region, float(margin), label_map, n_channels,
+    return ModelSpec(name, folder, folds, checkpoint, region, float(margin), label_map, n_channels(dataset_json),
                      dataset_json.get("file_ending", ".nii.gz"))
 
 
@@ -417,22 +409,3 @@ class MultiModelPredictor:
             write_json(out / f"{case}.ctarr_multi.json", report)
             reports[case] = report
         return reports
-
-
-def group_channels(folder: str | Path, file_ending: str, n_channels: int) -> dict[str, list[str]]:
-    """nnU-Net input naming (``CASE_XXXX<ending>``) -> case -> channel files."""
-    pat = re.compile(r"^(.+)_(\d{4})" + re.escape(file_ending) + "$")
-    cases: dict[str, dict[int, str]] = {}
-    for p in sorted(Path(folder).iterdir()):
-        mt = pat.match(p.name)
-        if mt and p.is_file():
-            cases.setdefault(mt.group(1), {})[int(mt.group(2))] = str(p)
-    if not cases:
-        raise CTARRError(f"{folder} holds no images named CASE_0000{file_ending}")
-    out = {}
-    for case, ch in cases.items():
-        if sorted(ch) != list(range(n_channels)):
-            raise CTARRError(f"case '{case}' has channels {sorted(ch)}; the models take {n_channels} "
-                             f"(_0000 .. _{n_channels - 1:04d})")
-        out[case] = [ch[i] for i in range(n_channels)]
-    return out

@@ -33,6 +33,46 @@ def find_raw_dataset(dataset: str) -> Path:
     raise CTARRError(f"dataset {dataset} not found (neither a dataset folder nor an id/name in {root})")
 
 
+def n_channels(dataset_json: dict) -> int:
+    """Input channels of an nnU-Net dataset/model (``channel_names``, v1 ``modality``; default 1)."""
+    return len(dataset_json.get("channel_names", dataset_json.get("modality", {"0": "CT"})))
+
+
+def foreground_labels(dataset_json: dict, where: str) -> dict[str, int]:
+    """``dataset.json`` labels without background and nnU-Net's ``ignore`` label: name -> value.
+    Region-based labels (lists of values) and label-less files are refused."""
+    out = {}
+    for name, value in dataset_json.get("labels", {}).items():
+        if name in ("background", "ignore"):
+            continue
+        if isinstance(value, (list, tuple)):
+            raise CTARRError(f"{where}: region-based label '{name}' = {value} is not supported; "
+                             "one value per label is needed")
+        out[name] = int(value)
+    if not out:
+        raise CTARRError(f"{where}: dataset.json has no foreground labels")
+    return out
+
+
+def group_channels(folder: Path, ending: str, n: int, expected: str = "dataset.json says") -> dict[str, list[Path]]:
+    """nnU-Net image naming (``CASE_XXXX<ending>``) -> case -> its channel files, in channel order;
+    every case must have channels 0..n-1. Empty if the folder holds none."""
+    pattern = re.compile(r"^(.+)_(\d{4})" + re.escape(ending) + "$")
+    found: dict[str, dict[int, Path]] = {}
+    for f in sorted(Path(folder).iterdir()):
+        m = pattern.match(f.name)
+        if m and f.is_file():
+            found.setdefault(m.group(1), {})[int(m.group(2))] = f
+    out = {}
+    for case in sorted(found):
+        chans = found[case]
+        if sorted(chans) != list(range(n)):
+            raise CTARRError(f"{folder}: case '{case}' has channels {sorted(chans)}; {expected} {n} "
+                             f"(_0000 .. _{n - 1:04d})")
+        out[case] = [chans[c] for c in range(n)]
+    return out
+
+
 @dataclass
 class RawCase:
     case: str
@@ -52,21 +92,9 @@ class RawDataset:
         return self.dataset_json["file_ending"]
 
     @property
-    def n_channels(self) -> int:
-        return len(self.dataset_json.get("channel_names", self.dataset_json.get("modality", {})))
-
-    @property
     def labels(self) -> dict[str, int]:
         """Label name -> value (foreground only); region-based labels are refused."""
-        out = {}
-        for name, value in self.dataset_json.get("labels", {}).items():
-            if name == "background":
-                continue
-            if isinstance(value, (list, tuple)):
-                raise CTARRError(f"{self.folder.name}: region-based label '{name}' = {value} is not supported; "
-                                 "use a dataset with one value per label")
-            out[name] = int(value)
-        return out
+        return foreground_labels(self.dataset_json, self.folder.name)
 
     def label_values(self, wanted: list[str] | None) -> dict[str, int]:
         """Resolve label names or values from the command line (default: every foreground label)."""
@@ -86,24 +114,15 @@ class RawDataset:
         return out
 
 
-def _cases(images: Path, labels: Path | None, ending: str, n_channels: int) -> list[RawCase]:
+def _cases(images: Path, labels: Path | None, ending: str, n: int) -> list[RawCase]:
     if not images.is_dir():
         return []
-    pattern = re.compile(r"^(.*)_(\d{4})" + re.escape(ending) + "$")
-    found: dict[str, dict[int, Path]] = {}
-    for f in images.iterdir():
-        m = pattern.match(f.name)
-        if m:
-            found.setdefault(m.group(1), {})[int(m.group(2))] = f
     out = []
-    for case in sorted(found):
-        chans = found[case]
-        if sorted(chans) != list(range(n_channels)):
-            raise CTARRError(f"{images}: case {case} has channels {sorted(chans)}, dataset.json says {n_channels}")
+    for case, files in group_channels(images, ending, n).items():
         label = labels / f"{case}{ending}" if labels is not None else None
         if label is not None and not label.is_file():
             raise CTARRError(f"{labels}: label file {case}{ending} missing")
-        out.append(RawCase(case, [chans[c] for c in range(n_channels)], label))
+        out.append(RawCase(case, files, label))
     return out
 
 
@@ -111,7 +130,7 @@ def load_raw_dataset(dataset: str, need_labels: bool = True) -> RawDataset:
     folder = find_raw_dataset(dataset)
     try:
         dj = json.loads((folder / "dataset.json").read_text())
-        ending, n = dj["file_ending"], len(dj.get("channel_names", dj.get("modality", {})))
+        ending, n = dj["file_ending"], n_channels(dj)
     except (OSError, ValueError, KeyError) as e:
         raise CTARRError(f"{folder}/dataset.json is not a valid nnU-Net dataset.json: {e}") from None
     if "dataset" in dj:

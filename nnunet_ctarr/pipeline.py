@@ -62,6 +62,15 @@ def locate(image: sitk.Image | None, anatomy: AnatomyMasks, atlas: Atlas,
     return Localisation(res, vol, warnings, {"anatomy_to_grid": t1 - t0, **res.seconds})
 
 
+def check_trusted(loc: Localisation) -> None:
+    """Refuse a localisation that must not drive a crop (the predictors then fall back to the
+    full volume): registration Dice below :data:`MIN_PLAUSIBLE_DICE`, or an ambiguous orientation."""
+    if loc.registration.dice < MIN_PLAUSIBLE_DICE:
+        raise CTARRError(f"registration Dice {loc.registration.dice:.2f} < {MIN_PLAUSIBLE_DICE}: anatomy implausible")
+    if loc.registration.orientation_ambiguous:
+        raise CTARRError("orientation ambiguous")
+
+
 def plan_region(image: sitk.Image, loc: Localisation, region: Region, extra_margin_mm: float = 0.0,
                 z_only: bool = False, warnings: WarningLog | None = None) -> CropPlan:
     """Map a region into the image and warn about boxes that are cut by the field of view."""

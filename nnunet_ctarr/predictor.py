@@ -36,7 +36,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from .atlas import Atlas
 from .errors import CTARRError, WarningLog
 from .io import ImageHeader
-from .pipeline import MIN_PLAUSIBLE_DICE, Localisation, locate, plan_region
+from .pipeline import Localisation, check_trusted, locate, plan_region
 from .registration import RegistrationSettings
 from .regions import Region
 
@@ -159,11 +159,7 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
         try:
             loc = self._ctarr_locate(case, image, warnings)
             report["registration"] = loc.registration.to_dict()
-            if loc.registration.dice < MIN_PLAUSIBLE_DICE:
-                raise CTARRError(f"registration Dice {loc.registration.dice:.2f} < {MIN_PLAUSIBLE_DICE}: anatomy "
-                                 "implausible")
-            if loc.registration.orientation_ambiguous:
-                raise CTARRError("orientation ambiguous")
+            check_trusted(loc)
             plan = plan_region(image, loc, self.ctarr_region, self.ctarr_margin, warnings=warnings)
             report["boxes"] = [b.to_dict() for b in plan.boxes]
             boxes = [{"start_xyz": b.start_xyz.tolist(), "stop_xyz": b.stop_xyz.tolist(),

@@ -52,12 +52,16 @@ class Region:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
+    def from_dict(cls, d: dict) -> "Region":
+        """The inverse of :meth:`to_dict` (raises KeyError/TypeError/ValueError on a bad dict)."""
+        return cls(d["name"], np.array(d["boxes_mm"]), float(d.get("margin_mm", 10.0)),
+                   d.get("atlas_id", ""), d.get("provenance", {}))
+
+    @classmethod
     def from_file(cls, path: str | Path) -> "Region":
         path = Path(path)
         try:
-            d = json.loads(path.read_text())
-            return cls(d["name"], np.array(d["boxes_mm"]), float(d.get("margin_mm", 10.0)),
-                       d.get("atlas_id", ""), d.get("provenance", {}))
+            return cls.from_dict(json.loads(path.read_text()))
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise CTARRError(f"cannot read region file {path}: {e}") from None
 

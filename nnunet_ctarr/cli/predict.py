@@ -37,6 +37,29 @@ def env_int(name: str, default: int) -> int:
         return default
 
 
+def add_inference_args(p: argparse.ArgumentParser, npp_help: str | None = None) -> None:
+    """The sliding-window/device flags of ``nnUNetv2_predict`` (same names and defaults)."""
+    p.add_argument("-step_size", type=float, default=0.5)
+    p.add_argument("--disable_tta", action="store_true")
+    p.add_argument("--verbose", action="store_true")
+    p.add_argument("-npp", type=int, default=env_int("nnUNet_npp", 3), help=npp_help)
+    p.add_argument("-nps", type=int, default=env_int("nnUNet_nps", 3), help=npp_help)
+    p.add_argument("-device", type=str, default="cuda", help="cuda, cpu or mps")
+    p.add_argument("--disable_progress_bar", action="store_true")
+    p.add_argument("--not_on_device", action="store_true")
+
+
+def inference_device(name: str):
+    """``-device`` as a torch device; on CPU all cores are used (as ``nnUNetv2_predict``)."""
+    if name not in ("cpu", "cuda", "mps"):
+        raise CTARRError(f"-device must be cpu, cuda or mps, got {name}")
+    import torch
+    if name == "cpu":
+        import multiprocessing
+        torch.set_num_threads(multiprocessing.cpu_count())
+    return torch.device(name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nnUNetv2_predict_ctarr", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,20 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-tr", type=str, default="nnUNetTrainer", help="trainer class. Default: nnUNetTrainer")
     p.add_argument("-c", type=str, default=None, help="configuration, e.g. 3d_fullres")
     p.add_argument("-f", nargs="+", type=str, default=(0, 1, 2, 3, 4), help="folds. Default: 0 1 2 3 4")
-    p.add_argument("-step_size", type=float, default=0.5)
-    p.add_argument("--disable_tta", action="store_true")
-    p.add_argument("--verbose", action="store_true")
+    add_inference_args(p)
     p.add_argument("--save_probabilities", action="store_true", help="full-size probabilities (.npz + .pkl)")
     p.add_argument("--continue_prediction", action="store_true")
     p.add_argument("-chk", type=str, default="checkpoint_final.pth")
-    p.add_argument("-npp", type=int, default=env_int("nnUNet_npp", 3))
-    p.add_argument("-nps", type=int, default=env_int("nnUNet_nps", 3))
     p.add_argument("-prev_stage_predictions", type=str, default=None)
     p.add_argument("-num_parts", type=int, default=1)
     p.add_argument("-part_id", type=int, default=0)
-    p.add_argument("-device", type=str, default="cuda", help="cuda, cpu or mps")
-    p.add_argument("--disable_progress_bar", action="store_true")
-    p.add_argument("--not_on_device", action="store_true")
     # --- model folder directly (as nnUNetv2_predict_from_modelfolder)
     p.add_argument("-m", type=str, default=None, help="trained model folder (instead of -d/-c/-p/-tr)")
     # --- CTARR
@@ -108,7 +124,6 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     from ..trainer_path import ensure_ext_trainer_path
     ensure_ext_trainer_path()                 # models trained with the CTARR trainers are found
-    import torch
     from ..predictor import nnUNetPredictorCTARR
 
     model = _model_folder(args)
@@ -120,12 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         raise CTARRError("no region: pass -region NAME (or a model folder whose ctarr.json / dataset.json names one)")
     margin = args.margin if args.margin is not None else float(model_ctarr.get("margin_mm", 0.0))
     anatomy = anatomy_source(args, args.device, args.step_size, args.disable_tta, args.npp, args.nps, args.verbose)
-    if args.device not in ("cpu", "cuda", "mps"):
-        raise CTARRError(f"-device must be cpu, cuda or mps, got {args.device}")
-    if args.device == "cpu":
-        import multiprocessing
-        torch.set_num_threads(multiprocessing.cpu_count())
-    device = torch.device(args.device)
+    device = inference_device(args.device)
     folds = [f if f == "all" else int(f) for f in args.f]
     os.makedirs(args.o, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ctarr_inputs_") as tmp:

@@ -21,7 +21,7 @@ from ..io import case_id
 from ..regions import check_region_atlas
 from .anatomy_args import add_anatomy_args, anatomy_source
 from .common import run_cli, setup_logging
-from .predict import env_int, prepare_inputs
+from .predict import add_inference_args, inference_device, prepare_inputs
 
 EPILOG = """examples:
   nnUNetv2_predict_ctarr_multi -i imagesTs -o pred -spec organs.json -anatomy_seg totalseg_maps/
@@ -44,15 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", type=str, required=True, help="output folder")
     p.add_argument("-spec", type=str, required=True, help="JSON: output labels and the models (folder, region, "
                                                           "label mapping, optional folds/checkpoint/margin)")
-    p.add_argument("-step_size", type=float, default=0.5)
-    p.add_argument("--disable_tta", action="store_true")
-    p.add_argument("--verbose", action="store_true")
+    add_inference_args(p, npp_help="anatomy model only")
     p.add_argument("--continue_prediction", action="store_true", help="skip cases whose outputs exist")
-    p.add_argument("-npp", type=int, default=env_int("nnUNet_npp", 3), help="anatomy model only")
-    p.add_argument("-nps", type=int, default=env_int("nnUNet_nps", 3), help="anatomy model only")
-    p.add_argument("-device", type=str, default="cuda", help="cuda, cpu or mps")
-    p.add_argument("--disable_progress_bar", action="store_true")
-    p.add_argument("--not_on_device", action="store_true")
     # --- CTARR (as nnUNetv2_predict_ctarr)
     add_anatomy_args(p)
     p.add_argument("--on_miss", choices=["empty", "full"], default="empty",
@@ -65,36 +58,33 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    from ..multi_predict import MultiModelPredictor, group_channels, load_spec
+    from ..multi_predict import MultiModelPredictor, load_spec
+    from ..nnunet_dataset import group_channels
     spec = load_spec(args.spec)
-    if bool(args.anatomy_seg) == bool(args.anatomy_model):     # checked before any model is loaded
-        raise CTARRError("give exactly one anatomy source: -anatomy_seg FOLDER or -anatomy_model MODEL_FOLDER")
-    if args.device not in ("cpu", "cuda", "mps"):
-        raise CTARRError(f"-device must be cpu, cuda or mps, got {args.device}")
+    # checked before any model is loaded
+    anatomy = anatomy_source(args, args.device, args.step_size, args.disable_tta, args.npp, args.nps, args.verbose)
+    device = inference_device(args.device)
     src = Path(args.i)
     if not src.exists():
         raise CTARRError(f"input not found: {src}")
     from ..trainer_path import ensure_ext_trainer_path
     ensure_ext_trainer_path()                 # models trained with the CTARR trainers are found
-    import torch
-    if args.device == "cpu":
-        import multiprocessing
-        torch.set_num_threads(multiprocessing.cpu_count())
     n_ch = spec.models[0].n_channels
     with tempfile.TemporaryDirectory(prefix="ctarr_inputs_") as tmp:
         source = prepare_inputs(src, Path(tmp))
         if isinstance(source, str):
-            lists = group_channels(source, spec.file_ending, n_ch)
+            lists = {c: [str(f) for f in files]
+                     for c, files in group_channels(Path(source), spec.file_ending, n_ch, "the models take").items()}
+            if not lists:
+                raise CTARRError(f"{source} holds no images named CASE_0000{spec.file_ending}")
         else:
             if n_ch != 1:
                 raise CTARRError(f"the models take {n_ch} channels; give a folder with CASE_XXXX files")
             lists = {case_id(files[0]): files for files in source}
-        anatomy = anatomy_source(args, args.device, args.step_size, args.disable_tta, args.npp, args.nps,
-                                 args.verbose)
         atlas = Atlas.load(args.atlas)
         for m in spec.models:
             check_region_atlas(m.region, atlas.atlas_id)
-        predictor = MultiModelPredictor(spec, anatomy, atlas, torch.device(args.device),
+        predictor = MultiModelPredictor(spec, anatomy, atlas, device,
                                         args.on_miss, args.step_size, not args.disable_tta,
                                         not args.not_on_device, args.verbose, not args.disable_progress_bar)
         os.makedirs(args.o, exist_ok=True)
