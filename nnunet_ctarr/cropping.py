@@ -65,10 +65,15 @@ class CropPlan:
         return float(m.mean())
 
     def union_mask_zyx(self) -> np.ndarray:
-        m = np.zeros(tuple(self.image_size_xyz[::-1]), bool)
-        for b in self.usable:
-            m[b.start_xyz[2]:b.stop_xyz[2], b.start_xyz[1]:b.stop_xyz[1], b.start_xyz[0]:b.stop_xyz[0]] = True
-        return m
+        return index_union_mask(self.image_size_xyz, [(b.start_xyz, b.stop_xyz) for b in self.usable])
+
+
+def index_union_mask(size_xyz, ranges) -> np.ndarray:
+    """(z, y, x) mask of the union of half-open index ranges ``(start_xyz, stop_xyz)``."""
+    m = np.zeros(tuple(int(v) for v in size_xyz[::-1]), bool)
+    for (x0, y0, z0), (x1, y1, z1) in ranges:
+        m[z0:z1, y0:y1, x0:x1] = True
+    return m
 
 
 def world_box_to_index(img: sitk.Image, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

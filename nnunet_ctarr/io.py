@@ -13,6 +13,7 @@ Conventions used throughout the package:
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -252,3 +253,31 @@ class ImageHeader:
 
     def __getattr__(self, name):          # GetOrigin, GetSpacing, GetDirection, Transform*
         return getattr(self._proxy, name)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically (numpy values and paths converted)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(_jsonable(data), f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _jsonable(x):
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.bool_,)):
+        return bool(x)
+    if isinstance(x, Path):
+        return str(x)
+    return x

@@ -14,6 +14,8 @@ from .errors import CTARRError
 from .regions import Region, load_region
 
 CONFIG_NAME = "ctarr.json"
+#: how the region's boxes become crops: fitted to the model's sliding-window tiles, or exact
+CROP_MODES = ("fitted", "exact")
 
 
 def make_config(region: Region, margin_mm: float, **extra) -> dict:
@@ -46,3 +48,12 @@ def config_region(cfg: dict, override: str | None = None) -> Region | None:
         except (KeyError, TypeError, ValueError) as e:
             raise CTARRError(f"invalid region in the model's CTARR settings: {e}") from None
     return load_region(str(spec))
+
+
+def config_crops(cfg: dict, override: str | None = None) -> str:
+    """``"fitted"`` or ``"exact"``: ``override`` if given, else the config's ``"crops"``, else fitted.
+    Models trained on crops (``nnUNetv2_ctarr_crop_dataset``) carry ``"crops": "exact"``."""
+    mode = override or cfg.get("crops", "fitted")
+    if mode not in CROP_MODES:
+        raise CTARRError(f"\"crops\" must be one of {list(CROP_MODES)}, got {mode!r}")
+    return mode

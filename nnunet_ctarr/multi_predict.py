@@ -24,14 +24,14 @@ import SimpleITK as sitk
 
 from .atlas import Atlas
 from .errors import CTARRError, WarningLog
-from .model_config import config_region, read_model_config
+from .model_config import config_crops, config_region, read_model_config
 from .nnunet_dataset import foreground_labels, n_channels
 from .pipeline import Localisation, locate
 from .predictor import nnUNetPredictorCTARR
 from .registration import RegistrationSettings
 from .regions import Region
 
-MODEL_KEYS = {"name", "folder", "folds", "checkpoint", "region", "margin", "labels"}
+MODEL_KEYS = {"name", "folder", "folds", "checkpoint", "region", "margin", "labels", "crops"}
 TOP_KEYS = {"labels", "models", "description"}
 
 
@@ -47,6 +47,7 @@ class ModelSpec:
     label_map: dict[int, int]           # model class value -> output value (foreground only)
     n_channels: int
     file_ending: str
+    crops: str = "fitted"               # "fitted" to the model's tiles or "exact" region boxes
 
     def lut(self, n_classes: int) -> np.ndarray:
         """Model class -> output value; 0 = no vote."""
@@ -144,9 +145,9 @@ def _label_map(mapping, model_labels: dict[str, int], out_labels: dict[str, int]
     return res
 
 
-def region_for_model(folder: Path, region_arg, base: Path, where: str) -> tuple[Region, float | None]:
+def region_for_model(folder: Path, region_arg, base: Path, where: str) -> tuple[Region, dict]:
     """The spec's region (name, or .json relative to the spec), else the model folder's CTARR
-    settings (as ``nnUNetv2_predict_ctarr``); returns (region, the settings' margin or None)."""
+    settings (as ``nnUNetv2_predict_ctarr``); returns (region, the model's CTARR settings)."""
     if region_arg is not None and not (isinstance(region_arg, str) and region_arg):
         raise CTARRError(f"{where}: \"region\" must be a region name or a region .json path")
     if region_arg and region_arg.endswith(".json") and not Path(region_arg).is_absolute():
@@ -159,7 +160,7 @@ def region_for_model(folder: Path, region_arg, base: Path, where: str) -> tuple[
     if region is None:
         raise CTARRError(f"{where}: no region (give \"region\", or a model folder whose ctarr.json / "
                          "dataset.json names one)")
-    return region, cfg.get("margin_mm")
+    return region, cfg
 
 
 def load_spec(path: str | Path) -> MultiSpec:
@@ -232,8 +233,12 @@ def _model_spec(m, i: int, base: Path, out_labels: dict[str, int]) -> ModelSpec:
                 raise CTARRError(f"{where}: checkpoint not found: {folder / f'fold_{f}' / checkpoint}")
     elif not any(p.name != "fold_all" and (p / checkpoint).is_file() for p in folder.glob("fold_*")):
         raise CTARRError(f"{where}: no fold_X/{checkpoint} in {folder}")
-    region, ctarr_margin = region_for_model(folder, m.get("region"), base, where)
-    margin = m.get("margin", ctarr_margin if ctarr_margin is not None else 0.0)
+    region, cfg = region_for_model(folder, m.get("region"), base, where)
+    margin = m.get("margin", cfg.get("margin_mm", 0.0))
+    try:
+        crops = config_crops(cfg, m.get("crops"))
+    except CTARRError as e:
+        raise CTARRError(f"{where}: {e}") from None
     if isinstance(margin, bool) or not isinstance(margin, (int, float)):
         raise CTARRError(f"{where}: \"margin\" must be a number (mm), got {margin!r}")
     name = m.get("name", region.name)
@@ -242,7 +247,7 @@ def _model_spec(m, i: int, base: Path, out_labels: dict[str, int]) -> ModelSpec:
     where = f"spec models[{i}] ('{name}')"
     label_map = _label_map(m.get("labels"), _model_labels(dataset_json, where), out_labels, where)
     return ModelSpec(name, folder, folds, checkpoint, region, float(margin), label_map, n_channels(dataset_json),
-                     dataset_json.get("file_ending", ".nii.gz"))
+                     dataset_json.get("file_ending", ".nii.gz"), crops)
 
 
 # ----------------------------------------------------------------------------- merging
@@ -316,7 +321,9 @@ class MultiModelPredictor:
 
     def __init__(self, spec: MultiSpec, anatomy_source, atlas: Atlas | None = None, device=None,
                  on_miss: str = "empty", step_size: float = 0.5, use_mirroring: bool = True,
-                 perform_everything_on_device: bool = True, verbose: bool = False, allow_tqdm: bool = False):
+                 perform_everything_on_device: bool = True, verbose: bool = False, allow_tqdm: bool = False,
+                 crops: str | None = None):
+        """``crops``: "fitted" or "exact" for every model (default: each model's own setting)."""
         import torch
         self.spec, self.anatomy, self.atlas = spec, anatomy_source, atlas or Atlas.load()
         self.shared = _SharedLocalisation()
@@ -327,7 +334,8 @@ class MultiModelPredictor:
                                     device=device or torch.device("cpu"), verbose=verbose,
                                     verbose_preprocessing=verbose, allow_tqdm=allow_tqdm)
             p.initialize_from_trained_model_folder(str(m.folder), m.folds, m.checkpoint)
-            p.ctarr_setup(m.region, self.shared, self.atlas, m.margin_mm, on_miss)
+            p.ctarr_setup(m.region, self.shared, self.atlas, m.margin_mm, on_miss,
+                          fit_tiles=(crops or m.crops) == "fitted")
             p.shared = self.shared
             self.predictors.append(p)
 
@@ -370,6 +378,7 @@ class MultiModelPredictor:
                 merge.add(k, votes, conf)
                 models.append({"name": m.name, "folder": str(m.folder), "region": m.region.name,
                                "margin_mm": m.margin_mm, "mode": r["mode"], "boxes": r.get("boxes", []),
+                               "crops": r.get("crops", []),
                                "voxel_fraction": r.get("voxel_fraction"),
                                "labels": {str(c): v for c, v in m.label_map.items()},
                                "voxels_voted": int((votes > 0).sum()), "warnings": r["warnings"],
@@ -388,7 +397,7 @@ class MultiModelPredictor:
         """``lists``: case -> input files (channels). Writes ``<case><ending>`` (input geometry)
         and ``<case>.ctarr_multi.json`` per case, plus ``dataset.json`` (the output labels)."""
         from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
-        from .cli.common import write_json
+        from .io import write_json
         out = Path(output_folder)
         out.mkdir(parents=True, exist_ok=True)
         ending = self.spec.file_ending

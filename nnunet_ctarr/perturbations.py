@@ -26,7 +26,8 @@ class Perturbed:
     R: np.ndarray          # world_original = R @ world_perturbed + c (linear part)
 
 
-def _array_op(img: sitk.Image, op: Callable[[np.ndarray], np.ndarray]) -> sitk.Image:
+def array_op(img: sitk.Image, op: Callable[[np.ndarray], np.ndarray]) -> sitk.Image:
+    """Apply an array operation (flip, 90° turn) keeping the header: the anatomy moves in the world."""
     arr = op(sitk.GetArrayFromImage(img))
     out = sitk.GetImageFromArray(np.ascontiguousarray(arr))
     out.SetOrigin(img.GetOrigin())
@@ -54,11 +55,12 @@ def linear_map(original: sitk.Image, perturbed: sitk.Image, op: Callable[[np.nda
     return sol[:3].T
 
 
-def _cut(img: sitk.Image, lo: np.ndarray, hi: np.ndarray) -> sitk.Image:
+def cut_box(img: sitk.Image, lo: np.ndarray, hi: np.ndarray) -> sitk.Image:
+    """Index sub-box [lo, hi) of an image (no interpolation, world position kept)."""
     return img[int(lo[0]):int(hi[0]), int(lo[1]):int(hi[1]), int(lo[2]):int(hi[2])]
 
 
-def _zoomed(img: sitk.Image, spacing, f: float) -> sitk.Image:
+def zoomed(img: sitk.Image, spacing, f: float) -> sitk.Image:
     """A copy of ``img`` whose spacing is ``spacing * f`` (array unchanged: anatomy zoomed by f)."""
     out = sitk.Image(img)
     out.SetSpacing([s * f for s in spacing])
@@ -75,10 +77,10 @@ def standard_perturbations(image: sitk.Image, labels: sitk.Image) -> list[Pertur
                            ("fov_middle_50pct", 0.25, 0.75)):
         lo = np.array([0, 0, int(zlo * z)])
         hi = np.array([size[0], size[1], int(zhi * z)])
-        out.append(Perturbed(name, _cut(img_c, lo, hi), _cut(lab_c, lo, hi), np.eye(3)))
+        out.append(Perturbed(name, cut_box(img_c, lo, hi), cut_box(lab_c, lo, hi), np.eye(3)))
     lo = np.array([int(0.15 * size[0]), int(0.1 * size[1]), 0])
     hi = np.array([int(0.85 * size[0]), int(0.9 * size[1]), z])
-    out.append(Perturbed("fov_xy_70pct", _cut(img_c, lo, hi), _cut(lab_c, lo, hi), np.eye(3)))
+    out.append(Perturbed("fov_xy_70pct", cut_box(img_c, lo, hi), cut_box(lab_c, lo, hi), np.eye(3)))
     ops = {
         "rot90_xy": lambda a: np.rot90(a, 1, axes=(1, 2)),
         "rot180_xy": lambda a: np.rot90(a, 2, axes=(1, 2)),
@@ -87,21 +89,21 @@ def standard_perturbations(image: sitk.Image, labels: sitk.Image) -> list[Pertur
         "rot90_xy_flip_z": lambda a: np.rot90(a, 1, axes=(1, 2))[::-1],
     }
     for name, op in ops.items():
-        pi, pl = _array_op(img_c, op), _array_op(lab_c, op)
+        pi, pl = array_op(img_c, op), array_op(lab_c, op)
         out.append(Perturbed(name, pi, pl, linear_map(img_c, pi, op)))
     sp = img_c.GetSpacing()
     for f in (0.85, 1.15):
-        out.append(Perturbed(f"zoom_{f:.2f}", _zoomed(img_c, sp, f), _zoomed(lab_c, sp, f), np.eye(3) / f))
+        out.append(Perturbed(f"zoom_{f:.2f}", zoomed(img_c, sp, f), zoomed(lab_c, sp, f), np.eye(3) / f))
     # combinations: a cut scan stored rotated and flipped; a zoomed scan rotated
     lo = np.array([0, 0, int(0.35 * z)])
     hi = np.array([size[0], size[1], z])
-    cut_i, cut_l = _cut(img_c, lo, hi), _cut(lab_c, lo, hi)
+    cut_i, cut_l = cut_box(img_c, lo, hi), cut_box(lab_c, lo, hi)
     op = ops["rot90_xy_flip_z"]
-    pi, pl = _array_op(cut_i, op), _array_op(cut_l, op)
+    pi, pl = array_op(cut_i, op), array_op(cut_l, op)
     out.append(Perturbed("fov_upper_65pct_rot90_flip_z", pi, pl, linear_map(cut_i, pi, op)))
-    zi, zl = _zoomed(img_c, sp, 0.9), _zoomed(lab_c, sp, 0.9)
+    zi, zl = zoomed(img_c, sp, 0.9), zoomed(lab_c, sp, 0.9)
     op = ops["rot270_xy"]
-    pi, pl = _array_op(zi, op), _array_op(zl, op)
+    pi, pl = array_op(zi, op), array_op(zl, op)
     out.append(Perturbed("zoom_0.90_rot270", pi, pl, linear_map(zi, pi, op) / 0.9))
     for code in ("RAS", "LPI", "PIR"):
         out.append(Perturbed(f"header_{code}", sitk.DICOMOrient(image, code), sitk.DICOMOrient(labels, code), np.eye(3)))
@@ -129,14 +131,14 @@ def random_perturbations(image: sitk.Image, labels: sitk.Image, n: int, seed: in
         start = int(rng.uniform(0, size[2] - length))
         lo, hi = np.array([0, 0, start]), np.array([size[0], size[1], start + length])
         f = float(rng.uniform(0.85, 1.15))
-        ci = _zoomed(_cut(img_c, lo, hi), img_c.GetSpacing(), f)
-        cl = _zoomed(_cut(lab_c, lo, hi), img_c.GetSpacing(), f)
+        ci = zoomed(cut_box(img_c, lo, hi), img_c.GetSpacing(), f)
+        cl = zoomed(cut_box(lab_c, lo, hi), img_c.GetSpacing(), f)
         k, fz = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
 
         def op(a, k=k, fz=fz):
             a = np.rot90(a, k, axes=(1, 2))
             return a[::-1] if fz else a
-        pi, pl = _array_op(ci, op), _array_op(cl, op)
+        pi, pl = array_op(ci, op), array_op(cl, op)
         name = f"random{i}_z{start}+{length}_zoom{f:.2f}_rot{90 * k}{'_flipz' if fz else ''}"
         out.append(Perturbed(name, pi, pl, linear_map(ci, pi, op) / f))
     return out

@@ -35,7 +35,7 @@ from .anatomy import AnatomyMasks, LabelScheme
 from .atlas import Atlas
 from .errors import WarningLog
 from .io import canonical, read_image, world_bbox
-from .perturbations import _array_op, _cut, _zoomed
+from .perturbations import array_op, cut_box, zoomed
 from .pipeline import locate
 from .prealign import moving_to_fixed, slice_centres
 from .registration import RegistrationSettings
@@ -113,17 +113,17 @@ def make_copy(subject: Subject, name: str, lo=None, hi=None, zoom: float = 1.0, 
     size = np.array(img.GetSize())
     lo = np.zeros(3, int) if lo is None else np.asarray(lo, int)
     hi = size if hi is None else np.asarray(hi, int)
-    ci, cl = _cut(img, lo, hi), _cut(lab, lo, hi)                   # same world as the original
+    ci, cl = cut_box(img, lo, hi), cut_box(lab, lo, hi)                   # same world as the original
     o_cut = np.array(ci.GetOrigin())
     if zoom != 1.0:
-        ci, cl = _zoomed(ci, ci.GetSpacing(), zoom), _zoomed(cl, cl.GetSpacing(), zoom)
+        ci, cl = zoomed(ci, ci.GetSpacing(), zoom), zoomed(cl, cl.GetSpacing(), zoom)
     op = None
     pi, pl = ci, cl
     if k_rot % 4 or flip_z:
         def op(a, k=k_rot % 4, fz=flip_z):
             a = np.rot90(a, k, axes=(1, 2))
             return a[::-1] if fz else a
-        pi, pl = _array_op(ci, op), _array_op(cl, op)
+        pi, pl = array_op(ci, op), array_op(cl, op)
     shape = sitk.GetArrayViewFromImage(ci).shape
     L_z, o_z = _index_to_world(ci)
     shift = np.asarray(shift_mm, float)

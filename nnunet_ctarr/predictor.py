@@ -11,9 +11,12 @@ How it hooks into nnU-Net 2.8 (no nnU-Net code is copied):
 * The plans reach the (spawned) preprocessing workers inside a
   :class:`CTARRConfigurationManager`, whose ``preprocessor_class`` returns the CTARR
   preprocessor; for the npy entry points they travel in the image properties.
-* Regions with several boxes (kidneys) are run as one pseudo-case per box whose output stays
-  a crop; the crops are merged into the full image, each voxel taking the box whose most
-  likely foreground class is most probable.
+* The region's boxes are fitted to the model's sliding-window tiles first (merged when that
+  needs no more tiles, grown with real image up to the size their tiles cover anyway; see
+  :mod:`nnunet_ctarr.tiling`), unless ``fit_tiles=False``.
+* Crops that stay separate (kidneys with a small patch) are run as one pseudo-case per crop
+  whose output stays a crop; the crops are merged into the full image, each voxel taking the
+  crop whose most likely foreground class is most probable.
 """
 from __future__ import annotations
 
@@ -34,11 +37,13 @@ from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPre
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from .atlas import Atlas
+from .cropping import CropPlan, index_union_mask
 from .errors import CTARRError, WarningLog
 from .io import ImageHeader
 from .pipeline import Localisation, check_trusted, locate, plan_region
 from .registration import RegistrationSettings
 from .regions import Region
+from .tiling import TileGeometry, fit_boxes
 
 # ----------------------------------------------------------------------------- preprocessing
 class CTARRPreprocessor(DefaultPreprocessor):
@@ -130,8 +135,10 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
 
     def ctarr_setup(self, region: Region, anatomy_source, atlas: Atlas | None = None, margin_mm: float = 0.0,
                     on_miss: str = "full", registration: RegistrationSettings | None = None,
-                    sidecar_folder: str | None = None, qc_folder: str | None = None) -> None:
-        """``sidecar_folder``: write ``<case>.ctarr.json`` there; ``qc_folder``: QC pictures."""
+                    sidecar_folder: str | None = None, qc_folder: str | None = None, fit_tiles: bool = True) -> None:
+        """``sidecar_folder``: write ``<case>.ctarr.json`` there; ``qc_folder``: QC pictures;
+        ``fit_tiles``: merge and grow the crops to the model's sliding-window tiles at no extra
+        network cost (see :mod:`nnunet_ctarr.tiling`); False crops exactly the region boxes."""
         if on_miss not in ("full", "empty"):
             raise CTARRError("on_miss must be 'full' or 'empty'")
         self.ctarr_region = region
@@ -142,6 +149,7 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
         self.ctarr_registration = registration or RegistrationSettings()
         self.ctarr_sidecar_folder = sidecar_folder
         self.ctarr_qc_folder = qc_folder
+        self.ctarr_fit_tiles = fit_tiles
         self.ctarr_reports: dict[str, dict] = {}
 
     # ---- localisation -------------------------------------------------------------------
@@ -162,16 +170,23 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
             check_trusted(loc)
             plan = plan_region(image, loc, self.ctarr_region, self.ctarr_margin, warnings=warnings)
             report["boxes"] = [b.to_dict() for b in plan.boxes]
-            boxes = [{"start_xyz": b.start_xyz.tolist(), "stop_xyz": b.stop_xyz.tolist(),
-                      "crop_origin": list(image.TransformIndexToPhysicalPoint([int(v) for v in b.start_xyz])),
-                      "size_xyz": size} for b in plan.usable]
+            boxes = self._ctarr_crops(plan, image)
+            report["crops"] = [{"index_start_xyz": b["start_xyz"], "index_stop_xyz": b["stop_xyz"],
+                                "size_xyz": (np.array(b["stop_xyz"]) - b["start_xyz"]).tolist(),
+                                "region_boxes": b["region_boxes"], "tiles": b["tiles"]} for b in boxes]
+            for b in boxes:
+                b.update(crop_origin=list(image.TransformIndexToPhysicalPoint([int(v) for v in b["start_xyz"]])),
+                         size_xyz=size)
             if not boxes:
                 mode = self.ctarr_on_miss
                 warnings.warn(f"region '{self.ctarr_region.name}' lies outside the field of view: "
                               + ("predicting the full volume" if mode == "full" else "writing an empty segmentation"))
             else:
                 mode = "crop"
-                report["voxel_fraction"] = round(plan.voxel_fraction(), 5)
+                crop_mask = index_union_mask(size, [(b["start_xyz"], b["stop_xyz"]) for b in boxes])
+                report["voxel_fraction"] = round(float(crop_mask.mean()), 5)
+                report["region_voxel_fraction"] = round(plan.voxel_fraction(), 5)
+                report["tiles_full_image"] = self._ctarr_tiles(image).tiles(size)
             if self.ctarr_qc_folder:
                 from .qc import render_qc
                 Path(self.ctarr_qc_folder).mkdir(parents=True, exist_ok=True)
@@ -185,10 +200,26 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
         report["warnings"] = list(warnings)
         return {"mode": mode, "boxes": boxes, "size_xyz": size, "report": report}
 
+    def _ctarr_tiles(self, image) -> TileGeometry:
+        return TileGeometry.from_nnunet(self.configuration_manager, self.plans_manager, image.GetSpacing(),
+                                        self.tile_step_size)
+
+    def _ctarr_crops(self, plan: CropPlan, image) -> list[dict]:
+        """Index boxes to predict: the region's boxes inside the image, fitted to the tiles."""
+        usable = plan.usable
+        geom = self._ctarr_tiles(image)
+        if not self.ctarr_fit_tiles:
+            return [{"start_xyz": b.start_xyz.tolist(), "stop_xyz": b.stop_xyz.tolist(), "region_boxes": [b.index],
+                     "tiles": geom.tiles(b.size_xyz)} for b in usable]
+        crops = fit_boxes([(b.start_xyz, b.stop_xyz) for b in usable], image.GetSize(), geom)
+        for c in crops:
+            c["region_boxes"] = [usable[k].index for k in c["region_boxes"]]
+        return crops
+
     def _ctarr_write_sidecar(self, case: str, report: dict) -> None:
         self.ctarr_reports[case] = report
         if self.ctarr_sidecar_folder:
-            from .cli.common import write_json
+            from .io import write_json
             write_json(Path(self.ctarr_sidecar_folder) / f"{case}.ctarr.json", report)
 
     def _ctarr_plan_files(self, lists: list[list[str]], outs: list[str]):

@@ -9,7 +9,7 @@ import SimpleITK as sitk
 from conftest import ABDOMEN, CHEST, anatomy_of
 from nnunet_ctarr.cli.prealign import body_height_main, prealign_main
 from nnunet_ctarr.io import canonical
-from nnunet_ctarr.perturbations import _array_op
+from nnunet_ctarr.perturbations import array_op
 from nnunet_ctarr.pipeline import locate
 from nnunet_ctarr.prealign import body_height, itk_transform, moving_to_fixed
 
@@ -39,7 +39,7 @@ def test_flipped_copy_prealigns_with_the_flip(abdomen, ts_v2, atlas, tmp_path):
     img, lab = abdomen
     c_img, c_lab = canonical(img), canonical(lab)
     flip = lambda a: a[::-1]
-    f_img, f_lab = _array_op(c_img, flip), _array_op(c_lab, flip)
+    f_img, f_lab = array_op(c_img, flip), array_op(c_lab, flip)
     fixed = locate(c_img, anatomy_of(c_lab, ts_v2), atlas)
     moving = locate(f_img, anatomy_of(f_lab, ts_v2), atlas)
     A, b = moving_to_fixed(fixed.transform, moving.transform)

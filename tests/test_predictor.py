@@ -50,18 +50,19 @@ def stock_on(model, img: sitk.Image) -> np.ndarray:
     return p.predict_single_npy_array(arr, props)
 
 
-def ctarr_predictor(model, region, anat, on_miss="full", sidecar=None):
+def ctarr_predictor(model, region, anat, on_miss="full", sidecar=None, fit_tiles=True):
     p = nnUNetPredictorCTARR(use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
     p.initialize_from_trained_model_folder(str(model), (0,))
-    p.ctarr_setup(load_region(region), PrecomputedAnatomy(anat), on_miss=on_miss, sidecar_folder=sidecar)
+    p.ctarr_setup(load_region(region), PrecomputedAnatomy(anat), on_miss=on_miss, sidecar_folder=sidecar,
+                  fit_tiles=fit_tiles)
     return p
 
 
 def _box_slices(side):
-    for b in side["boxes"]:
-        if b["status"] != "outside":
-            s, e = b["index_start_xyz"], b["index_stop_xyz"]
-            yield (slice(s[2], e[2]), slice(s[1], e[1]), slice(s[0], e[0])), (s, e)
+    """The crops the predictor ran (region boxes fitted to the model's tiles)."""
+    for b in side["crops"]:
+        s, e = b["index_start_xyz"], b["index_stop_xyz"]
+        yield (slice(s[2], e[2]), slice(s[1], e[1]), slice(s[0], e[0])), (s, e)
 
 
 @pytest.mark.parametrize("region,sequential", [("liver", True), ("kidneys", False)])
@@ -81,9 +82,14 @@ def test_inside_equals_stock_on_crop_and_outside_is_background(tiny_model, input
     side = json.loads((out / "abd.ctarr.json").read_text())
     assert side["mode"] == "crop"
     inside = np.zeros(seg.shape, bool)
-    for sl, (s, e) in _box_slices(side):
+    crops = list(_box_slices(side))
+    cover = np.zeros(seg.shape, np.uint8)
+    for sl, _ in crops:
+        cover[sl] += 1
+    for sl, (s, e) in crops:        # where crops overlap, the highest probability wins (tested below)
         stock = stock_on(tiny_model, src[s[0]:e[0], s[1]:e[1], s[2]:e[2]])
-        assert np.array_equal(seg[sl], stock)
+        alone = cover[sl] == 1
+        assert alone.mean() > 0.5 and np.array_equal(seg[sl][alone], stock[alone])
         inside[sl] = True
     assert inside.mean() < 0.5
     assert np.all(seg[~inside] == 0)
@@ -91,6 +97,28 @@ def test_inside_equals_stock_on_crop_and_outside_is_background(tiny_model, input
     assert probs.shape == (3,) + seg.shape
     assert np.all(probs[0][~inside] == 1) and np.all(probs[1:, ~inside] == 0)
     assert np.array_equal(probs.argmax(0)[inside], seg[inside])
+
+
+def test_fitted_crops_run_no_more_tiles_than_the_region_boxes(tiny_model, inputs, tmp_path):
+    """Fitting grows the crops with real image instead of nnU-Net's padding: more voxels
+    predicted, never more sliding-window tiles (counted where nnU-Net makes them)."""
+    ran, sides = {}, {}
+    for fit in (False, True):
+        out = tmp_path / str(fit)
+        p = ctarr_predictor(tiny_model, "kidneys", inputs / "anat", sidecar=str(out), fit_tiles=fit)
+        tiles, make = [], p._internal_get_sliding_window_slicers
+        p._internal_get_sliding_window_slicers = lambda size: tiles.append(len(make(size))) or make(size)
+        p.predict_from_files_sequential(str(inputs / "img"), str(out))
+        sides[fit] = json.loads((out / "abd.ctarr.json").read_text())
+        assert sum(c["tiles"] for c in sides[fit]["crops"]) == sum(tiles)     # the sidecar's count is nnU-Net's
+        ran[fit] = sum(tiles)
+    assert ran[True] <= ran[False]
+    assert sides[True]["voxel_fraction"] > sides[False]["voxel_fraction"] == sides[True]["region_voxel_fraction"]
+    exact = [(c["index_start_xyz"], c["index_stop_xyz"]) for c in sides[False]["crops"]]
+    for c in sides[True]["crops"]:                  # every region box lies inside the crop made from it
+        for k in c["region_boxes"]:
+            assert np.all(np.array(c["index_start_xyz"]) <= exact[k][0])
+            assert np.all(np.array(c["index_stop_xyz"]) >= exact[k][1])
 
 
 def test_dicom_folder_input_keeps_dicom_geometry(tiny_model, tmp_path):
@@ -171,7 +199,7 @@ def test_npy_entry_points_match_file_path(tiny_model, inputs, tmp_path):
 def test_model_folder_ctarr_json_sets_region(tiny_model, inputs, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
-    (model / "ctarr.json").write_text(json.dumps({"region": "liver", "margin_mm": 5.0}))
+    (model / "ctarr.json").write_text(json.dumps({"region": "liver", "margin_mm": 5.0, "crops": "exact"}))
     r = subprocess.run([sys.executable, "-m", "nnunet_ctarr.cli.predict", "-i", str(inputs / "img"), "-o",
                         str(tmp_path / "o"), "-m", str(model), "-f", "0", "-device", "cpu", "-anatomy_seg",
                         str(inputs / "anat"), "--disable_tta", "-npp", "0", "-nps", "0", "--save_ctarr_json"],
@@ -179,6 +207,9 @@ def test_model_folder_ctarr_json_sets_region(tiny_model, inputs, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     side = json.loads((tmp_path / "o" / "abd.ctarr.json").read_text())
     assert side["region"] == "liver" and side["mode"] == "crop"
+    box, crop = side["boxes"][0], side["crops"][0]             # "crops": "exact" -> the region box itself
+    assert len(side["crops"]) == 1
+    assert (crop["index_start_xyz"], crop["index_stop_xyz"]) == (box["index_start_xyz"], box["index_stop_xyz"])
 
 
 def test_merge_takes_most_confident_box_and_background_outside():

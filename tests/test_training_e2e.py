@@ -126,6 +126,7 @@ def test_crop_dataset_overlays_sources_and_reports_loss(ws, liver_dataset, regio
     dj = json.loads((dst / "dataset.json").read_text())
     assert dj["numTraining"] == 6 and dj["labels"] == {"background": 0, "liver": 1}
     assert dj["ctarr"]["region"]["name"] == "liver610" and dj["ctarr"]["margin_mm"] == 10.0
+    assert dj["ctarr"]["crops"] == "exact"          # models trained on crops are predicted on the same crops
     assert json.loads((dst / "ctarr.json").read_text()) == dj["ctarr"]
     report = {r["case"]: r for r in json.loads((dst / "ctarr_crop_report.json").read_text())["cases"]}
     for case, row in report.items():
@@ -153,6 +154,8 @@ def test_region_model_brings_its_region(ws, region_model, tmp_path):
          f"-anatomy_seg {root / 'anat'} --disable_tta -npp 0 -nps 0 --save_ctarr_json", env, root)
     side = json.loads((tmp_path / "o" / "s0001.ctarr.json").read_text())
     assert side["region"] == "liver610" and side["mode"] == "crop"
+    box, crop = side["boxes"][0], side["crops"][0]
+    assert (crop["index_start_xyz"], crop["index_stop_xyz"]) == (box["index_start_xyz"], box["index_stop_xyz"])
     out, src = sitk.ReadImage(str(tmp_path / "o" / "s0001.nii.gz")), sitk.ReadImage(str(ABDOMEN[0]))
     assert (out.GetSize(), out.GetSpacing(), out.GetOrigin(), out.GetDirection()) == \
         (src.GetSize(), src.GetSpacing(), src.GetOrigin(), src.GetDirection())

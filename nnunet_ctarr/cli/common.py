@@ -1,18 +1,13 @@
 """Helpers shared by the command-line tools: one-line errors, case matching, sidecars."""
 from __future__ import annotations
 
-import json
 import logging
-import os
 import sys
-import tempfile
-from pathlib import Path
 from typing import Callable
-
-import numpy as np
 
 from .. import __version__
 from ..errors import CTARRError
+from ..io import write_json  # noqa: F401  (re-exported for the CLIs)
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -35,31 +30,6 @@ def run_cli(main: Callable[[], int]) -> None:
     sys.exit(code)
 
 
-def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(_jsonable(data), f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
-
-
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, (np.floating,)):
-        return float(x)
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.bool_,)):
-        return bool(x)
-    if isinstance(x, Path):
-        return str(x)
-    return x
 
 
 def versions(atlas_id: str, region_source: str = "") -> dict:

@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     n_train = sum(len(r["outputs"]) for r in rows if r["split"] == "Tr")
     if n_train == 0:
         raise CTARRError("no training case could be cropped: " + "; ".join(r.get("error", "") for r in rows[:3]))
-    cfg = make_config(region, args.train_margin, source_dataset=src.folder.name)
+    # a model trained on these crops is predicted on the same crops (not on tile-fitted ones)
+    cfg = make_config(region, args.train_margin, crops="exact", source_dataset=src.folder.name)
     dj = dict(src.dataset_json, name=name, numTraining=n_train, ctarr=cfg)
     write_json(dst / "dataset.json", dj)
     write_json(dst / CONFIG_NAME, cfg)

@@ -16,7 +16,7 @@ import SimpleITK as sitk
 from ..atlas import Atlas
 from ..errors import CTARRError
 from ..io import case_id, is_dicom_dir, read_image
-from ..model_config import config_region, read_model_config
+from ..model_config import CROP_MODES, config_crops, config_region, read_model_config
 from ..regions import check_region_atlas
 from .anatomy_args import add_anatomy_args, anatomy_source
 from .common import run_cli, setup_logging
@@ -47,6 +47,13 @@ def add_inference_args(p: argparse.ArgumentParser, npp_help: str | None = None) 
     p.add_argument("-device", type=str, default="cuda", help="cuda, cpu or mps")
     p.add_argument("--disable_progress_bar", action="store_true")
     p.add_argument("--not_on_device", action="store_true")
+
+
+def add_crops_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--crops", choices=list(CROP_MODES), default=None,
+                   help="fitted: the region's boxes merged and grown with real image up to the size the model's "
+                        "sliding-window tiles cover anyway (no extra network cost); exact: the region boxes. "
+                        "Default: the model's ctarr.json (exact for models trained on crops), else fitted")
 
 
 def inference_device(name: str):
@@ -88,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-margin", type=float, default=None, help="extra margin in mm (default: model's ctarr.json or 0)")
     p.add_argument("--on_miss", choices=["full", "empty"], default="full",
                    help="region outside the field of view: predict the full volume (default) or write background")
+    add_crops_arg(p)
     p.add_argument("--qc", action="store_true", help="QC picture per case in the output folder")
     p.add_argument("--save_ctarr_json", action="store_true", help="<case>.ctarr.json per case in the output folder")
     p.add_argument("-atlas", type=str, default=None, help="atlas .npz (default: shipped starter atlas)")
@@ -134,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     if region is None:
         raise CTARRError("no region: pass -region NAME (or a model folder whose ctarr.json / dataset.json names one)")
     margin = args.margin if args.margin is not None else float(model_ctarr.get("margin_mm", 0.0))
+    crops = config_crops(model_ctarr, args.crops)
     anatomy = anatomy_source(args, args.device, args.step_size, args.disable_tta, args.npp, args.nps, args.verbose)
     device = inference_device(args.device)
     folds = [f if f == "all" else int(f) for f in args.f]
@@ -150,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         check_region_atlas(region, atlas.atlas_id)
         predictor.ctarr_setup(region, anatomy, atlas, margin, args.on_miss,
                               sidecar_folder=args.o if args.save_ctarr_json else None,
-                              qc_folder=args.o if args.qc else None)
+                              qc_folder=args.o if args.qc else None, fit_tiles=crops == "fitted")
         if isinstance(source, list):
             outs = [os.path.join(args.o, case_id(files[0])) for files in source]
         else:

@@ -21,7 +21,7 @@ from ..io import case_id
 from ..regions import check_region_atlas
 from .anatomy_args import add_anatomy_args, anatomy_source
 from .common import run_cli, setup_logging
-from .predict import add_inference_args, inference_device, prepare_inputs
+from .predict import add_crops_arg, add_inference_args, inference_device, prepare_inputs
 
 EPILOG = """examples:
   nnUNetv2_predict_ctarr_multi -i imagesTs -o pred -spec organs.json -anatomy_seg totalseg_maps/
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on_miss", choices=["empty", "full"], default="empty",
                    help="a model's region outside the field of view: the model contributes nothing (default, "
                         "warning) or predicts the full volume")
+    add_crops_arg(p)
     p.add_argument("-atlas", type=str, default=None, help="atlas .npz (default: shipped starter atlas)")
     return p
 
@@ -86,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             check_region_atlas(m.region, atlas.atlas_id)
         predictor = MultiModelPredictor(spec, anatomy, atlas, device,
                                         args.on_miss, args.step_size, not args.disable_tta,
-                                        not args.not_on_device, args.verbose, not args.disable_progress_bar)
+                                        not args.not_on_device, args.verbose, not args.disable_progress_bar,
+                                        crops=args.crops)
         os.makedirs(args.o, exist_ok=True)
         reports = predictor.predict_files(lists, args.o, overwrite=not args.continue_prediction)
     for case, r in reports.items():
