@@ -1,7 +1,8 @@
 """Stock nnUNetv2 prediction vs nnUNetv2_predict_ctarr on real CTs at clinical-like resolution.
 
     python benchmarks/bench_predict.py [--data ../shared/data] [--device cpu] [--spacing X Y Z] [--stock_once]
-                                       [--gpu_memory_gb GB] [--no_exact] [--out docs/benchmark_predict]
+                                       [--gpu_memory_gb GB] [--no_exact] [--cases chest abdomen]
+                                       [--out docs/benchmark_predict]
 
 As in the CTARR paper's speed experiment: a randomly initialised nnU-Net 3d_fullres model,
 planned by nnU-Net for a CT dataset (real architecture, real sliding window), built on the
@@ -91,6 +92,8 @@ def main() -> None:
     ap.add_argument("--spacing", type=float, nargs=3, default=list(SPACING), metavar=("X", "Y", "Z"),
                     help="resample both scans to this spacing in mm (default 1.5 1.5 2.5; "
                          "0.703125 0.703125 2.5 = the native LIDC chest)")
+    ap.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES),
+                    help="which scans to run (default: all; the model is always planned for all)")
     ap.add_argument("--stock_once", action="store_true",
                     help="run stock nnU-Net once per case instead of once per case and region")
     ap.add_argument("--no_exact", action="store_true",
@@ -138,6 +141,8 @@ def main() -> None:
         ctarr.initialize_from_trained_model_folder(str(model), (0,))
         rows = []
         for name, (d, regions, size) in cases.items():
+            if name not in args.cases:
+                continue
             for k, region in enumerate(regions):
                 stock_out, ctarr_out = d / f"stock_{region}", d / f"ctarr_{region}"
                 stock_out.mkdir(), ctarr_out.mkdir()
