@@ -90,3 +90,18 @@ def test_heatmap_components_and_merging():
     heat2[0, 0:10, 5] = 1
     heat2[5, 5, 2] = 1                 # isolated voxel inside the box of the first component
     assert len(boxes_from_heatmap(heat2, np.zeros(3), np.ones(3), 0.0)) == 1
+
+
+def test_nnunet_label_names_map_to_groups_and_region_labels_are_refused(tmp_path):
+    import json
+    import pytest
+    from nnunet_ctarr.cli.build_atlas import nnunet_scheme
+    from nnunet_ctarr.errors import CTARRError
+    ds = tmp_path / "Dataset700_X"
+    (ds / "labelsTr").mkdir(parents=True)
+    labels = {"background": 0, "liver": 1, "kidney_left": 2, "ignore": 3}
+    (ds / "dataset.json").write_text(json.dumps({"labels": labels}))
+    assert nnunet_scheme(ds / "labelsTr" / "c.nii.gz").names == {1: "liver", 2: "kidney_left"}   # ignore is not anatomy
+    (ds / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "kidneys": [1, 2]}}))
+    with pytest.raises(CTARRError, match="region-based label 'kidneys'"):
+        nnunet_scheme(ds / "labelsTr" / "c.nii.gz")

@@ -19,6 +19,7 @@ from ..atlas import build_atlas
 from ..errors import CTARRError, WarningLog
 from ..grid import anatomy_to_volume
 from ..io import case_id, is_image_file, read_image
+from ..nnunet_dataset import foreground_labels
 from ..registration import RegistrationSettings
 from .common import run_cli, setup_logging
 
@@ -55,10 +56,10 @@ def discover(paths: list[str]) -> list[tuple[str, Path, str]]:
 def nnunet_scheme(label_file: Path) -> LabelScheme:
     ds = label_file.parent.parent / "dataset.json"
     try:
-        labels = json.loads(ds.read_text())["labels"]
-    except (OSError, ValueError, KeyError) as e:
+        dataset_json = json.loads(ds.read_text())
+    except (OSError, ValueError) as e:
         raise CTARRError(f"cannot read label names from {ds}: {e}") from None
-    names = {int(v if not isinstance(v, list) else v[0]): k for k, v in labels.items() if k != "background"}
+    names = {v: k for k, v in foreground_labels(dataset_json, str(ds)).items()}
     return LabelScheme(f"nnU-Net dataset {ds.parent.name}", names)
 
 
