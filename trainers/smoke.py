@@ -25,56 +25,39 @@ def small_configuration(configuration_manager: ConfigurationManager) -> Configur
     return ConfigurationManager(cfg)
 
 
-def _shorten(trainer: nnUNetTrainer) -> None:
-    trainer.num_epochs = 2
-    trainer.num_iterations_per_epoch = 2
-    trainer.num_val_iterations_per_epoch = 1
+class _CPUSmoke:
+    """Mixin (before the trainer in the bases): 2 epochs x 2 iterations, 8-32 features, and
+    validation/inference without mirroring (up to 8x fewer forward passes); training
+    augmentation stays as planned."""
 
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 2
+        self.num_iterations_per_epoch = 2
+        self.num_val_iterations_per_epoch = 1
 
-def _no_test_time_mirroring(configure):
-    """Wrap configure_rotation_dummyDA_mirroring_and_inital_patch_size: training augmentation as
-    planned, but validation/inference without mirroring (up to 8x fewer forward passes)."""
-    def wrapped(self):
-        out = configure(self)
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        out = super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         self.inference_allowed_mirroring_axes = None
         return out
-    return wrapped
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager, configuration_manager, num_input_channels: int,
+                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
+        # nnU-Net calls this on the class (inference) and on the trainer (training)
+        return super().build_network_architecture(plans_manager, small_configuration(configuration_manager),
+                                                  num_input_channels, num_output_channels, enable_deep_supervision)
 
 
-class nnUNetTrainerCTARRAnatomy_CPUSmoke(nnUNetTrainerCTARRAnatomy):
+class nnUNetTrainerCTARRAnatomy_CPUSmoke(_CPUSmoke, nnUNetTrainerCTARRAnatomy):
     """The anatomy recipe (windows, augmentation, optimiser), tiny and short."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
-        _shorten(self)
         self.warmup_epochs = 1
 
-    configure_rotation_dummyDA_mirroring_and_inital_patch_size = _no_test_time_mirroring(
-        nnUNetTrainerCTARRAnatomy.configure_rotation_dummyDA_mirroring_and_inital_patch_size)
 
-    @staticmethod
-    def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
-                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
-        return nnUNetTrainerCTARRAnatomy.build_network_architecture(
-            plans_manager, small_configuration(configuration_manager), num_input_channels, num_output_channels,
-            enable_deep_supervision)
-
-
-class nnUNetTrainer_CTARRCPUSmoke(nnUNetTrainer):
+class nnUNetTrainer_CTARRCPUSmoke(_CPUSmoke, nnUNetTrainer):
     """Stock nnU-Net training (for region-crop datasets), tiny and short."""
-
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        _shorten(self)
-
-    configure_rotation_dummyDA_mirroring_and_inital_patch_size = _no_test_time_mirroring(
-        nnUNetTrainer.configure_rotation_dummyDA_mirroring_and_inital_patch_size)
-
-    @staticmethod
-    def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,
-                                   num_output_channels: int, enable_deep_supervision: bool = True) -> nn.Module:
-        return nnUNetTrainer.build_network_architecture(
-            plans_manager, small_configuration(configuration_manager), num_input_channels, num_output_channels,
-            enable_deep_supervision)
