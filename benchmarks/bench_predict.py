@@ -3,6 +3,7 @@
     python benchmarks/bench_predict.py [--data ../shared/data] [--device cpu] [--spacing X Y Z] [--stock_once]
                                        [--gpu_memory_gb GB] [--no_exact] [--cases chest abdomen]
                                        [--out docs/benchmark_predict]
+    python benchmarks/bench_predict.py --render docs/benchmark_predict   # re-render the table from the JSON
 
 As in the CTARR paper's speed experiment: a randomly initialised nnU-Net 3d_fullres model,
 planned by nnU-Net for a CT dataset (real architecture, real sliding window), built on the
@@ -70,14 +71,14 @@ def to_markdown(result: dict) -> str:
           f"{m['patch_size']}, spacing {m['spacing']}, features {m['features_per_stage']}, random weights; "
           f"{result['flags']}.", "",
           "| case (size) | region: boxes → crops | stock s | CTARR s | exact boxes s | voxel ratio region / crop | "
-          "speedup | speedup / crop voxel ratio | tiles full / crop | speedup / tile ratio | "
-          "CTARR overhead s (share of stock) | outside bg | inside = stock on crop |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+          "speedup | speedup / region voxel ratio | speedup / crop voxel ratio | tiles full / crop | "
+          "speedup / tile ratio | CTARR overhead s (share of stock) | outside bg | inside = stock on crop |",
+          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
         exact = "–" if r.get("ctarr_exact_boxes_s") is None else r["ctarr_exact_boxes_s"]
         md.append(f"| {r['case']} {tuple(r['size_xyz'])} | {r['region']}: {r['region_boxes']} → {r['crops']} | "
                   f"{r['stock_s']} | {r['ctarr_s']} | {exact} | {r['region_voxel_ratio']} / {r['voxel_ratio']} | "
-                  f"{r['speedup']} | {100 * r['speedup_of_limit']:.0f}% | "
+                  f"{r['speedup']} | {100 * r['speedup'] / r['region_voxel_ratio']:.0f}% | {100 * r['speedup_of_limit']:.0f}% | "
                   f"{r['patches_full']} / {r['patches_crop']} | {100 * r['speedup_of_patch_limit']:.0f}% | "
                   f"{r['ctarr_overhead_s']:.2f} ({100 * r['overhead_share_of_stock']:.1f}%) | "
                   f"{r['outside_background']} | {r['inside_equals_stock_on_crop']} |")
@@ -99,7 +100,12 @@ def main() -> None:
     ap.add_argument("--no_exact", action="store_true",
                     help="skip the comparison run that crops exactly the region boxes (no tile fitting)")
     ap.add_argument("--out", default=None, help="write OUT.json and OUT.md")
+    ap.add_argument("--render", metavar="OUT", default=None,
+                    help="only rewrite OUT.md from an earlier run's OUT.json (no prediction)")
     args = ap.parse_args()
+    if args.render:
+        Path(args.render + ".md").write_text(to_markdown(json.loads(Path(args.render + ".json").read_text())) + "\n")
+        return
     spacing = tuple(args.spacing)
     data = Path(args.data)
     tmp = Path(tempfile.mkdtemp(prefix="ctarr_bench_predict_"))
