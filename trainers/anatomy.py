@@ -135,7 +135,12 @@ class nnUNetTrainerCTARRAnatomy(nnUNetTrainer):
         self.initial_lr = 1.6e-3
         self.weight_decay = 1e-4
         self.betas = (0.98, 0.999)
-        self.warmup_epochs = max(1, round(0.02 * self.num_epochs))
+
+    @property
+    def warmup_epochs(self) -> int:
+        """Linear warm-up over 2 % of the epochs (at least one), read when the optimiser is built,
+        so a subclass that changes ``num_epochs`` keeps the proportion."""
+        return max(1, round(0.02 * self.num_epochs))
 
     @staticmethod
     def build_network_architecture(plans_manager, configuration_manager, num_input_channels: int,

@@ -53,11 +53,6 @@ class _CPUSmoke:
 class nnUNetTrainerCTARRAnatomy_CPUSmoke(_CPUSmoke, nnUNetTrainerCTARRAnatomy):
     """The anatomy recipe (windows, augmentation, optimiser), tiny and short."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.warmup_epochs = 1
-
 
 class nnUNetTrainer_CTARRCPUSmoke(_CPUSmoke, nnUNetTrainer):
     """Stock nnU-Net training (for region-crop datasets), tiny and short."""
