@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_ctarr.io import read_image
-from nnunet_ctarr.perturbations import standard_perturbations
+from nnunet_ctarr.core.io import read_image
+from nnunet_ctarr.evaluation.perturbations import standard_perturbations
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBJECTS = {

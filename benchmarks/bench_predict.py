@@ -127,7 +127,7 @@ def main() -> None:
             sitk.WriteImage(tgt, str(d / "target.nii.gz"))
             cases[name] = (d, regions, img.GetSize())
         sys.path.insert(0, str(ROOT))
-        from nnunet_ctarr.model_factory import make_random_model
+        from model_factory import make_random_model
         extra = ["--gpu_memory_gb", str(args.gpu_memory_gb)] if args.gpu_memory_gb else []
         model = make_random_model(tmp / "model", [cases[c][0] / "img" / f"{c}_0000.nii.gz" for c in cases],
                                   [cases[c][0] / "target.nii.gz" for c in cases], {"background": 0, "liver": 1, "kidney": 2},
@@ -135,9 +135,10 @@ def main() -> None:
         plans = json.loads((model / "plans.json").read_text())["configurations"]["3d_fullres"]
         import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-        from nnunet_ctarr.anatomy_source import PrecomputedAnatomy
-        from nnunet_ctarr.predictor import nnUNetPredictorCTARR
-        from nnunet_ctarr.regions import load_region
+
+        from nnunet_ctarr.core.anatomy_sources import PrecomputedAnatomy
+        from nnunet_ctarr.core.regions import load_region
+        from nnunet_ctarr.inference.predictor import nnUNetPredictorCTARR
         device = torch.device(args.device)
         if args.device == "cpu":
             torch.set_num_threads(os.cpu_count())

@@ -32,7 +32,7 @@ MODELS = {"liver": ({5: 1}, {"background": 0, "liver": 1}),
 
 
 def build_models(tmp: Path) -> dict[str, Path]:
-    from nnunet_ctarr.model_factory import make_random_model
+    from model_factory import make_random_model
     out = {}
     for seed, (name, (mapping, labels)) in enumerate(MODELS.items(), start=1):
         targets = []
@@ -57,10 +57,11 @@ def main() -> None:
     args = ap.parse_args()
     import torch
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
-    from nnunet_ctarr.anatomy_source import PrecomputedAnatomy
-    from nnunet_ctarr.multi_predict import MultiModelPredictor, load_spec
-    from nnunet_ctarr.predictor import nnUNetPredictorCTARR
-    from nnunet_ctarr.regions import load_region
+
+    from nnunet_ctarr.core.anatomy_sources import PrecomputedAnatomy
+    from nnunet_ctarr.core.regions import load_region
+    from nnunet_ctarr.inference.multi_predictor import MultiModelPredictor, load_spec
+    from nnunet_ctarr.inference.predictor import nnUNetPredictorCTARR
     with tempfile.TemporaryDirectory(prefix="ctarr_bench_multi_") as t:
         tmp = Path(t)
         models = build_models(tmp)

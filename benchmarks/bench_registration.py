@@ -21,13 +21,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from nnunet_ctarr.anatomy import AnatomyMasks, LabelScheme
-from nnunet_ctarr.atlas import Atlas, _average
-from nnunet_ctarr.errors import WarningLog
-from nnunet_ctarr.grid import MaskVolume, anatomy_to_volume
-from nnunet_ctarr.io import canonical, read_image
-from nnunet_ctarr.registration import RegistrationSettings, register
-from nnunet_ctarr.transform import AtlasTransform
+from nnunet_ctarr.core.anatomy import AnatomyMasks, LabelScheme
+from nnunet_ctarr.core.atlas import Atlas
+from nnunet_ctarr.core.atlas_builder import _average
+from nnunet_ctarr.core.errors import WarningLog
+from nnunet_ctarr.core.io import canonical, read_image
+from nnunet_ctarr.core.registration import RegistrationSettings, register
+from nnunet_ctarr.core.transform import AtlasTransform
+from nnunet_ctarr.core.volume import MaskVolume, anatomy_to_volume
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = {"abdomen": "totalseg_example/example_ct_totalseg_v2.nii.gz",

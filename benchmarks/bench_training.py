@@ -31,8 +31,9 @@ EFFECTIVE_TFLOPS = {"A100": 100.0, "H100": 250.0}
 def network_flops(n_classes: int = 20) -> tuple[float, float]:
     """(GFLOP per training iteration, million parameters) of the planned anatomy network."""
     from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
-    from nnunet_ctarr.planners import ctarr_configuration
+
     from nnunet_ctarr.trainers.anatomy import nnUNetTrainerCTARRAnatomy
+    from nnunet_ctarr.training.planners import ctarr_configuration
     cm = ConfigurationManager(ctarr_configuration())
     with torch.device("meta"):
         net = nnUNetTrainerCTARRAnatomy.build_network_architecture(None, cm, 1, n_classes, True)
@@ -46,6 +47,7 @@ def network_flops(n_classes: int = 20) -> tuple[float, float]:
 def augmentation_seconds(samples: int) -> float:
     """CPU seconds per training sample through the trainer's augmentation (one thread)."""
     import numpy as np
+
     from nnunet_ctarr.trainers.anatomy import ctarr_training_transforms
     torch.set_num_threads(1)
     initial = (PATCH[0], math.ceil(PATCH[1] * math.sqrt(2) * 1.4), math.ceil(PATCH[2] * math.sqrt(2) * 1.4))

@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnunet_ctarr.anatomy import AnatomyMasks, LabelScheme
-from nnunet_ctarr.atlas import Atlas
-from nnunet_ctarr.errors import WarningLog
-from nnunet_ctarr.evaluation import score_case
-from nnunet_ctarr.io import match_label_to_image, read_image
-from nnunet_ctarr.perturbations import orientation_of, random_perturbations, standard_perturbations
-from nnunet_ctarr.registration import RegistrationSettings
-from nnunet_ctarr.regions import builtin_regions, load_region
+from nnunet_ctarr.core.anatomy import AnatomyMasks, LabelScheme
+from nnunet_ctarr.core.atlas import Atlas
+from nnunet_ctarr.core.errors import WarningLog
+from nnunet_ctarr.core.io import match_label_to_image, read_image
+from nnunet_ctarr.core.regions import builtin_regions, load_region
+from nnunet_ctarr.core.registration import RegistrationSettings
+from nnunet_ctarr.evaluation.perturbations import orientation_of, random_perturbations, standard_perturbations
+from nnunet_ctarr.evaluation.scores import score_case
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBJECTS = {

@@ -5,7 +5,7 @@
 
 Same-subject pairs on the two bundled real CTs (moving = random sub-volume, fixed = a cropped /
 shifted / zoomed / reoriented copy with exactly known truth) and cross-subject pairs (chest vs
-abdomen, vertebral landmark reference). Protocol and metric: nnunet_ctarr/prealign_eval.py and
+abdomen, vertebral landmark reference). Protocol and metric: benchmarks/prealign_protocol.py and
 docs/prealign_evaluation.md.
 """
 from __future__ import annotations
@@ -19,13 +19,28 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from prealign_protocol import (
+    FAIL_MM,
+    KINDS,
+    MIN_SLICES,
+    TAIL_FRACTION,
+    GridSettings,
+    cross_subject_pairs,
+    ctarr_locate,
+    ctarr_prealign,
+    evaluate_pair,
+    grid_search,
+    landmark_errors,
+    landmark_floor,
+    landmarks,
+    load_subject,
+    same_subject_pairs,
+    summarise,
+)
 
-from nnunet_ctarr.anatomy import LabelScheme
-from nnunet_ctarr.atlas import Atlas
-from nnunet_ctarr.errors import CTARRError
-from nnunet_ctarr.prealign_eval import (FAIL_MM, KINDS, MIN_SLICES, TAIL_FRACTION, GridSettings, cross_subject_pairs,
-                                        ctarr_locate, ctarr_prealign, evaluate_pair, grid_search, landmark_errors,
-                                        landmark_floor, landmarks, load_subject, same_subject_pairs, summarise)
+from nnunet_ctarr.core.anatomy import LabelScheme
+from nnunet_ctarr.core.atlas import Atlas
+from nnunet_ctarr.core.errors import CTARRError
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = (("ctarr", "CTARR (atlas transforms composed)"), ("grid", "FASTA-like grid search (translation, SSD)"))
@@ -84,7 +99,7 @@ def run(data: Path, n: int, n_cross: int, seed: int, grid: GridSettings, log=pri
 
 
 def _grid_only(pair, grid):
-    from nnunet_ctarr.prealign_eval import z_errors
+    from prealign_protocol import z_errors
     g = grid_search(pair.moving.image, pair.fixed.image, grid)
     return {**_r(z_errors(pair, np.eye(3), g["t"])), "seconds": round(g["seconds"], 3)}
 

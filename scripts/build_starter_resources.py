@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_ctarr.anatomy import load_anatomy, totalsegmentator_scheme
-from nnunet_ctarr.atlas import Atlas, build_atlas
-from nnunet_ctarr.errors import WarningLog
-from nnunet_ctarr.grid import anatomy_to_volume
-from nnunet_ctarr.region_learning import learn_region
+from nnunet_ctarr.core.anatomy import load_anatomy, totalsegmentator_scheme
+from nnunet_ctarr.core.atlas import Atlas
+from nnunet_ctarr.core.atlas_builder import build_atlas
+from nnunet_ctarr.core.errors import WarningLog
+from nnunet_ctarr.core.region_learning import learn_region
+from nnunet_ctarr.core.volume import anatomy_to_volume
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBJECTS = {

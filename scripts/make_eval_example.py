@@ -11,7 +11,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from nnunet_ctarr.perturbations import orientation_of, standard_perturbations
+from nnunet_ctarr.evaluation.perturbations import orientation_of, standard_perturbations
 
 ROOT = Path(__file__).resolve().parents[1] / "examples" / "data"
 SUBJECTS = {"abdomen": ("totalseg_example/example_ct", ("rot90_xy", "fov_upper_60pct")),

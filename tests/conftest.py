@@ -2,18 +2,21 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from nnunet_ctarr.anatomy import AnatomyMasks, LabelScheme
-from nnunet_ctarr.atlas import Atlas
-from nnunet_ctarr.errors import WarningLog
-from nnunet_ctarr.io import read_image
+from nnunet_ctarr.core.anatomy import AnatomyMasks, LabelScheme
+from nnunet_ctarr.core.atlas import Atlas
+from nnunet_ctarr.core.errors import WarningLog
+from nnunet_ctarr.core.io import read_image
 
 torch.set_num_threads(2)
 REPO = Path(__file__).resolve().parents[1]
+# evaluation protocols and the random-model factory live in benchmarks/ (not in the package)
+sys.path.insert(0, str(REPO / "benchmarks"))
 DATA = Path(os.environ.get("CTARR_DATA", REPO / "examples" / "data"))
 
 ABDOMEN = (DATA / "totalseg_example" / "example_ct.nii.gz", DATA / "totalseg_example" / "example_ct_totalseg_v2.nii.gz")
@@ -71,6 +74,41 @@ def assert_same_geometry_as_dicom(result_file: Path, dicom_folder: Path = DICOM[
     dcm = sitk.ReadImage(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(dicom_folder)))
     res = sitk.ReadImage(str(result_file))
     assert res.GetSize() == dcm.GetSize()
-    assert np.allclose(res.GetOrigin(), dcm.GetOrigin()) and np.allclose(res.GetSpacing(), dcm.GetSpacing())
+    assert np.allclose(res.GetOrigin(), dcm.GetOrigin())
+    assert np.allclose(res.GetSpacing(), dcm.GetSpacing())
     assert np.allclose(res.GetDirection(), dcm.GetDirection())
 
+
+
+def write_totalseg_subject(root: Path, subject: str, labels, ct=None, version: int = 2, drop=()) -> Path:
+    """TotalSegmentator's dataset layout from a v2 label map (image or file): ``root/subject/
+    segmentations/<structure>.nii.gz`` with v1 or v2 structure names (v1: the heart as
+    ``heart_myocardium``), and ``ct.nii.gz`` when ``ct`` (image or file) is given."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from nnunet_ctarr.core.anatomy import totalsegmentator_scheme
+    lab = labels if isinstance(labels, sitk.Image) else sitk.ReadImage(str(labels))
+    arr = sitk.GetArrayViewFromImage(lab)
+    seg = root / subject / "segmentations"
+    seg.mkdir(parents=True)
+    if ct is not None:
+        sitk.WriteImage(ct if isinstance(ct, sitk.Image) else sitk.ReadImage(str(ct)), str(root / subject / "ct.nii.gz"))
+    names = set(totalsegmentator_scheme(version).values())
+    for i, name in totalsegmentator_scheme(2).items():
+        out = name if name in names else ("heart_myocardium" if name == "heart" and version == 1 else None)
+        if out is None or out in drop:
+            continue
+        m = sitk.GetImageFromArray((arr == i).astype(np.uint8))
+        m.CopyInformation(lab)
+        sitk.WriteImage(m, str(seg / f"{out}.nii.gz"))
+    return root / subject
+
+
+@pytest.fixture(scope="session")
+def ts_root(tmp_path_factory) -> Path:
+    """A TotalSegmentator-layout root with the two real subjects (s0001 abdomen, s0002 chest)."""
+    root = tmp_path_factory.mktemp("totalseg")
+    write_totalseg_subject(root, "s0001", ABDOMEN[1], ct=ABDOMEN[0])
+    write_totalseg_subject(root, "s0002", CHEST[1], ct=CHEST[0])
+    return root

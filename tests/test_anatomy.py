@@ -5,16 +5,24 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import ABDOMEN, CHEST
-from nnunet_ctarr.anatomy import (GROUPS, LabelScheme, group_of, load_anatomy,
-                                  read_nifti_label_table, totalsegmentator_scheme)
-from nnunet_ctarr.errors import CTARRError, WarningLog
+
+from nnunet_ctarr.core.anatomy import (
+    GROUPS,
+    LabelScheme,
+    group_of,
+    load_anatomy,
+    read_nifti_label_table,
+    totalsegmentator_scheme,
+)
+from nnunet_ctarr.core.errors import CTARRError, WarningLog
 
 
 def test_19_groups_in_paper_order():
     assert len(GROUPS) == 19
-    assert GROUPS[0] == "skull" and GROUPS[13] == "heart" and GROUPS[18] == "urinary_bladder"
+    assert GROUPS[0] == "skull"
+    assert GROUPS[13] == "heart"
+    assert GROUPS[18] == "urinary_bladder"
 
 
 @pytest.mark.parametrize("name,group", [
@@ -38,7 +46,8 @@ def test_v1_cannot_express_skull_and_sternum():
 
 def test_embedded_totalsegmentator_names_are_used():
     table = read_nifti_label_table(ABDOMEN[1])
-    assert table[1] == "spleen" and table[91] == "skull"
+    assert table[1] == "spleen"
+    assert table[91] == "skull"
 
 
 def _relabel(img: sitk.Image, src: dict[int, str], dst: dict[int, str], alias: dict[str, str]) -> sitk.Image:
@@ -65,7 +74,8 @@ def test_v1_map_is_detected_and_gives_same_groups(tmp_path, ts_v2):
     g2 = sitk.GetArrayViewFromImage(a2.labels)
     same = (g1 == g2) | np.isin(g2, [GROUPS.index("sternum") + 1])   # v1 has no sternum
     assert same.all()
-    assert not a1.observed[GROUPS.index("sternum")] and a2.observed[GROUPS.index("sternum")]
+    assert not a1.observed[GROUPS.index("sternum")]
+    assert a2.observed[GROUPS.index("sternum")]
 
 
 def test_v2_without_embedded_names_and_unknown_label_warns():
@@ -74,7 +84,8 @@ def test_v2_without_embedded_names_and_unknown_label_warns():
     assert "v2" in a.source
     assert any("118" in m for m in w)                          # the chest map's stray id
     counts = a.group_voxel_counts()
-    assert counts[GROUPS.index("heart")] > 0 and counts[GROUPS.index("skull")] == 0
+    assert counts[GROUPS.index("heart")] > 0
+    assert counts[GROUPS.index("skull")] == 0
 
 
 def test_ctarr19_map_is_detected(tmp_path):
@@ -85,16 +96,9 @@ def test_ctarr19_map_is_detected(tmp_path):
     assert np.array_equal(sitk.GetArrayViewFromImage(a.labels), sitk.GetArrayViewFromImage(b.labels))
 
 
-def test_mask_folder_in_totalsegmentator_layout(tmp_path, ts_v2):
-    img = sitk.ReadImage(str(ABDOMEN[1]))
-    arr = sitk.GetArrayViewFromImage(img)
-    seg = tmp_path / "s0001" / "segmentations"
-    seg.mkdir(parents=True)
-    for i, name in ts_v2.names.items():                        # all 117 files, as TotalSegmentator writes
-        m = sitk.GetImageFromArray((arr == i).astype(np.uint8))
-        m.CopyInformation(img)
-        sitk.WriteImage(m, str(seg / f"{name}.nii.gz"))
-    a = load_anatomy(tmp_path / "s0001", warnings=WarningLog())
+def test_mask_folder_in_totalsegmentator_layout(ts_root):
+    assert len(list((ts_root / "s0001" / "segmentations").iterdir())) == 117   # all files, as TotalSegmentator writes
+    a = load_anatomy(ts_root / "s0001", warnings=WarningLog())
     b = load_anatomy(ABDOMEN[1], warnings=WarningLog())
     assert np.array_equal(sitk.GetArrayViewFromImage(a.labels), sitk.GetArrayViewFromImage(b.labels))
     assert a.observed.all()

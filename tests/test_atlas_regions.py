@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
-
 from conftest import ABDOMEN, CHEST, anatomy_of
-from nnunet_ctarr.anatomy import GROUPS, totalsegmentator_scheme
-from nnunet_ctarr.atlas import Atlas
+
 from nnunet_ctarr.cli.build_atlas import main as build_atlas_main
-from nnunet_ctarr.region_learning import learn_region
-from nnunet_ctarr.regions import boxes_from_heatmap, builtin_regions, load_region
+from nnunet_ctarr.core.anatomy import GROUPS
+from nnunet_ctarr.core.atlas import Atlas
+from nnunet_ctarr.core.region_learning import learn_region
+from nnunet_ctarr.core.regions import boxes_from_heatmap, builtin_regions, load_region
 
 
 def test_starter_atlas_is_complete_where_data_exist(atlas):
-    assert atlas.prob.shape[0] == 19 and np.allclose(atlas.spacing, 3.0)
-    assert atlas.coverage.min() >= 0 and atlas.coverage.max() <= 1
+    assert atlas.prob.shape[0] == 19
+    assert np.allclose(atlas.spacing, 3.0)
+    assert atlas.coverage.min() >= 0
+    assert atlas.coverage.max() <= 1
     missing = {GROUPS[i] for i in np.nonzero(~atlas.observed)[0]}
     assert missing == {"skull", "brain"}                     # neither subject shows the head
     assert set(atlas.meta["groups_without_data"]) == missing
     # the overlap of the two subjects (upper abdomen) is covered by both
-    assert atlas.coverage.max() == 1.0 and np.isclose(atlas.coverage, 0.5, atol=0.01).any()
+    assert atlas.coverage.max() == 1.0
+    assert np.isclose(atlas.coverage, 0.5, atol=0.01).any()
 
 
 def test_every_builtin_region_belongs_to_the_shipped_atlas(atlas):
@@ -31,29 +34,18 @@ def test_every_builtin_region_belongs_to_the_shipped_atlas(atlas):
         r = load_region(name)
         assert r.atlas_id == atlas.atlas_id
         lo, hi = atlas.extent()
-        assert np.all(r.boxes_mm[:, 0] >= lo - 60) and np.all(r.boxes_mm[:, 1] <= hi + 60)
+        assert np.all(r.boxes_mm[:, 0] >= lo - 60)
+        assert np.all(r.boxes_mm[:, 1] <= hi + 60)
     assert len(load_region("kidneys").boxes_mm) == 2
 
 
-def _ts_layout(root, subject, label_file):
-    img = sitk.ReadImage(str(label_file))
-    arr = sitk.GetArrayViewFromImage(img)
-    seg = root / subject / "segmentations"
-    seg.mkdir(parents=True)
-    for i, name in totalsegmentator_scheme(2).items():
-        m = sitk.GetImageFromArray((arr == i).astype(np.uint8))
-        m.CopyInformation(img)
-        sitk.WriteImage(m, str(seg / f"{name}.nii.gz"))
-
-
-def test_build_atlas_cli_from_totalsegmentator_layout_reproduces_shipped_atlas(tmp_path, atlas):
-    _ts_layout(tmp_path / "ts", "s0001", ABDOMEN[1])
-    _ts_layout(tmp_path / "ts", "s0002", CHEST[1])
-    assert build_atlas_main(["-i", str(tmp_path / "ts"), "-o", str(tmp_path / "a.npz")]) == 0
+def test_build_atlas_cli_from_totalsegmentator_layout_reproduces_shipped_atlas(tmp_path, atlas, ts_root):
+    assert build_atlas_main(["-i", str(ts_root), "-o", str(tmp_path / "a.npz")]) == 0
     rebuilt = Atlas.load(tmp_path / "a.npz")
     assert rebuilt.shape_zyx == atlas.shape_zyx
     diff = np.abs(rebuilt.prob - atlas.prob)
-    assert diff.max() <= 3 / 255 and diff.mean() < 1e-3
+    assert diff.max() <= 3 / 255
+    assert diff.mean() < 1e-3
     assert np.array_equal(rebuilt.observed, atlas.observed)
 
 
@@ -67,7 +59,8 @@ def test_learned_kidney_region_has_two_boxes_and_matches_shipped(atlas, ts_v2):
         roi.CopyInformation(lab)
         cases.append((name, anatomy_of(lab, ts_v2), roi))
     learned = learn_region(cases, atlas, "kidneys", margin_mm=20, progress=False)
-    assert learned.n_scans == 2 and len(learned.region.boxes_mm) == 2
+    assert learned.n_scans == 2
+    assert len(learned.region.boxes_mm) == 2
     shipped = load_region("kidneys").boxes_mm
     assert np.abs(learned.region.boxes_mm - shipped).max() <= 6.0
     # right kidney (patient right = -x in LPS) comes first
@@ -94,9 +87,11 @@ def test_heatmap_components_and_merging():
 
 def test_nnunet_label_names_map_to_groups_and_region_labels_are_refused(tmp_path):
     import json
+
     import pytest
+
     from nnunet_ctarr.cli.build_atlas import nnunet_scheme
-    from nnunet_ctarr.errors import CTARRError
+    from nnunet_ctarr.core.errors import CTARRError
     ds = tmp_path / "Dataset700_X"
     (ds / "labelsTr").mkdir(parents=True)
     labels = {"background": 0, "liver": 1, "kidney_left": 2, "ignore": 3}

@@ -8,10 +8,10 @@ import sys
 
 import numpy as np
 import SimpleITK as sitk
-
 from conftest import ABDOMEN, CHEST, DICOM, SMALL
+
 from nnunet_ctarr.cli.crop import main
-from nnunet_ctarr.cropping import paste_back
+from nnunet_ctarr.core.cropping import paste_back
 
 
 def run_cli(args: list[str]) -> subprocess.CompletedProcess:
@@ -28,11 +28,14 @@ def test_single_case_with_labels_and_qc(tmp_path):
                      "example_ct_kidneys_box1.nii.gz", "example_ct_kidneys_box1_labels.nii.gz", "example_ct_kidneys_qc.png"]
     side = json.loads((out / "example_ct.ctarr.json").read_text())
     t = side["registration"]["transform"]
-    assert t["k_rot"] == 0 and t["flip_xyz"] == [False, False, False]
-    assert len(t["scale_xyz"]) == 3 and len(t["translation_mm_xyz"]) == 3
+    assert t["k_rot"] == 0
+    assert t["flip_xyz"] == [False, False, False]
+    assert len(t["scale_xyz"]) == 3
+    assert len(t["translation_mm_xyz"]) == 3
     assert 0 < side["registration"]["registration_dice"] <= 1
     for b in side["boxes"]:
-        assert len(b["index_start_xyz"]) == 3 and len(b["world_min_mm_lps"]) == 3
+        assert len(b["index_start_xyz"]) == 3
+        assert len(b["world_min_mm_lps"]) == 3
         assert all(s < e for s, e in zip(b["index_start_xyz"], b["index_stop_xyz"]))
     assert {"read_image", "registration", "crop_write", "qc"} <= set(side["seconds"])
     assert side["versions"]["atlas_id"] == side["region"]["atlas_id"]
@@ -60,7 +63,8 @@ def test_batch_folder_matches_anatomy_by_case_id(tmp_path):
     out = tmp_path / "out"
     r = run_cli(["-i", str(imgs), "--anatomy_seg", str(anat), "-r", "liver", "-o", str(out)])
     assert r.returncode == 0, r.stderr
-    assert (out / "example_ct_liver.nii.gz").exists() and (out / "example_ct_sm_liver.nii.gz").exists()
+    assert (out / "example_ct_liver.nii.gz").exists()
+    assert (out / "example_ct_sm_liver.nii.gz").exists()
     assert not any(p.name.endswith("_0000.nii.gz") for p in out.iterdir())
     assert "2 of 2" in r.stdout
 
@@ -73,7 +77,8 @@ def test_dicom_folder_input(tmp_path):
     side = json.loads((out / "example_ct_dicom.ctarr.json").read_text())
     crop = sitk.ReadImage(str(out / "example_ct_dicom_liver.nii.gz"))
     lab = sitk.ReadImage(str(out / "example_ct_dicom_liver_labels.nii.gz"))
-    assert crop.GetSize() == lab.GetSize() and np.allclose(crop.GetOrigin(), lab.GetOrigin())
+    assert crop.GetSize() == lab.GetSize()
+    assert np.allclose(crop.GetOrigin(), lab.GetOrigin())
     assert side["label_voxels_preserved_percent"] is not None
 
 
@@ -88,7 +93,8 @@ def _one_line_error(r: subprocess.CompletedProcess, needle: str) -> None:
     assert r.returncode != 0
     assert "Traceback" not in r.stderr
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error")]
-    assert len(errors) == 1 and needle in errors[0], r.stderr
+    assert len(errors) == 1, r.stderr
+    assert needle in errors[0], r.stderr
 
 
 def test_unknown_region(tmp_path):
@@ -140,4 +146,6 @@ def test_non_hu_image_is_refused(tmp_path):
 
 def test_missing_required_arguments_is_a_usage_error():
     r = run_cli(["-r", "liver"])
-    assert r.returncode == 2 and "missing required" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2
+    assert "missing required" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -4,16 +4,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import DICOM, anatomy_of
-from nnunet_ctarr.cropping import crop_image, paste_back, plan_crops
-from nnunet_ctarr.io import match_label_to_image, read_image
-from nnunet_ctarr.pipeline import locate, plan_region
-from nnunet_ctarr.regions import Region, load_region
+
+from nnunet_ctarr.core.cropping import crop_image, paste_back, plan_crops
+from nnunet_ctarr.core.io import match_label_to_image, read_image
+from nnunet_ctarr.core.pipeline import locate, plan_region
+from nnunet_ctarr.core.regions import Region, load_region
 
 
 def _assert_overlays(crop: sitk.Image, src: sitk.Image, n: int = 200) -> None:
-    assert np.allclose(crop.GetSpacing(), src.GetSpacing()) and np.allclose(crop.GetDirection(), src.GetDirection())
+    assert np.allclose(crop.GetSpacing(), src.GetSpacing())
+    assert np.allclose(crop.GetDirection(), src.GetDirection())
     rng = np.random.default_rng(1)
     for _ in range(n):
         idx = [int(rng.integers(0, s)) for s in crop.GetSize()]
@@ -60,23 +61,26 @@ def test_paste_back_is_bit_exact(chest, chest_loc):
     inside = plan.union_mask_zyx()
     assert np.array_equal(p[inside], a[inside])
     assert np.all(p[~inside] == fill)
-    assert pasted.GetSize() == img.GetSize() and pasted.GetOrigin() == img.GetOrigin()
-    assert pasted.GetDirection() == img.GetDirection() and pasted.GetSpacing() == img.GetSpacing()
+    assert pasted.GetSize() == img.GetSize()
+    assert pasted.GetOrigin() == img.GetOrigin()
+    assert pasted.GetDirection() == img.GetDirection()
+    assert pasted.GetSpacing() == img.GetSpacing()
 
 
 def test_partial_box_is_cut_to_the_image_and_pad_restores_full_box(chest, chest_loc):
     img = chest[0]
     tf = chest_loc.transform
     # a 60 mm box in the middle of the slice that reaches 60 mm beyond the top of the scan
-    from nnunet_ctarr.io import world_bbox
-    wlo, whi = world_bbox(img)
+    from nnunet_ctarr.core.geometry import Geometry
+    wlo, whi = Geometry.of(img).bounds()
     centre = 0.5 * (wlo + whi)
     world_lo = np.array([centre[0] - 30, centre[1] - 30, whi[2] - 40.0])
     world_hi = world_lo + np.array([60.0, 60.0, 100.0])
     box_atlas = np.stack(tf.box_to_atlas(world_lo, world_hi))[None]
     plan = plan_crops(img, tf, box_atlas)
     b = plan.boxes[0]
-    assert b.status == "partial" and 0 < b.fraction_inside < 1
+    assert b.status == "partial"
+    assert 0 < b.fraction_inside < 1
     crop = crop_image(img, b)
     assert np.all(np.array(crop.GetSize()) == b.size_xyz)
     padded = crop_image(img, b, pad_to_full_box=True, fill_value=-1024)
@@ -93,15 +97,18 @@ def test_box_entirely_outside_is_reported(chest, chest_loc):
     tf = chest_loc.transform
     lo = np.array(img.GetOrigin()) + np.array([0, 0, 2000.0])
     plan = plan_crops(img, tf, np.stack(tf.box_to_atlas(lo, lo + 50))[None])
-    assert plan.boxes[0].status == "outside" and not plan.usable
+    assert plan.boxes[0].status == "outside"
+    assert not plan.usable
 
 
 def test_z_only_keeps_full_xy(chest, chest_loc):
     img = chest[0]
     plan = plan_region(img, chest_loc, load_region("heart"), z_only=True)
     b = plan.usable[0]
-    assert b.start_xyz[0] == 0 and b.stop_xyz[0] == img.GetSize()[0]
-    assert b.start_xyz[1] == 0 and b.stop_xyz[1] == img.GetSize()[1]
+    assert b.start_xyz[0] == 0
+    assert b.stop_xyz[0] == img.GetSize()[0]
+    assert b.start_xyz[1] == 0
+    assert b.stop_xyz[1] == img.GetSize()[1]
     assert b.stop_xyz[2] - b.start_xyz[2] < img.GetSize()[2]
 
 

@@ -4,11 +4,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
 from conftest import ABDOMEN, CHEST, DICOM
-from nnunet_ctarr.errors import CTARRError
-from nnunet_ctarr.io import (canonical, case_id, check_ct_intensities, list_inputs, match_label_to_image,
-                             read_image, world_bbox)
+
+from nnunet_ctarr.core.errors import CTARRError
+from nnunet_ctarr.core.geometry import Geometry
+from nnunet_ctarr.core.io import (
+    canonical,
+    case_id,
+    check_ct_intensities,
+    list_inputs,
+    match_label_to_image,
+    read_image,
+)
 
 
 def test_dicom_series_reads_as_volume():
@@ -37,9 +44,10 @@ def test_canonical_orientation_is_lps_and_keeps_world_geometry():
     img = read_image(CHEST[0])                     # stored LAS-like: direction diag(1, -1, 1)
     can = canonical(img)
     assert np.allclose(can.GetDirection(), np.eye(3).ravel())
-    lo1, hi1 = world_bbox(img)
-    lo2, hi2 = world_bbox(can)
-    assert np.allclose(lo1, lo2) and np.allclose(hi1, hi2)
+    lo1, hi1 = Geometry.of(img).bounds()
+    lo2, hi2 = Geometry.of(can).bounds()
+    assert np.allclose(lo1, lo2)
+    assert np.allclose(hi1, hi2)
     p = img.TransformIndexToPhysicalPoint((10, 20, 30))
     assert img[10, 20, 30] == can[can.TransformPhysicalPointToIndex(p)]
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import ABDOMEN, CHEST, DICOM, SMALL, anatomy_of
-from nnunet_ctarr.evaluation import score_case
-from nnunet_ctarr.io import match_label_to_image, read_image
-from nnunet_ctarr.perturbations import orientation_of, random_perturbations, standard_perturbations
-from nnunet_ctarr.regions import builtin_regions, load_region
+
+from nnunet_ctarr.core.io import match_label_to_image, read_image
+from nnunet_ctarr.core.regions import builtin_regions, load_region
+from nnunet_ctarr.evaluation.perturbations import orientation_of, random_perturbations, standard_perturbations
+from nnunet_ctarr.evaluation.scores import score_case
 
 ORGAN_REGIONS = {"kidneys", "liver", "spleen", "pancreas", "gallbladder", "stomach", "urinary_bladder", "heart"}
 

@@ -5,13 +5,13 @@ import json
 
 import numpy as np
 import SimpleITK as sitk
-
 from conftest import ABDOMEN, CHEST, anatomy_of
+
 from nnunet_ctarr.cli.prealign import body_height_main, prealign_main
-from nnunet_ctarr.io import canonical
-from nnunet_ctarr.perturbations import array_op
-from nnunet_ctarr.pipeline import locate
-from nnunet_ctarr.prealign import body_height, itk_transform, moving_to_fixed
+from nnunet_ctarr.core.io import canonical
+from nnunet_ctarr.core.pipeline import locate
+from nnunet_ctarr.core.prealign import body_height, itk_transform, moving_to_fixed
+from nnunet_ctarr.evaluation.perturbations import array_op
 
 
 def _cut(img, z0, z1):
@@ -43,7 +43,9 @@ def test_flipped_copy_prealigns_with_the_flip(abdomen, ts_v2, atlas, tmp_path):
     fixed = locate(c_img, anatomy_of(c_lab, ts_v2), atlas)
     moving = locate(f_img, anatomy_of(f_lab, ts_v2), atlas)
     A, b = moving_to_fixed(fixed.transform, moving.transform)
-    assert np.sign(A[2, 2]) == -1 and abs(A[0, 0]) > 0.9 and abs(A[1, 1]) > 0.9
+    assert np.sign(A[2, 2]) == -1
+    assert abs(A[0, 0]) > 0.9
+    assert abs(A[1, 1]) > 0.9
     # resampling the flipped labels with the ITK transform brings the liver back in place
     tx = itk_transform(fixed.transform, moving.transform)
     back = sitk.Resample(f_lab, c_lab, tx, sitk.sitkNearestNeighbor, 0)
@@ -90,6 +92,8 @@ def test_body_height_is_consistent_between_overlapping_scans(abdomen, ts_v2, atl
     assert np.all(np.diff(h_full["atlas_z_mm"]) > 0)            # head-ward slices score higher
     code = body_height_main(["-i", str(ABDOMEN[0]), "--anatomy_seg", str(ABDOMEN[1]), "-o", str(tmp_path / "h.json"),
                              "--plot", str(tmp_path / "h.png")])
-    assert code == 0 and (tmp_path / "h.png").exists()
+    assert code == 0
+    assert (tmp_path / "h.png").exists()
     d = json.loads((tmp_path / "h.json").read_text())
-    assert len(d["atlas_z_mm"]) == img.GetSize()[2] and -0.05 <= min(d["score"]) < max(d["score"]) <= 1.05
+    assert len(d["atlas_z_mm"]) == img.GetSize()[2]
+    assert -0.05 <= min(d["score"]) < max(d["score"]) <= 1.05

@@ -1,13 +1,21 @@
 """The SSBR seed's prealignment protocol (a few pairs) and the grid-search baseline, through the
-functions that benchmarks/eval_prealign.py uses (nnunet_ctarr/prealign_eval.py)."""
+functions that benchmarks/eval_prealign.py uses (benchmarks/prealign_protocol.py)."""
 from __future__ import annotations
 
 import numpy as np
 import SimpleITK as sitk
-
 from conftest import DATA
-from nnunet_ctarr.prealign_eval import (FAIL_MM, Pair, ctarr_prealign, evaluate_pair, grid_search, load_subject,
-                                        make_copy, same_subject_pairs, z_errors)
+from prealign_protocol import (
+    FAIL_MM,
+    Pair,
+    ctarr_prealign,
+    evaluate_pair,
+    grid_search,
+    load_subject,
+    make_copy,
+    same_subject_pairs,
+    z_errors,
+)
 
 
 def test_truth_of_a_copy_is_exact():

@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import ABDOMEN, CHEST, DICOM, SMALL, assert_same_geometry_as_dicom, write_liver_kidney_targets
+from model_factory import make_random_model
 
-from conftest import ABDOMEN, CHEST, DICOM, SMALL, write_liver_kidney_targets, assert_same_geometry_as_dicom
-from nnunet_ctarr.anatomy_source import PrecomputedAnatomy
-from nnunet_ctarr.errors import CTARRError
-from nnunet_ctarr.model_factory import make_random_model
-from nnunet_ctarr.multi_predict import MaxProbabilityMerge, load_spec
-from nnunet_ctarr.predictor import nnUNetPredictorCTARR
-from nnunet_ctarr.regions import load_region
+from nnunet_ctarr.core.anatomy_sources import PrecomputedAnatomy
+from nnunet_ctarr.core.errors import CTARRError
+from nnunet_ctarr.core.regions import load_region
+from nnunet_ctarr.inference.multi_predictor import MaxProbabilityMerge
+from nnunet_ctarr.inference.multi_spec import load_spec
+from nnunet_ctarr.inference.predictor import nnUNetPredictorCTARR
 
 OUT_LABELS = {"background": 0, "liver": 1, "kidney_left": 2, "kidney_right": 3, "bladder": 4}
 
@@ -90,8 +91,8 @@ def _run_main(argv: list[str]) -> int:
 @pytest.fixture(scope="module")
 def multi_run(models, cases, tmp_path_factory):
     """One in-process run on both cases, counting registrations."""
-    import nnunet_ctarr.multi_predict as mp
-    import nnunet_ctarr.predictor as pr
+    import nnunet_ctarr.inference.multi_predictor as mp
+    import nnunet_ctarr.inference.predictor as pr
     calls = {"multi": 0, "predictor": 0}
 
     def counting(key, fn):
@@ -143,8 +144,10 @@ def _check_geometry_and_outside(cases, out, case):
     """Output geometry = input geometry; background outside every model's boxes."""
     src = sitk.ReadImage(str(cases / "img" / f"{case}_0000.nii.gz"))
     res = sitk.ReadImage(str(out / f"{case}.nii.gz"))
-    assert res.GetSize() == src.GetSize() and res.GetSpacing() == src.GetSpacing()
-    assert res.GetOrigin() == src.GetOrigin() and res.GetDirection() == src.GetDirection()
+    assert res.GetSize() == src.GetSize()
+    assert res.GetSpacing() == src.GetSpacing()
+    assert res.GetOrigin() == src.GetOrigin()
+    assert res.GetDirection() == src.GetDirection()
     seg = sitk.GetArrayFromImage(res)
     side = json.loads((out / f"{case}.ctarr_multi.json").read_text())
     inside = np.zeros(seg.shape, bool)
@@ -152,7 +155,8 @@ def _check_geometry_and_outside(cases, out, case):
         for b in m["crops"]:
             s, e = b["index_start_xyz"], b["index_stop_xyz"]
             inside[s[2]:e[2], s[1]:e[1], s[0]:e[0]] = True
-    assert (~inside).mean() > 0.1 and not seg[~inside].any()          # crops cover < 90 %
+    assert (~inside).mean() > 0.1
+    assert not seg[~inside].any()  # crops cover < 90 %
     assert {1, 2, 3} <= set(np.unique(seg[inside]).tolist())
     assert sum(m["voxels_won"] for m in side["models"]) == int((seg > 0).sum())
     return seg, side
@@ -165,14 +169,17 @@ def test_merged_map_is_max_probability_of_the_single_model_predictions(models, c
     for m, (model_key, region, lut) in zip(side["models"], SPEC_LUTS):
         assert m["mode"] == "crop"
         s, p = _single_model_outputs(models[model_key], region, cases, "abd", tmp_path)
-        assert s.shape == seg.shape and p.shape[1:] == seg.shape
+        assert s.shape == seg.shape
+        assert p.shape[1:] == seg.shape
         preds.append((s, p, lut))
     ref, winner, voters = _reference_merge(preds)
     assert np.array_equal(seg, ref)
     overlap = voters >= 2
-    assert overlap.sum() > 1000 and side["overlap_voxels"] == int(overlap.sum())
+    assert overlap.sum() > 1000
+    assert side["overlap_voxels"] == int(overlap.sum())
     # overlaps are decided by probability, not by order: both the liver and the kidney model win some
-    assert (winner[overlap] == 0).sum() > 100 and (winner[overlap] == 1).sum() > 100
+    assert (winner[overlap] == 0).sum() > 100
+    assert (winner[overlap] == 1).sum() > 100
     for k, m in enumerate(side["models"]):
         assert m["voxels_won_in_overlap"] == int((winner[overlap] == k).sum())
         assert m["voxels_won"] == int((winner == k).sum())
@@ -182,9 +189,12 @@ def test_region_outside_the_field_of_view_contributes_nothing(cases, multi_run):
     out, _ = multi_run
     seg, side = _check_geometry_and_outside(cases, out, "sm")
     liver, kidneys, bladder = side["models"]
-    assert bladder["mode"] == "empty" and bladder["voxels_voted"] == 0 and bladder["voxels_won"] == 0
+    assert bladder["mode"] == "empty"
+    assert bladder["voxels_voted"] == 0
+    assert bladder["voxels_won"] == 0
     assert any("outside the field of view" in w for w in bladder["warnings"])
-    assert liver["mode"] == kidneys["mode"] == "crop" and side["overlap_voxels"] > 1000
+    assert liver["mode"] == kidneys["mode"] == "crop"
+    assert side["overlap_voxels"] > 1000
     assert not (seg == 4).any()
 
 
@@ -193,14 +203,16 @@ def test_one_registration_per_case_shared_by_all_models(multi_run):
     assert calls == {"multi": 2, "predictor": 0}               # 2 cases, 3 models
     for case in ("abd", "sm"):
         side = json.loads((out / f"{case}.ctarr_multi.json").read_text())
-        assert side["localisation"]["registrations"] == 1 and len(side["models"]) == 3
+        assert side["localisation"]["registrations"] == 1
+        assert len(side["models"]) == 3
         assert all(m["seconds"] > 0 for m in side["models"])
     assert json.loads((out / "dataset.json").read_text())["labels"] == OUT_LABELS
 
 
 def test_implausible_anatomy_every_model_runs_on_the_full_image(models, tmp_path):
-    from nnunet_ctarr.multi_predict import MultiModelPredictor
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
+    from nnunet_ctarr.inference.multi_predictor import MultiModelPredictor
     (tmp_path / "anat").mkdir()
     sitk.WriteImage(sitk.ReadImage(str(SMALL[1])) * 0, str(tmp_path / "anat" / "sm.nii.gz"))
     spec = load_spec(_spec(tmp_path / "spec.json", models, bladder=False))
@@ -218,7 +230,8 @@ def test_implausible_anatomy_every_model_runs_on_the_full_image(models, tmp_path
         s, pr = p.predict_single_npy_array(data, props, None, None, True)    # stock, full image
         preds.append((s, pr, lut))
     ref, _, voters = _reference_merge(preds)
-    assert np.array_equal(seg, ref) and (voters >= 2).any()
+    assert np.array_equal(seg, ref)
+    assert (voters >= 2).any()
 
 
 def test_dicom_folder_input_via_cli(models, tmp_path):
@@ -234,7 +247,8 @@ def test_dicom_folder_input_via_cli(models, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same_geometry_as_dicom(tmp_path / "o" / "example_ct_dicom.nii.gz")
     side = json.loads((tmp_path / "o" / "example_ct_dicom.ctarr_multi.json").read_text())
-    assert side["models"][0]["mode"] == "crop" and side["localisation"]["registrations"] == 1
+    assert side["models"][0]["mode"] == "crop"
+    assert side["localisation"]["registrations"] == 1
 
 
 def test_merge_rule_on_synthetic_votes():
@@ -246,7 +260,9 @@ def test_merge_rule_on_synthetic_votes():
     m.add(1, np.array([[[0, 0, 3, 0]]]), np.array([[[0, 0, 0.75, 0]]], np.float32))
     assert m.labels.ravel().tolist() == [1, 1, 3, 0]
     overlap, per = m.stats()
-    assert overlap == 2 and per[0]["voxels_won_in_overlap"] == 1 and per[1]["voxels_won_in_overlap"] == 1
+    assert overlap == 2
+    assert per[0]["voxels_won_in_overlap"] == 1
+    assert per[1]["voxels_won_in_overlap"] == 1
 
 
 def _bad(tmp_path, models, **change):
@@ -274,14 +290,18 @@ def _bad(tmp_path, models, **change):
 def test_bad_specs_are_rejected_with_one_line(models, tmp_path, change, message):
     with pytest.raises(CTARRError) as e:
         load_spec(_bad(tmp_path, models, **change))
-    assert message in str(e.value) and "\n" not in str(e.value)
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
 
 
 def test_cli_bad_spec_exits_1_with_one_line(models, cases, tmp_path):
     r = subprocess.run([sys.executable, "-m", "nnunet_ctarr.cli.predict_multi", "-i", str(cases / "img"), "-o",
                         str(tmp_path / "o"), "-spec", str(_bad(tmp_path, models, labels={"liver": "bladderx"})),
                         "-anatomy_seg", str(cases / "anat"), "-device", "cpu"], capture_output=True, text=True)
-    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: spec models[0]") and "bladderx" in lines[0]
+    assert len(lines) == 1
+    assert lines[0].startswith("error: spec models[0]")
+    assert "bladderx" in lines[0]
     assert not (tmp_path / "o").exists()

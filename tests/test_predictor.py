@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import ABDOMEN, CHEST, DICOM, SMALL, assert_same_geometry_as_dicom, write_liver_kidney_targets
+from model_factory import make_random_model
 
-from conftest import ABDOMEN, CHEST, DICOM, write_liver_kidney_targets, assert_same_geometry_as_dicom
-from nnunet_ctarr.anatomy_source import PrecomputedAnatomy
-from nnunet_ctarr.model_factory import make_random_model
-from nnunet_ctarr.predictor import merge_box_probabilities, nnUNetPredictorCTARR
-from nnunet_ctarr.regions import load_region
+from nnunet_ctarr.core.anatomy_sources import PrecomputedAnatomy
+from nnunet_ctarr.core.regions import load_region
+from nnunet_ctarr.inference.export import merge_box_probabilities
+from nnunet_ctarr.inference.predictor import nnUNetPredictorCTARR
 
 
 @pytest.fixture(scope="session")
@@ -76,8 +77,10 @@ def test_inside_equals_stock_on_crop_and_outside_is_background(tiny_model, input
                              num_processes_preprocessing=1, num_processes_segmentation_export=1)
     src = sitk.ReadImage(str(inputs / "img" / "abd_0000.nii.gz"))
     res = sitk.ReadImage(str(out / "abd.nii.gz"))
-    assert res.GetSize() == src.GetSize() and res.GetSpacing() == src.GetSpacing()
-    assert res.GetOrigin() == src.GetOrigin() and res.GetDirection() == src.GetDirection()
+    assert res.GetSize() == src.GetSize()
+    assert res.GetSpacing() == src.GetSpacing()
+    assert res.GetOrigin() == src.GetOrigin()
+    assert res.GetDirection() == src.GetDirection()
     seg = sitk.GetArrayFromImage(res)
     side = json.loads((out / "abd.ctarr.json").read_text())
     assert side["mode"] == "crop"
@@ -89,13 +92,15 @@ def test_inside_equals_stock_on_crop_and_outside_is_background(tiny_model, input
     for sl, (s, e) in crops:        # where crops overlap, the highest probability wins (tested below)
         stock = stock_on(tiny_model, src[s[0]:e[0], s[1]:e[1], s[2]:e[2]])
         alone = cover[sl] == 1
-        assert alone.mean() > 0.5 and np.array_equal(seg[sl][alone], stock[alone])
+        assert alone.mean() > 0.5
+        assert np.array_equal(seg[sl][alone], stock[alone])
         inside[sl] = True
     assert inside.mean() < 0.5
     assert np.all(seg[~inside] == 0)
     probs = np.load(out / "abd.npz")["probabilities"]
     assert probs.shape == (3,) + seg.shape
-    assert np.all(probs[0][~inside] == 1) and np.all(probs[1:, ~inside] == 0)
+    assert np.all(probs[0][~inside] == 1)
+    assert np.all(probs[1:, ~inside] == 0)
     assert np.array_equal(probs.argmax(0)[inside], seg[inside])
 
 
@@ -174,7 +179,8 @@ def test_region_outside_fov(tiny_model, tmp_path, on_miss):
     p = ctarr_predictor(tiny_model, "urinary_bladder", tmp_path / "anat", on_miss=on_miss, sidecar=str(out))
     p.predict_from_files_sequential(str(tmp_path / "img"), str(out), save_probabilities=True)
     side = json.loads((out / "chest.ctarr.json").read_text())
-    assert side["mode"] == on_miss and any("outside the field of view" in w for w in side["warnings"])
+    assert side["mode"] == on_miss
+    assert any("outside the field of view" in w for w in side["warnings"])
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "chest.nii.gz")))
     if on_miss == "empty":
         assert not seg.any()
@@ -193,7 +199,8 @@ def test_npy_entry_points_match_file_path(tiny_model, inputs, tmp_path):
     p2 = ctarr_predictor(tiny_model, "kidneys", inputs / "anat")
     p2.predict_from_files_sequential(str(inputs / "img"), str(tmp_path / "o"))
     ref = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "o" / "abd.nii.gz")))
-    assert np.array_equal(single, ref) and np.array_equal(listed[0], ref)
+    assert np.array_equal(single, ref)
+    assert np.array_equal(listed[0], ref)
 
 
 def test_model_folder_ctarr_json_sets_region(tiny_model, inputs, tmp_path):
@@ -206,7 +213,8 @@ def test_model_folder_ctarr_json_sets_region(tiny_model, inputs, tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     side = json.loads((tmp_path / "o" / "abd.ctarr.json").read_text())
-    assert side["region"] == "liver" and side["mode"] == "crop"
+    assert side["region"] == "liver"
+    assert side["mode"] == "crop"
     box, crop = side["boxes"][0], side["crops"][0]             # "crops": "exact" -> the region box itself
     assert len(side["crops"]) == 1
     assert (crop["index_start_xyz"], crop["index_stop_xyz"]) == (box["index_start_xyz"], box["index_stop_xyz"])
@@ -218,7 +226,9 @@ def test_merge_takes_most_confident_box_and_background_outside():
     p2 = np.zeros((3, 2, 2, 4), np.float32)
     p2[0], p2[2] = 0.1, 0.9          # box 2: class 2 with 0.9
     winner, probs = merge_box_probabilities((2, 2, 10), [(p1, [0, 0, 0], [4, 2, 2]), (p2, [2, 0, 0], [6, 2, 2])], 3, True)
-    assert np.all(winner[..., 0:2] == 0) and np.all(winner[..., 2:6] == 1) and np.all(winner[..., 6:] == -1)
+    assert np.all(winner[..., 0:2] == 0)
+    assert np.all(winner[..., 2:6] == 1)
+    assert np.all(winner[..., 6:] == -1)
     assert np.all(probs[2, :, :, 2:4] == 0.9)                 # overlap: the more confident box
     assert np.all(probs[0, :, :, 6:] == 1)                   # outside: background
 
@@ -227,17 +237,21 @@ def test_cli_errors_are_one_line(tiny_model, inputs, tmp_path):
     base = [sys.executable, "-m", "nnunet_ctarr.cli.predict", "-i", str(inputs / "img"), "-o", str(tmp_path / "o"),
             "-m", str(tiny_model), "-f", "0", "-device", "cpu"]
     r = subprocess.run(base + ["-region", "liver"], capture_output=True, text=True)
-    assert r.returncode == 1 and "exactly one anatomy source" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1
+    assert "exactly one anatomy source" in r.stderr
+    assert "Traceback" not in r.stderr
     r = subprocess.run(base + ["-anatomy_seg", str(inputs / "anat")], capture_output=True, text=True)
-    assert r.returncode == 1 and "no region" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 1
+    assert "no region" in r.stderr
+    assert "Traceback" not in r.stderr
 
 
 @pytest.fixture(scope="session")
 def random_anatomy_model(tmp_path_factory):
     """A 19-group anatomy model with random weights: its anatomy is garbage, as an untrained
     model's would be, and the predictor must notice."""
-    from nnunet_ctarr.anatomy import GROUPS, load_anatomy
-    from nnunet_ctarr.errors import WarningLog
+    from nnunet_ctarr.core.anatomy import GROUPS, load_anatomy
+    from nnunet_ctarr.core.errors import WarningLog
     tmp = tmp_path_factory.mktemp("anatomy_model")
     labs = []
     for name, lab_f in (("abd", ABDOMEN[1]), ("chest", CHEST[1])):
@@ -249,7 +263,7 @@ def random_anatomy_model(tmp_path_factory):
 
 def test_anatomy_model_source_is_mapped_by_names_and_untrusted_output_falls_back(
         tiny_model, random_anatomy_model, inputs, tmp_path):
-    from nnunet_ctarr.anatomy_source import ModelAnatomy
+    from nnunet_ctarr.inference.anatomy_model import ModelAnatomy
     src = ModelAnatomy(random_anatomy_model, folds=(0,), device="cpu", disable_tta=True, npp=0, nps=0)
     assert src.scheme.observed.all()                       # dataset.json names = the 19 groups
     p = nnUNetPredictorCTARR(use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
@@ -259,14 +273,15 @@ def test_anatomy_model_source_is_mapped_by_names_and_untrusted_output_falls_back
     p.predict_from_files_sequential(str(inputs / "img"), str(out))
     assert src.label_file("abd").exists()                  # the anatomy model ran once, at its own resolution
     side = json.loads((out / "abd.ctarr.json").read_text())
-    assert side["mode"] == "full" and any("not trusted" in w for w in side["warnings"])
+    assert side["mode"] == "full"
+    assert any("not trusted" in w for w in side["warnings"])
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "abd.nii.gz")))
     assert np.array_equal(seg, stock_on(tiny_model, sitk.ReadImage(str(inputs / "img" / "abd_0000.nii.gz"))))
 
 
 def test_anatomy_model_with_totalsegmentator_names(tmp_path):
-    from nnunet_ctarr.anatomy import totalsegmentator_scheme
-    from nnunet_ctarr.anatomy_source import ModelAnatomy
+    from nnunet_ctarr.core.anatomy import totalsegmentator_scheme
+    from nnunet_ctarr.inference.anatomy_model import ModelAnatomy
     folder = tmp_path / "ts_model"
     folder.mkdir()
     labels = {"background": 0, **{n: i for i, n in totalsegmentator_scheme(1).items()}}
@@ -274,6 +289,38 @@ def test_anatomy_model_with_totalsegmentator_names(tmp_path):
                                                      "file_ending": ".nii.gz"}))
     (folder / "plans.json").write_text("{}")
     src = ModelAnatomy(folder)
-    from nnunet_ctarr.anatomy import GROUPS
+    from nnunet_ctarr.core.anatomy import GROUPS
     unobserved = {GROUPS[i] for i in np.nonzero(~src.scheme.observed)[0]}
     assert unobserved == {"skull", "sternum"}              # v1 names: heart from chambers, no skull/sternum
+
+
+def test_missing_anatomy_is_an_error_for_that_case_and_untrusted_still_falls_back(tiny_model, tmp_path, capsys):
+    """Fallback is not for user errors: a case without its anatomy file is not predicted, is
+    named, and the exit code is 1; the other cases run, an untrusted one on the full volume."""
+    from nnunet_ctarr.cli.predict import main
+    img, anat, out = tmp_path / "img", tmp_path / "anat", tmp_path / "out"
+    img.mkdir(), anat.mkdir()
+    shutil.copy(ABDOMEN[0], img / "abd_0000.nii.gz")
+    shutil.copy(ABDOMEN[1], anat / "abd.nii.gz")
+    shutil.copy(SMALL[0], img / "blank_0000.nii.gz")
+    sitk.WriteImage(sitk.ReadImage(str(SMALL[1])) * 0, str(anat / "blank.nii.gz"))
+    shutil.copy(SMALL[0], img / "nofile_0000.nii.gz")                # no anatomy for this case
+    base = ["-o", str(out), "-m", str(tiny_model), "-f", "0", "-device", "cpu", "-region", "liver", "-anatomy_seg",
+            str(anat), "--disable_tta", "-npp", "0", "-nps", "0", "--save_ctarr_json", "--disable_progress_bar"]
+    assert main(["-i", str(img)] + base) == 1
+    err = capsys.readouterr().err
+    assert "error: 1 of 3 case(s) not predicted: nofile" in err
+    sides = {c: json.loads((out / f"{c}.ctarr.json").read_text()) for c in ("abd", "blank", "nofile")}
+    assert sides["nofile"]["mode"] == "error"
+    assert "no anatomy segmentation for case 'nofile'" in sides["nofile"]["error"]
+    assert not (out / "nofile.nii.gz").exists()
+    assert sides["abd"]["mode"] == "crop"
+    assert (out / "abd.nii.gz").exists()
+    assert sides["blank"]["mode"] == "full"
+    assert any("not trusted" in w for w in sides["blank"]["warnings"])
+    assert sitk.ReadImage(str(out / "blank.nii.gz")).GetSize() == sitk.ReadImage(str(SMALL[0])).GetSize()
+    # the untrusted fallback alone is no error
+    only = tmp_path / "only_blank"
+    only.mkdir()
+    shutil.copy(SMALL[0], only / "blank_0000.nii.gz")
+    assert main(["-i", str(only)] + base) == 0

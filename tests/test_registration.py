@@ -4,13 +4,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import anatomy_of
-from nnunet_ctarr.atlas import _average
-from nnunet_ctarr.errors import CTARRError
-from nnunet_ctarr.grid import MaskVolume, anatomy_to_volume
-from nnunet_ctarr.registration import RegistrationSettings, landmark_weights, register, search_orientation
-from nnunet_ctarr.transform import AtlasTransform, orientation_matrix
+
+from nnunet_ctarr.core.atlas_builder import _average
+from nnunet_ctarr.core.errors import CTARRError
+from nnunet_ctarr.core.registration import RegistrationSettings, landmark_weights, register, search_orientation
+from nnunet_ctarr.core.transform import AtlasTransform, orientation_matrix
+from nnunet_ctarr.core.volume import MaskVolume, anatomy_to_volume
 
 
 def _as_fixed(vol: MaskVolume, tf: AtlasTransform) -> MaskVolume:
@@ -26,7 +26,8 @@ def abdomen_vol(abdomen, ts_v2):
 
 def test_self_registration_is_identity(abdomen_vol):
     res = register(abdomen_vol, abdomen_vol)
-    assert res.transform.k_rot == 0 and not any(res.transform.flip)
+    assert res.transform.k_rot == 0
+    assert not any(res.transform.flip)
     assert np.allclose(res.transform.scale, 1, atol=0.01)
     assert np.allclose(res.transform.translation, 0, atol=1.5)
 
@@ -54,7 +55,8 @@ def test_known_scale_and_shift_are_recovered(abdomen_vol):
 def test_orientation_search_recovers_rotation_and_flip(abdomen_vol, k, flip_z):
     true = AtlasTransform(k, (False, False, flip_z), [1, 1, 1], [5.0, -10.0, 15.0])
     res = register(abdomen_vol, _as_fixed(abdomen_vol, true))
-    assert res.transform.k_rot == k and res.transform.flip[2] == flip_z
+    assert res.transform.k_rot == k
+    assert res.transform.flip[2] == flip_z
     assert res.orientation_searched
 
 
@@ -65,7 +67,8 @@ def test_landmark_search_picks_correct_candidate_with_closed_form_translation():
     M = orientation_matrix(3, (False, False, True))
     y = x @ M.T + np.array([12.0, -7.0, 40.0])
     cands = search_orientation(x, y, w, [(k, (False, False, f)) for k in range(4) for f in (False, True)])
-    assert cands[0]["k_rot"] == 3 and cands[0]["flip"] == (False, False, True)
+    assert cands[0]["k_rot"] == 3
+    assert cands[0]["flip"] == (False, False, True)
     assert np.allclose(cands[0]["translation"], [12.0, -7.0, 40.0])
     assert cands[0]["wmse"] < 1e-9
 
@@ -75,8 +78,10 @@ def test_unobserved_and_empty_groups_get_zero_weight(abdomen_vol, atlas):
                      labels=abdomen_vol.labels)
     vol.observed[14] = False                                   # pretend the source cannot express liver
     ratio, usable = landmark_weights(vol, atlas)
-    assert ratio[14] == 0 and not usable[14]
-    assert ratio[0] == 0 and ratio[1] == 0                     # skull, C vertebrae: empty in this scan
+    assert ratio[14] == 0
+    assert not usable[14]
+    assert ratio[0] == 0
+    assert ratio[1] == 0  # skull, C vertebrae: empty in this scan
 
 
 def test_sparse_anatomy_is_refused(abdomen_vol, atlas):
@@ -92,7 +97,8 @@ def test_default_is_the_paper_rule_and_adam_option_agrees(abdomen_vol, atlas):
     a = register(abdomen_vol, atlas)
     b = register(abdomen_vol, atlas, RegistrationSettings(optimizer="adam", lr=0.02, min_improvement=0.002))
     assert 0 < a.n_iterations < len(s.levels) * s.max_iter_per_level
-    assert a.dice > 0.3 and b.dice > 0.3
+    assert a.dice > 0.3
+    assert b.dice > 0.3
     assert np.allclose(a.transform.scale, b.transform.scale, atol=0.05)
     assert np.allclose(a.transform.translation, b.transform.translation, atol=8.0)
 

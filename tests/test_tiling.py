@@ -5,12 +5,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
 from conftest import ABDOMEN, anatomy_of
-from nnunet_ctarr.io import read_image
-from nnunet_ctarr.pipeline import locate, plan_region
-from nnunet_ctarr.regions import load_region
-from nnunet_ctarr.tiling import TileGeometry, fit_boxes, grow_box
+
+from nnunet_ctarr.core.io import read_image
+from nnunet_ctarr.core.pipeline import locate, plan_region
+from nnunet_ctarr.core.regions import load_region
+from nnunet_ctarr.inference.tiling import TileGeometry, fit_boxes, grow_box
 
 
 def geometry(patch_zyx, model_spacing_zyx, image_spacing_xyz, transpose=(0, 1, 2), step=0.5) -> TileGeometry:
@@ -31,15 +31,18 @@ def test_tile_count_is_nnunets_own():
         assert g.tiles(size) == np.prod([len(s) for s in steps])
     # a finer image is resampled by nnU-Net first: 0.75 mm in x/y -> half the size in network voxels
     fine = geometry(**CT_PLAN, image_spacing_xyz=(0.75, 0.75, 2.5))
-    assert fine.tiles((320, 320, 96)) == 1 and fine.tiles((322, 320, 96)) == 2
+    assert fine.tiles((320, 320, 96)) == 1
+    assert fine.tiles((322, 320, 96)) == 2
 
 
 def test_transposed_and_2d_models():
     # model axes (x, z, y) of the image: transpose_forward [2, 0, 1] on (z, y, x) arrays
     g = geometry((64, 32, 16), (1.0, 2.0, 3.0), (1.0, 1.0, 1.0), transpose=(2, 0, 1))
-    assert g.patch_xyz == (64, 16, 32) and g.ratio_xyz == (1.0, 1 / 3, 1 / 2)
+    assert g.patch_xyz == (64, 16, 32)
+    assert g.ratio_xyz == (1.0, 1 / 3, 1 / 2)
     flat = geometry((128, 128), (0.8, 0.8), (0.8, 0.8, 5.0))            # 2d model: one tile set per slice
-    assert flat.patch_xyz == (128, 128, 1) and flat.tiles((100, 100, 7)) == 7
+    assert flat.patch_xyz == (128, 128, 1)
+    assert flat.tiles((100, 100, 7)) == 7
     assert flat.largest_size(2, 7, 50) == 7                              # slices are never added for free
 
 
@@ -53,7 +56,10 @@ def test_grown_box_contains_the_box_needs_the_same_tiles_and_is_maximal(seed):
         start = np.array([rng.integers(0, n - 5) for n in image])
         stop = np.array([rng.integers(s + 1, n + 1) for s, n in zip(start, image)])
         s2, e2 = grow_box((start, stop), image, g)
-        assert np.all(s2 <= start) and np.all(e2 >= stop) and np.all(s2 >= 0) and np.all(e2 <= image)
+        assert np.all(s2 <= start)
+        assert np.all(e2 >= stop)
+        assert np.all(s2 >= 0)
+        assert np.all(e2 <= image)
         for a in range(3):
             n = g.tiles_along(a, int(stop[a] - start[a]))
             assert g.tiles_along(a, int(e2[a] - s2[a])) == n
@@ -77,10 +83,13 @@ def test_kidney_boxes_merge_when_that_costs_no_more_tiles(abdomen_kidneys, patch
     boxes = [(b.start_xyz, b.stop_xyz) for b in plan.usable]
     assert [g.tiles(e - s) for s, e in boxes] == [1, 1]
     crops = fit_boxes(boxes, img.GetSize(), g)
-    assert len(crops) == 1 and crops[0]["region_boxes"] == [0, 1] and crops[0]["tiles"] == tiles
+    assert len(crops) == 1
+    assert crops[0]["region_boxes"] == [0, 1]
+    assert crops[0]["tiles"] == tiles
     s, e = np.array(crops[0]["start_xyz"]), np.array(crops[0]["stop_xyz"])
     for bs, be in boxes:                                        # both kidney boxes stay inside the crop
-        assert np.all(s <= bs) and np.all(e >= be)
+        assert np.all(s <= bs)
+        assert np.all(e >= be)
 
 
 def test_boxes_far_apart_stay_separate(abdomen_kidneys):

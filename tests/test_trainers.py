@@ -9,8 +9,7 @@ import sys
 import numpy as np
 import torch
 
-from nnunet_ctarr.trainers.anatomy import (CTWindows, WarmupCosine, ctarr_training_transforms,
-                                           nnUNetTrainerCTARRAnatomy)
+from nnunet_ctarr.trainers.anatomy import CTWindows, WarmupCosine, ctarr_training_transforms, nnUNetTrainerCTARRAnatomy
 
 N = 2000
 
@@ -29,7 +28,8 @@ def test_rotation_and_scaling_only_in_xy_with_their_probabilities():
         if a is None:
             continue
         a = np.asarray(a)
-        assert np.allclose(a[0], [1, 0, 0]) and np.allclose(a[:, 0], [1, 0, 0])   # z untouched
+        assert np.allclose(a[0], [1, 0, 0])
+        assert np.allclose(a[:, 0], [1, 0, 0])  # z untouched
         block = a[1:, 1:]
         sv = np.linalg.svd(block, compute_uv=False)
         u, _, vt = np.linalg.svd(block)
@@ -37,8 +37,11 @@ def test_rotation_and_scaling_only_in_xy_with_their_probabilities():
         angle = abs(np.degrees(np.arctan2(r[1, 0], r[0, 0])))
         rot += angle > 1e-6
         scale += not np.allclose(sv, 1)
-        assert angle <= 45 + 1e-6 and sv.min() >= 0.7 - 1e-6 and sv.max() <= 1.4 + 1e-6
-    assert abs(rot / N - 0.5) < 0.05 and abs(scale / N - 0.5) < 0.05
+        assert angle <= 45 + 1e-6
+        assert sv.min() >= 0.7 - 1e-6
+        assert sv.max() <= 1.4 + 1e-6
+    assert abs(rot / N - 0.5) < 0.05
+    assert abs(scale / N - 0.5) < 0.05
 
 
 def test_quarter_turns_noise_blur_probabilities_and_z_only_mirroring():
@@ -50,9 +53,11 @@ def test_quarter_turns_noise_blur_probabilities_and_z_only_mirroring():
     assert abs(np.mean([noise.get_parameters(image=x)["apply_transform"] for _ in range(N)]) - 0.5) < 0.04
     assert abs(np.mean([blur.get_parameters(image=x)["apply_transform"] for _ in range(N)]) - 0.5) < 0.04
     axes = [mirror.get_parameters(image=x)["axes"] for _ in range(N)]
-    assert all(a in ([], [0]) for a in axes) and abs(np.mean([a == [0] for a in axes]) - 0.5) < 0.04
+    assert all(a in ([], [0]) for a in axes)
+    assert abs(np.mean([a == [0] for a in axes]) - 0.5) < 0.04
     p = rot90.transform.get_parameters(image=x)
-    assert p["axis_combinations"] == [[2, 3]] and p["num_rot_per_combination"][0] in (1, 2, 3)   # y-x plane
+    assert p["axis_combinations"] == [[2, 3]]
+    assert p["num_rot_per_combination"][0] in (1, 2, 3)  # y-x plane
 
 
 def test_augmentation_output_keeps_z_profile_under_xy_turns():
@@ -89,7 +94,9 @@ def test_ct_windows_and_schedule():
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.6e-3)
     s = WarmupCosine(opt, 1.6e-3, 100, 5)
     lrs = [s.lr_at(e) for e in range(100)]
-    assert lrs[0] < lrs[4] == max(lrs) == 1.6e-3 and lrs[-1] < 1e-5 and all(np.diff(lrs[4:]) <= 0)
+    assert lrs[0] < lrs[4] == max(lrs) == 1.6e-3
+    assert lrs[-1] < 1e-5
+    assert all(np.diff(lrs[4:]) <= 0)
     assert nnUNetTrainerCTARRAnatomy.__module__ == "nnunet_ctarr.trainers.anatomy"
 
 
@@ -98,7 +105,8 @@ def test_shim_reexports_the_installed_classes():
     importable (picklable) as nnunet_ctarr.trainers.anatomy.* after nnU-Net drops the shim."""
     import importlib.util
     import pickle
-    from nnunet_ctarr.trainer_path import ensure_ext_trainer_path, ext_trainer_folder
+
+    from nnunet_ctarr.training.trainer_path import ensure_ext_trainer_path, ext_trainer_folder
     spec = importlib.util.spec_from_file_location("ctarr_trainers", ext_trainer_folder() / "ctarr_trainers.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -117,7 +125,7 @@ def test_shim_reexports_the_installed_classes():
 def test_trainer_found_through_nnunet_ext_trainer():
     """nnU-Net's own lookup (a fresh interpreter, only nnUNet_extTrainer set) finds the trainer; on a
     CPU torch + CUDA torchvision install this needs nnunet_ctarr.torchvision_compat (torch plug-in)."""
-    from nnunet_ctarr.trainer_path import ext_trainer_folder
+    from nnunet_ctarr.training.trainer_path import ext_trainer_folder
     code = ("from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as f;"
             "import pickle; c = f('nnUNetTrainerCTARRAnatomy'); print(c.__module__, len(pickle.dumps(c)) > 0)")
     env = dict(os.environ, nnUNet_extTrainer=str(ext_trainer_folder()))
@@ -129,11 +137,12 @@ def test_trainer_found_through_nnunet_ext_trainer():
 def test_torchvision_imports_and_compat_is_what_makes_it_work():
     """``import torchvision, timm`` works in a fresh interpreter of this install; where torch is a
     CPU build and torchvision a CUDA build, switching the compat plug-in off brings the crash back."""
-    from nnunet_ctarr.torchvision_compat import torchvision_build_mismatch
+    from nnunet_ctarr.training.torchvision_compat import torchvision_build_mismatch
     code = "import torchvision, timm; print(torchvision.__version__)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     if torchvision_build_mismatch():
         env = dict(os.environ, NNUNET_CTARR_TORCHVISION_COMPAT="0")
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-        assert r.returncode != 0 and "torchvision::nms" in r.stderr
+        assert r.returncode != 0
+        assert "torchvision::nms" in r.stderr

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import ABDOMEN, CHEST, write_totalseg_subject
 
-from conftest import ABDOMEN, CHEST
-from nnunet_ctarr.anatomy import totalsegmentator_scheme
-from nnunet_ctarr.perturbations import standard_perturbations
+from nnunet_ctarr.core.anatomy import totalsegmentator_scheme
+from nnunet_ctarr.evaluation.perturbations import standard_perturbations
 
 BIN = Path(sys.executable).parent
 SUBJECTS = ((ABDOMEN, ("original", "rot90_xy", "fov_upper_60pct")), (CHEST, ("original", "flip_z", "zoom_0.85")))
@@ -43,18 +43,10 @@ def ws(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     ts = root / "ts"
     k = 1
-    v2 = totalsegmentator_scheme(2)
     for (ct, lab), picks in SUBJECTS:
         versions = {p.name: p for p in standard_perturbations(sitk.ReadImage(str(ct)), sitk.ReadImage(str(lab)))}
         for name in picks:
-            sid, p = f"s{k:04d}", versions[name]
-            (ts / sid / "segmentations").mkdir(parents=True)
-            sitk.WriteImage(p.image, str(ts / sid / "ct.nii.gz"))
-            arr = sitk.GetArrayViewFromImage(p.labels)
-            for i, structure in v2.items():
-                m = sitk.GetImageFromArray((arr == i).astype(np.uint8))
-                m.CopyInformation(p.labels)
-                sitk.WriteImage(m, str(ts / sid / "segmentations" / f"{structure}.nii.gz"))
+            write_totalseg_subject(ts, f"s{k:04d}", versions[name].labels, ct=versions[name].image)
             k += 1
     env = {k: v for k, v in os.environ.items() if not k.startswith("nnUNet_")}
     env.update(nnUNet_raw=str(root / "raw"), nnUNet_preprocessed=str(root / "pre"),
@@ -86,8 +78,8 @@ def liver_dataset(ws):
     (ds / "labelsTr").mkdir()
     (root / "anat").mkdir()
     liver = [v for v, n in totalsegmentator_scheme(2).items() if n == "liver"][0]
-    from nnunet_ctarr.anatomy import load_anatomy
-    from nnunet_ctarr.errors import WarningLog
+    from nnunet_ctarr.core.anatomy import load_anatomy
+    from nnunet_ctarr.core.errors import WarningLog
     for sub in sorted((root / "ts").iterdir()):
         shutil.copy(sub / "ct.nii.gz", ds / "imagesTr" / f"{sub.name}_0000.nii.gz")
         shutil.copy(sub / "segmentations" / "liver.nii.gz", ds / "labelsTr" / f"{sub.name}.nii.gz")
@@ -103,7 +95,8 @@ def liver_dataset(ws):
 def region_model(ws, liver_dataset):
     root, env = ws
     r = _run("nnUNetv2_ctarr_learn_region -d 610 -l liver -name liver610 -anatomy_seg anat -o liver610.json", env, root)
-    assert "from 6 of 6 training scans" in r.stdout and "box 0:" in r.stdout
+    assert "from 6 of 6 training scans" in r.stdout
+    assert "box 0:" in r.stdout
     r = _run("nnUNetv2_ctarr_crop_dataset -d 610 -r liver610.json -o 611 --train_margin 10 -anatomy_seg anat -np 2",
              env, root)
     assert "6/6 cases cropped" in r.stdout
@@ -113,30 +106,54 @@ def region_model(ws, liver_dataset):
     return next((root / "res").glob("Dataset611_*/nnUNetTrainer_CTARRCPUSmoke__nnUNetPlans__3d_fullres"))
 
 
-def test_learned_region_covers_every_training_liver(ws, region_model):
+def test_learned_region_covers_every_training_liver(ws, liver_dataset, region_model, atlas):
+    """Mapped back into each training scan (its own registration), the learned box with its stored
+    margin holds every liver voxel of that scan."""
+    from nnunet_ctarr.core.anatomy import load_anatomy
+    from nnunet_ctarr.core.cropping import crop_scores
+    from nnunet_ctarr.core.errors import WarningLog
+    from nnunet_ctarr.core.pipeline import locate, plan_region
+    from nnunet_ctarr.core.regions import load_region
     root, _ = ws
-    region = json.loads((root / "liver610.json").read_text())
-    assert region["name"] == "liver610" and region["provenance"]["n_scans"] == 6
-    assert region["margin_mm"] == 10.0 and len(region["boxes_mm"]) == 1
+    region = load_region(str(root / "liver610.json"))
+    assert region.name == "liver610"
+    assert region.provenance["n_scans"] == 6
+    assert region.margin_mm == 10.0
+    assert len(region.boxes_mm) == 1
+    for img_f in sorted((liver_dataset / "imagesTr").iterdir()):
+        case = img_f.name[:-len("_0000.nii.gz")]
+        image = sitk.ReadImage(str(img_f))
+        loc = locate(image, load_anatomy(root / "anat" / f"{case}.nii.gz", warnings=WarningLog()), atlas)
+        plan = plan_region(image, loc, region)
+        liver = sitk.GetArrayFromImage(sitk.ReadImage(str(liver_dataset / "labelsTr" / f"{case}.nii.gz"))) > 0
+        scores = crop_scores(liver, plan.union_mask_zyx())
+        assert scores["fg_voxels"] > 1000, case
+        assert scores["preserved_percent"] == 100.0, (case, scores)
+        assert scores["crop_voxel_fraction"] < 0.8, (case, scores)        # a box, not the whole scan
 
 
 def test_crop_dataset_overlays_sources_and_reports_loss(ws, liver_dataset, region_model):
     root, _ = ws
     dst = next((root / "raw").glob("Dataset611_*"))
     dj = json.loads((dst / "dataset.json").read_text())
-    assert dj["numTraining"] == 6 and dj["labels"] == {"background": 0, "liver": 1}
-    assert dj["ctarr"]["region"]["name"] == "liver610" and dj["ctarr"]["margin_mm"] == 10.0
+    assert dj["numTraining"] == 6
+    assert dj["labels"] == {"background": 0, "liver": 1}
+    assert dj["ctarr"]["region"]["name"] == "liver610"
+    assert dj["ctarr"]["margin_mm"] == 10.0
     assert dj["ctarr"]["crops"] == "exact"          # models trained on crops are predicted on the same crops
     assert json.loads((dst / "ctarr.json").read_text()) == dj["ctarr"]
     report = {r["case"]: r for r in json.loads((dst / "ctarr_crop_report.json").read_text())["cases"]}
     for case, row in report.items():
-        assert row["status"] == "cropped" and row["lost_foreground_pct"] == 0.0 and row["voxel_reduction"] > 1.5
+        assert row["status"] == "cropped"
+        assert row["lost_foreground_pct"] == 0.0
+        assert row["voxel_reduction"] > 1.5
         src = sitk.ReadImage(str(liver_dataset / "imagesTr" / f"{case}_0000.nii.gz"))
         crop = sitk.ReadImage(str(dst / "imagesTr" / f"{case}_0000.nii.gz"))
         lab = sitk.ReadImage(str(dst / "labelsTr" / f"{case}.nii.gz"))
         s, e = row["outputs"][0]["index_start_xyz"], row["outputs"][0]["index_stop_xyz"]
         # exact overlay: same spacing/direction, origin = the source's voxel, identical voxels
-        assert crop.GetSpacing() == src.GetSpacing() and crop.GetDirection() == src.GetDirection()
+        assert crop.GetSpacing() == src.GetSpacing()
+        assert crop.GetDirection() == src.GetDirection()
         assert np.allclose(crop.GetOrigin(), src.TransformIndexToPhysicalPoint(s), atol=1e-4)
         ref = sitk.GetArrayViewFromImage(src)[s[2]:e[2], s[1]:e[1], s[0]:e[0]]
         assert np.array_equal(sitk.GetArrayViewFromImage(crop), ref)
@@ -153,7 +170,8 @@ def test_region_model_brings_its_region(ws, region_model, tmp_path):
     _run(f"nnUNetv2_predict_ctarr -i {tmp_path / 'img'} -o {tmp_path / 'o'} -m {region_model} -f 0 -device cpu "
          f"-anatomy_seg {root / 'anat'} --disable_tta -npp 0 -nps 0 --save_ctarr_json", env, root)
     side = json.loads((tmp_path / "o" / "s0001.ctarr.json").read_text())
-    assert side["region"] == "liver610" and side["mode"] == "crop"
+    assert side["region"] == "liver610"
+    assert side["mode"] == "crop"
     box, crop = side["boxes"][0], side["crops"][0]
     assert (crop["index_start_xyz"], crop["index_stop_xyz"]) == (box["index_start_xyz"], box["index_stop_xyz"])
     out, src = sitk.ReadImage(str(tmp_path / "o" / "s0001.nii.gz")), sitk.ReadImage(str(ABDOMEN[0]))
@@ -169,7 +187,8 @@ def test_barely_trained_anatomy_model_triggers_fallback(ws, anatomy_model, regio
              f"-device cpu -anatomy_model {anatomy_model} -anatomy_folds 0 --disable_tta -npp 0 -nps 0 "
              "--save_ctarr_json", env, root)
     side = json.loads((tmp_path / "o" / "abd.ctarr.json").read_text())
-    assert side["mode"] == "full" and any("not trusted" in w for w in side["warnings"])
+    assert side["mode"] == "full"
+    assert any("not trusted" in w for w in side["warnings"])
     assert "not trusted" in r.stderr
     out = sitk.ReadImage(str(tmp_path / "o" / "abd.nii.gz"))
     assert out.GetSize() == sitk.ReadImage(str(ABDOMEN[0])).GetSize()

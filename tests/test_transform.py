@@ -6,7 +6,7 @@ import itertools
 import numpy as np
 import pytest
 
-from nnunet_ctarr.transform import AtlasTransform, orientation_matrix
+from nnunet_ctarr.core.transform import AtlasTransform, orientation_matrix
 
 
 @pytest.mark.parametrize("k,fz", list(itertools.product(range(4), (False, True))))
@@ -19,7 +19,8 @@ def test_points_round_trip_and_boxes_stay_axis_aligned(k, fz):
     wlo, whi = tf.box_to_world(lo, hi)
     corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
     mapped = tf.to_world(corners)
-    assert np.allclose(mapped.min(0), wlo) and np.allclose(mapped.max(0), whi)
+    assert np.allclose(mapped.min(0), wlo)
+    assert np.allclose(mapped.max(0), whi)
     # every mapped corner is a corner of the world box: axis-aligned
     for c in mapped:
         assert all(np.isclose(c[i], wlo[i]) or np.isclose(c[i], whi[i]) for i in range(3))
@@ -33,5 +34,7 @@ def test_quarter_turn_convention():
 def test_dict_round_trip():
     tf = AtlasTransform(3, (False, False, True), [1.2, 0.8, 1.0], [1, 2, 3])
     back = AtlasTransform.from_dict(tf.to_dict())
-    assert back.k_rot == 3 and back.flip == (False, False, True)
-    assert np.allclose(back.matrix, tf.matrix) and np.allclose(back.translation, tf.translation)
+    assert back.k_rot == 3
+    assert back.flip == (False, False, True)
+    assert np.allclose(back.matrix, tf.matrix)
+    assert np.allclose(back.translation, tf.translation)

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import math
-from typing import List, Tuple, Union
 
 import numpy as np
 import torch
@@ -68,7 +67,7 @@ class WindowedNetwork(nn.Module):
 class RelativeGaussianNoiseTransform(ImageOnlyTransform):
     """Additive Gaussian noise with sigma = std(image) x U(range) (paper Table 5)."""
 
-    def __init__(self, relative_sigma: Tuple[float, float] = (0.0, 0.25)):
+    def __init__(self, relative_sigma: tuple[float, float] = (0.0, 0.25)):
         super().__init__()
         self.relative_sigma = relative_sigma
 
@@ -130,7 +129,7 @@ class nnUNetTrainerCTARRAnatomy(nnUNetTrainer):
     """The CTARR anatomy model recipe (use with ``-p nnUNetPlans_CTARR3mm``)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
+                 device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's trainer signature)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.initial_lr = 1.6e-3
         self.weight_decay = 1e-4
@@ -163,9 +162,9 @@ class nnUNetTrainerCTARRAnatomy(nnUNetTrainer):
         return rotation, False, initial, (0,)
 
     @staticmethod
-    def get_training_transforms(patch_size: Union[np.ndarray, Tuple[int]], rotation_for_DA: RandomScalar,
-                                deep_supervision_scales: Union[List, Tuple, None], mirror_axes: Tuple[int, ...],
-                                do_dummy_2d_data_aug: bool, use_mask_for_norm: List[bool] = None,
+    def get_training_transforms(patch_size: np.ndarray | tuple[int], rotation_for_DA: RandomScalar,
+                                deep_supervision_scales: list | tuple | None, mirror_axes: tuple[int, ...],
+                                do_dummy_2d_data_aug: bool, use_mask_for_norm: list[bool] = None,
                                 is_cascaded: bool = False, foreground_labels=None, regions=None,
                                 ignore_label: int = None) -> BasicTransform:
         return ctarr_training_transforms(patch_size, deep_supervision_scales)

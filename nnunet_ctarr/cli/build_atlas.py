@@ -6,22 +6,23 @@ of label maps, or label map files / per-structure mask folders.
 """
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from ..anatomy import GROUPS, AnatomyMasks, LabelScheme, load_anatomy
-from ..atlas import build_atlas
-from ..errors import CTARRError, WarningLog
-from ..grid import anatomy_to_volume
-from ..io import case_id, is_image_file, read_image
-from ..nnunet_dataset import foreground_labels
-from ..registration import RegistrationSettings
+from ..core.anatomy import GROUPS, AnatomyMasks, LabelScheme, load_anatomy
+from ..core.atlas_builder import build_atlas
+from ..core.errors import CTARRError, WarningLog
+from ..core.io import case_id, is_image_file, read_image
+from ..core.nnunet_format import foreground_labels
+from ..core.registration import RegistrationSettings
+from ..core.volume import anatomy_to_volume
 from .common import run_cli, setup_logging
+from .options import Parser, add_device_arg, add_verbose_arg
 
 EPILOG = """examples:
   # paper recipe from the public TotalSegmentator dataset (scans showing all 19 groups)
@@ -69,18 +70,21 @@ def load_case(path: Path, fmt: str, warnings: WarningLog) -> AnatomyMasks:
     return load_anatomy(path, fmt, warnings)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="nnUNetv2_ctarr_build_atlas", description=__doc__, epilog=EPILOG,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> Parser:
+    ap = Parser(prog="nnUNetv2_ctarr_build_atlas", description=__doc__, epilog=EPILOG)
     ap.add_argument("-i", dest="inputs", nargs="+", required=True)
     ap.add_argument("-o", dest="output", required=True, help="atlas file (.npz)")
     ap.add_argument("--min_groups", type=int, default=0, help="use only scans showing at least this many of the 19 groups")
     ap.add_argument("--max_scans", type=int, default=50, help="pairwise registration is quadratic: use at most this "
                                                               "many scans (those showing the most groups)")
     ap.add_argument("--spacing", type=float, default=3.0)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("-v", "--verbose", action="store_true")
-    args = ap.parse_args(argv)
+    add_device_arg(ap)
+    add_verbose_arg(ap)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     cases = discover(args.inputs)
     vols, names, n_groups = [], [], []
@@ -88,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             a = load_case(path, fmt, WarningLog())
         except CTARRError as e:
-            print(f"warning: skipped {case}: {e}", file=sys.stderr)
+            logging.getLogger("nnunet_ctarr").warning(f"skipped {case}: {e}")
             continue
         v = anatomy_to_volume(a, args.spacing)
         k = int((v.volumes_mm3() > 0).sum())

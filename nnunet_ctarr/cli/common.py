@@ -1,18 +1,21 @@
-"""Helpers shared by the command-line tools: one-line errors, case matching, sidecars."""
+"""Helpers shared by the command-line tools: logging, one-line errors, versions, nnU-Net inputs."""
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Callable
+from collections.abc import Callable
+from pathlib import Path
 
-from .. import __version__
-from ..errors import CTARRError
-from ..io import write_json  # noqa: F401  (re-exported for the CLIs)
+import SimpleITK as sitk
+
+from ..core.errors import CTARRError
+from ..core.io import case_id, is_dicom_dir, read_image
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.addLevelName(logging.WARNING, "warning")
-    logging.addLevelName(logging.INFO, "info")
+    """Warnings and errors as ``warning: ...`` / ``error: ...`` lines on stderr."""
+    for level, name in ((logging.WARNING, "warning"), (logging.INFO, "info"), (logging.ERROR, "error")):
+        logging.addLevelName(level, name)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
 
@@ -30,10 +33,19 @@ def run_cli(main: Callable[[], int]) -> None:
     sys.exit(code)
 
 
-
-
-def versions(atlas_id: str, region_source: str = "") -> dict:
-    import SimpleITK
-    import torch
-    return {"nnunet_ctarr": __version__, "atlas_id": atlas_id, "region_source": region_source,
-            "torch": torch.__version__, "SimpleITK": SimpleITK.Version_VersionString()}
+def prepare_inputs(src: Path, tmp: Path) -> str | list[list[str]]:
+    """nnU-Net input: a folder as is; a single image file or DICOM folders converted to a list."""
+    if not src.exists():
+        raise CTARRError(f"input not found: {src}")
+    if src.is_dir() and not is_dicom_dir(src) and not any(is_dicom_dir(d) for d in src.iterdir() if d.is_dir()):
+        return str(src)
+    sources = [src] if (src.is_file() or is_dicom_dir(src)) else sorted(d for d in src.iterdir() if is_dicom_dir(d))
+    lists = []
+    for s in sources:
+        if s.is_file():
+            lists.append([str(s)])
+            continue
+        dst = tmp / f"{case_id(s)}_0000.nii.gz"
+        sitk.WriteImage(read_image(s), str(dst), True)
+        lists.append([str(dst)])
+    return lists

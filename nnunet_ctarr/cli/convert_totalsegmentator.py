@@ -8,93 +8,34 @@ whose outputs exist are skipped.
 """
 from __future__ import annotations
 
-import argparse
-import csv
 import json
 import os
 import sys
 from multiprocessing import get_context
 from pathlib import Path
 
-import SimpleITK as sitk
 from tqdm import tqdm
 
-from ..anatomy import GROUPS, load_mask_folder
-from ..errors import CTARRError, WarningLog
-from ..io import write_image
+from ..core.anatomy import GROUPS
+from ..core.errors import CTARRError
+from ..training.totalsegmentator import DATASET_NAME, convert_subject, find_subjects, read_splits
 from .common import run_cli, setup_logging
-
-DATASET_NAME = "CTARRAnatomy"
-
-
-def read_splits(root: Path) -> dict[str, str]:
-    """subject id -> split from ``meta.csv`` (``;`` or ``,`` separated; empty if absent)."""
-    meta = root / "meta.csv"
-    if not meta.is_file():
-        return {}
-    text = meta.read_text()
-    dialect = csv.Sniffer().sniff(text.splitlines()[0], delimiters=";,")
-    rows = list(csv.DictReader(text.splitlines(), dialect=dialect))
-    if not rows or "image_id" not in rows[0] or "split" not in rows[0]:
-        raise CTARRError(f"{meta}: expected columns 'image_id' and 'split'")
-    return {r["image_id"].strip(): r["split"].strip() for r in rows}
+from .options import Parser, add_verbose_arg
 
 
-def find_subjects(root: Path, subset: list[str] | None) -> list[Path]:
-    if not root.is_dir():
-        raise CTARRError(f"TotalSegmentator root not found: {root}")
-    subjects = sorted(d for d in root.iterdir() if d.is_dir() and (d / "segmentations").is_dir())
-    if not subjects:
-        raise CTARRError(f"{root} has no subject folders with a segmentations/ folder (expected sXXXX/ct.nii.gz "
-                         "and sXXXX/segmentations/<structure>.nii.gz)")
-    if subset:
-        if len(subset) == 1 and subset[0].isdigit():
-            subjects = subjects[:int(subset[0])]
-        else:
-            wanted = set(subset)
-            missing = wanted - {s.name for s in subjects}
-            if missing:
-                raise CTARRError(f"--subset: subjects not found in {root}: {sorted(missing)[:10]}")
-            subjects = [s for s in subjects if s.name in wanted]
-    return subjects
-
-
-def convert_subject(args: tuple[str, str, str]) -> tuple[str, str]:
-    """Convert one subject; returns (subject, 'done' | 'skipped' | error message)."""
-    subject, img_dir, lab_dir = args
-    subject_dir = Path(subject)
-    sid = subject_dir.name
-    img_out = Path(img_dir) / f"{sid}_0000.nii.gz"
-    lab_out = Path(lab_dir) / f"{sid}.nii.gz"
-    if img_out.is_file() and lab_out.is_file():
-        return sid, "skipped"
-    try:
-        ct = subject_dir / "ct.nii.gz"
-        if not ct.is_file():
-            raise CTARRError(f"{ct} missing")
-        anat = load_mask_folder(subject_dir / "segmentations", WarningLog())
-        img = sitk.ReadImage(str(ct))
-        lab = anat.labels
-        if lab.GetSize() != img.GetSize():
-            raise CTARRError(f"masks have size {lab.GetSize()}, ct.nii.gz {img.GetSize()}")
-        lab.CopyInformation(img)
-        write_image(lab, lab_out)                 # atomic; a subject counts as done once both exist
-        write_image(img, img_out)
-        return sid, "done"
-    except (CTARRError, RuntimeError, OSError) as e:
-        return sid, f"error: {str(e).splitlines()[0][:200]}"
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="nnUNetv2_ctarr_convert_totalsegmentator", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> Parser:
+    ap = Parser(prog="nnUNetv2_ctarr_convert_totalsegmentator", description=__doc__)
     ap.add_argument("-i", dest="root", required=True, help="TotalSegmentator dataset root")
     ap.add_argument("-d", dest="dataset_id", type=int, required=True, help="nnU-Net dataset id, e.g. 500")
     ap.add_argument("-o", dest="raw", default=None, help="nnUNet_raw folder (default: $nnUNet_raw)")
     ap.add_argument("--subset", nargs="+", default=None, help="subject ids, or one number N = the first N subjects")
     ap.add_argument("-np", dest="processes", type=int, default=4, help="parallel workers")
-    ap.add_argument("-v", "--verbose", action="store_true")
-    args = ap.parse_args(argv)
+    add_verbose_arg(ap)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     raw = args.raw or os.environ.get("nnUNet_raw")
     if not raw:

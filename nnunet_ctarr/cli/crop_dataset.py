@@ -8,23 +8,23 @@ foreground per case (``ctarr_crop_report.json``).
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import multiprocessing
-import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from tqdm import tqdm
 
-from ..atlas import Atlas
-from ..dataset_crops import CropJob, crop_case
-from ..errors import CTARRError
-from ..model_config import CONFIG_NAME, make_config
-from ..nnunet_dataset import load_raw_dataset, raw_root
-from ..regions import check_region_atlas, load_region
-from .anatomy_args import add_anatomy_args, anatomy_source
-from .common import run_cli, setup_logging, versions, write_json
+from ..core.atlas import Atlas
+from ..core.crop_writer import versions
+from ..core.errors import CTARRError, WarningLog
+from ..core.io import write_json
+from ..core.nnunet_format import load_raw_dataset, raw_root
+from ..core.region_settings import CONFIG_NAME, make_config
+from ..core.regions import check_region_atlas, load_region
+from ..training.dataset_crops import CropJob, crop_case
+from .common import run_cli, setup_logging
+from .options import Parser, add_anatomy_args, add_atlas_arg, add_device_arg, anatomy_source
 
 EPILOG = """example:
   nnUNetv2_ctarr_crop_dataset -d 3 -r liver -o 503 --train_margin 10 -anatomy_seg totalseg_maps/
@@ -33,9 +33,8 @@ EPILOG = """example:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nnUNetv2_ctarr_crop_dataset", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> Parser:
+    p = Parser(prog="nnUNetv2_ctarr_crop_dataset", description=__doc__, epilog=EPILOG)
     p.add_argument("-d", required=True, help="source dataset: id, DatasetXXX_Name, or folder")
     p.add_argument("-r", required=True, help="region name or region .json")
     p.add_argument("-o", required=True, type=int, help="id of the new dataset")
@@ -48,14 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "leave it out")
     p.add_argument("--no_test", action="store_true", help="do not crop imagesTs")
     p.add_argument("-np", type=int, default=max(1, min(4, multiprocessing.cpu_count() - 1)), help="worker processes")
-    p.add_argument("-device", default="cpu", help="device of the anatomy model (-anatomy_model)")
-    p.add_argument("-atlas", default=None, help="atlas .npz (default: shipped starter atlas)")
+    add_device_arg(p, what="the anatomy model (-anatomy_model)")
+    add_atlas_arg(p)
     p.add_argument("--verbose", action="store_true")
     add_anatomy_args(p)
     return p
 
 
 _WORKER: dict = {}
+logger = logging.getLogger("nnunet_ctarr")
 
 
 def _init_worker(anatomy, atlas_path: str | None, threads: int | None = 1) -> None:
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     src = load_raw_dataset(args.d, need_labels=True)
     region = load_region(args.r)
     atlas_id = Atlas.load(args.atlas).atlas_id
-    check_region_atlas(region, atlas_id)
+    check_region_atlas(region, atlas_id, WarningLog())
     anatomy = anatomy_source(args, device=args.device, verbose=args.verbose)
     name = args.name or f"{src.folder.name.split('_', 1)[-1]}CTARR{region.name.title().replace('_', '')}"
     dst = raw_root() / f"Dataset{args.o:03d}_{name}"
@@ -121,9 +121,9 @@ def _print_summary(rows: list[dict], dst: Path, n_train: int) -> None:
         print(f"{r['case']:<24} {r['status']:<8} {len(r['outputs']):>5} "
               f"{'' if red is None else f'{red:.2f}x':>11} {'' if lost is None else f'{lost:.3f}':>9}")
         for w in r["warnings"]:
-            print(f"  warning: {w}", file=sys.stderr)
+            logger.warning(w)
         if r["status"] == "error":
-            print(f"  error: {r['case']}: {r['error']}", file=sys.stderr)
+            logger.error(f"{r['case']}: {r['error']}")
     cropped = [r for r in rows if r["status"] == "cropped"]
     if cropped:
         reds = sorted(r["voxel_reduction"] for r in cropped)

@@ -8,9 +8,7 @@ The input may be an nnU-Net raw dataset folder (imagesTr + labelsTr) or image/la
 """
 from __future__ import annotations
 
-import argparse
 import csv
-import json
 import sys
 import time
 from pathlib import Path
@@ -19,55 +17,31 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from ..anatomy import load_anatomy
-from ..atlas import Atlas
-from ..errors import CTARRError, WarningLog
-from ..evaluation import crop_scores
-from ..io import case_id, list_inputs, match_case_file, match_label_to_image, read_image
-from ..pipeline import locate, plan_region
-from ..qc import render_qc
-from ..registration import RegistrationSettings
-from ..regions import load_region
-from ..transform import describe_orientation, orientation_from_matrix
+from ..core.atlas import Atlas
+from ..core.cropping import crop_scores
+from ..core.errors import CTARRError, WarningLog
+from ..core.io import case_id, list_inputs, match_case_file, match_label_to_image, read_image
+from ..core.pipeline import locate, plan_region
+from ..core.qc import render_qc
+from ..core.regions import load_region
+from ..core.registration import RegistrationSettings
+from ..evaluation.scores import load_perturbations, orientation_check
 from .common import run_cli, setup_logging
+from .options import Parser, add_anatomy_args, add_atlas_arg, add_device_arg, add_verbose_arg, anatomy_source
 
 FIELDS = ["case", "preserved_fg_percent", "fg_voxels", "fg_share_before_percent", "fg_share_after_percent",
           "voxel_reduction", "ctarr_seconds", "orientation", "known_perturbation", "expected_orientation",
           "orientation_correct", "registration_dice", "status", "warnings"]
 
 
-def load_perturbations(path: str | None) -> dict[str, dict]:
-    """``{case: {"perturbation": name, "expected_M": 3x3 signed permutation}}``: the orientation
-    matrix the registration must find (``world_true = expected_M @ world_stored`` up to scale)."""
-    if not path:
-        return {}
-    try:
-        data = json.loads(Path(path).read_text())
-        for case, d in data.items():
-            if orientation_from_matrix(d["expected_M"]) is None:
-                raise ValueError(f"{case}: expected_M is not a quarter-turn/flip matrix")
-        return data
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CTARRError(f"cannot read perturbations file {path}: {e}") from None
-
-
-def orientation_check(found_M, known: dict | None) -> dict:
-    if not known:
-        return {"known_perturbation": "", "expected_orientation": "", "orientation_correct": ""}
-    expected = np.rint(np.asarray(known["expected_M"])).astype(int)
-    return {"known_perturbation": known.get("perturbation", ""),
-            "expected_orientation": describe_orientation(*orientation_from_matrix(expected)),
-            "orientation_correct": bool(np.array_equal(np.rint(np.asarray(found_M)).astype(int), expected))}
-
-
-def evaluate_case(img_path: Path, lab_path: Path, anat_path: Path, region, atlas, args, known: dict | None = None):
+def evaluate_case(img_path: Path, lab_path: Path, anatomy_source, region, atlas, args, known: dict | None = None):
     warnings = WarningLog()
     image = read_image(img_path)
     labels = match_label_to_image(read_image(lab_path), image, f"labels {lab_path.name}")
     lab = sitk.GetArrayViewFromImage(labels)
     fg = np.isin(lab, args.label_ids) if args.label_ids else lab > 0
     t0 = time.perf_counter()
-    anatomy = load_anatomy(anat_path, args.anatomy_format, warnings)
+    anatomy = anatomy_source.load(case_id(img_path), warnings)
     loc = locate(image, anatomy, atlas, RegistrationSettings(device=args.device), warnings)
     plan = plan_region(image, loc, region, args.margin, warnings=warnings)
     secs = time.perf_counter() - t0
@@ -89,26 +63,26 @@ def evaluate_case(img_path: Path, lab_path: Path, anat_path: Path, region, atlas
     return row, (img_path, loc, plan)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="nnUNetv2_ctarr_evaluate", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> Parser:
+    ap = Parser(prog="nnUNetv2_ctarr_evaluate", description=__doc__)
     ap.add_argument("-i", dest="images", required=True, help="image folder, or an nnU-Net raw dataset folder")
     ap.add_argument("--labels", default=None, help="label folder (default: labelsTr of the dataset)")
-    ap.add_argument("--anatomy_seg", required=True, help="anatomy maps, matched by case id")
+    add_anatomy_args(ap, model=False, required=True)
     ap.add_argument("-r", dest="region", required=True)
     ap.add_argument("-o", dest="out", required=True)
     ap.add_argument("--label_ids", type=int, nargs="+", default=None, help="foreground label ids (default: all > 0)")
     ap.add_argument("--margin", type=float, default=0.0)
-    ap.add_argument("--anatomy_format", default="auto")
-    ap.add_argument("--atlas", default=None)
-    ap.add_argument("--device", default="cpu")
+    add_atlas_arg(ap)
+    add_device_arg(ap)
     ap.add_argument("--perturbations", default=None,
                     help="JSON {case: {perturbation, expected_M}} of scans with a known perturbation: marks the "
                          "orientation found right/wrong (scripts/make_eval_example.py writes one)")
     ap.add_argument("--qc", type=int, default=0, help="QC pictures for the N worst cases")
-    ap.add_argument("-v", "--verbose", action="store_true")
-    args = ap.parse_args(argv)
-    setup_logging(args.verbose)
+    add_verbose_arg(ap)
+    return ap
+
+
+def _image_and_label_folders(args) -> tuple[Path, Path]:
     src = Path(args.images)
     labels_dir = Path(args.labels) if args.labels else None
     if (src / "imagesTr").is_dir():
@@ -116,10 +90,19 @@ def main(argv: list[str] | None = None) -> int:
         src = src / "imagesTr"
     if labels_dir is None:
         raise CTARRError("give --labels FOLDER (or an nnU-Net dataset folder with imagesTr/labelsTr)")
+    return src, labels_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    src, labels_dir = _image_and_label_folders(args)
     region, atlas = load_region(args.region), Atlas.load(args.atlas)
     known = load_perturbations(args.perturbations)
     inputs = list_inputs(src)
     cases = [case_id(p) for p in inputs]
+    anatomy = anatomy_source(args)
+    anatomy.prepare({c: [str(p)] for c, p in zip(cases, inputs)})
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows, keep_for_qc = [], {}
@@ -127,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         c = case_id(img)
         try:
             lab = match_case_file(labels_dir, c, cases, "label map")
-            anat = match_case_file(Path(args.anatomy_seg), c, cases, "anatomy segmentation")
-            row, extra = evaluate_case(img, lab, anat, region, atlas, args, known.get(c))
+            row, extra = evaluate_case(img, lab, anatomy, region, atlas, args, known.get(c))
             keep_for_qc[c] = extra
         except CTARRError as e:
             row = {"case": c, "status": f"error: {e}"}
@@ -136,37 +118,49 @@ def main(argv: list[str] | None = None) -> int:
     # worst first: wrong orientation, then least foreground preserved; failed/empty cases last
     rows.sort(key=lambda r: (r.get("preserved_fg_percent") in ("", None), r.get("orientation_correct") is not False,
                              r.get("preserved_fg_percent", 101)))
-    with open(out / "evaluation.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, FIELDS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in FIELDS})
-    ok = [r for r in rows if r.get("preserved_fg_percent") not in ("", None)]
-    md = [f"# CTARR evaluation: region `{region.name}` on `{args.images}`", "",
-          f"Cases: {len(rows)} ({len(ok)} with foreground, {len(rows) - len(ok)} without or failed)", ""]
-    if ok:
-        col = lambda k: np.array([float(r[k]) for r in ok])
-        md += ["| preserved foreground | foreground before | foreground after | voxel reduction | CTARR s (median) |",
-               "|---|---|---|---|---|",
-               f"| {col('preserved_fg_percent').mean():.2f}% (min {col('preserved_fg_percent').min():.2f}%) | "
-               f"{col('fg_share_before_percent').mean():.3f}% | {col('fg_share_after_percent').mean():.3f}% | "
-               f"{col('voxel_reduction').mean():.2f}x | {np.median(col('ctarr_seconds')):.2f} |", ""]
-        checked = [r for r in ok if r.get("orientation_correct") != ""]
-        if checked:
-            right = sum(r["orientation_correct"] is True for r in checked)
-            md += [f"Known perturbations: orientation right in {right} of {len(checked)} scans", ""]
-        md += ["Worst cases:", "", "| case | preserved | orientation found | known perturbation | right | Dice | status |",
-               "|---|---|---|---|---|---|---|"]
-        md += [f"| {r['case']} | {r['preserved_fg_percent']}% | {r['orientation']} | {r.get('known_perturbation', '')} | "
-               f"{ {True: 'yes', False: '**NO**', '': ''}[r.get('orientation_correct', '')] } | "
-               f"{r['registration_dice']} | {r['status']} |" for r in ok[:10]]
+    _write_csv(out / "evaluation.csv", rows)
+    md = _summary(rows, region.name, args.images)
     (out / "summary.md").write_text("\n".join(md) + "\n")
+    ok = [r for r in rows if r.get("preserved_fg_percent") not in ("", None)]
     for r in ok[:args.qc]:
         img_path, loc, plan = keep_for_qc[r["case"]]
         render_qc(out / f"{r['case']}_qc.png", read_image(img_path), loc.anatomy_volume, plan,
                   f"{r['case']} | {region.name} | preserved {r['preserved_fg_percent']}%")
     print("\n".join(md[2:10]))
     return 0
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, FIELDS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in FIELDS})
+
+
+def _summary(rows: list[dict], region: str, images: str) -> list[str]:
+    """summary.md: the Table 2 means, the known-perturbation count and the worst cases."""
+    ok = [r for r in rows if r.get("preserved_fg_percent") not in ("", None)]
+    md = [f"# CTARR evaluation: region `{region}` on `{images}`", "",
+          f"Cases: {len(rows)} ({len(ok)} with foreground, {len(rows) - len(ok)} without or failed)", ""]
+    if not ok:
+        return md
+    col = lambda k: np.array([float(r[k]) for r in ok])
+    md += ["| preserved foreground | foreground before | foreground after | voxel reduction | CTARR s (median) |",
+           "|---|---|---|---|---|",
+           f"| {col('preserved_fg_percent').mean():.2f}% (min {col('preserved_fg_percent').min():.2f}%) | "
+           f"{col('fg_share_before_percent').mean():.3f}% | {col('fg_share_after_percent').mean():.3f}% | "
+           f"{col('voxel_reduction').mean():.2f}x | {np.median(col('ctarr_seconds')):.2f} |", ""]
+    checked = [r for r in ok if r.get("orientation_correct") != ""]
+    if checked:
+        right = sum(r["orientation_correct"] is True for r in checked)
+        md += [f"Known perturbations: orientation right in {right} of {len(checked)} scans", ""]
+    md += ["Worst cases:", "", "| case | preserved | orientation found | known perturbation | right | Dice | status |",
+           "|---|---|---|---|---|---|---|"]
+    md += [f"| {r['case']} | {r['preserved_fg_percent']}% | {r['orientation']} | {r.get('known_perturbation', '')} | "
+           f"{ {True: 'yes', False: '**NO**', '': ''}[r.get('orientation_correct', '')] } | "
+           f"{r['registration_dice']} | {r['status']} |" for r in ok[:10]]
+    return md
 
 
 def entry() -> None:

@@ -7,20 +7,20 @@ boxes are merged, and the margin is stored with the region.
 """
 from __future__ import annotations
 
-import argparse
+import logging
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from ..atlas import Atlas
-from ..errors import CTARRError, WarningLog
-from ..io import read_image
-from ..nnunet_dataset import load_raw_dataset
-from ..region_learning import learn_region
-from ..registration import RegistrationSettings
-from .anatomy_args import add_anatomy_args, anatomy_source
+from ..core.atlas import Atlas
+from ..core.errors import CTARRError, WarningLog
+from ..core.io import read_image
+from ..core.nnunet_format import load_raw_dataset
+from ..core.region_learning import learn_region
+from ..core.registration import RegistrationSettings
 from .common import run_cli, setup_logging
+from .options import Parser, add_anatomy_args, add_atlas_arg, add_device_arg, anatomy_source
 
 EPILOG = """example:
   nnUNetv2_ctarr_learn_region -d 3 -l liver -name liver_ds3 -anatomy_seg totalseg_maps/ -o liver_ds3.json
@@ -28,9 +28,8 @@ EPILOG = """example:
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nnUNetv2_ctarr_learn_region", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> Parser:
+    p = Parser(prog="nnUNetv2_ctarr_learn_region", description=__doc__, epilog=EPILOG)
     p.add_argument("-d", required=True, help="dataset: id, DatasetXXX_Name, or folder (imagesTr + labelsTr)")
     p.add_argument("-l", nargs="+", default=None, help="label names or values forming the region (default: all "
                                                        "foreground labels)")
@@ -39,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.0,
                    help="heatmap threshold: share of scans (default 0 = any scan; paper 3.4)")
     p.add_argument("--margin", type=float, default=10.0, help="margin in mm stored with the region (default 10)")
-    p.add_argument("-device", default="cpu", help="device of the registration and of an anatomy model")
-    p.add_argument("-atlas", default=None, help="atlas .npz (default: shipped starter atlas)")
+    add_device_arg(p, what="the registration and an anatomy model")
+    add_atlas_arg(p)
     p.add_argument("--verbose", action="store_true")
     add_anatomy_args(p)
     return p
@@ -80,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  box {k}: {size[0]:.0f} x {size[1]:.0f} x {size[2]:.0f} mm (x y z, without margin), "
               f"atlas mm {np.round(lo).astype(int).tolist()} .. {np.round(hi).astype(int).tolist()}")
     for s in skipped:
-        print(f"warning: not used: {s}")
+        logging.getLogger("nnunet_ctarr").warning(f"not used: {s}")
     return 0
 
 

@@ -6,29 +6,36 @@ The same steps as ``nnUNetv2_plan_and_preprocess``, with the planner of
 """
 from __future__ import annotations
 
-import argparse
 import os
 
-from ..errors import CTARRError
+from ..core.errors import CTARRError
 from .common import run_cli, setup_logging
+from .options import Parser, add_verbose_arg
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="nnUNetv2_ctarr_plan_and_preprocess", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> Parser:
+    ap = Parser(prog="nnUNetv2_ctarr_plan_and_preprocess", description=__doc__)
     ap.add_argument("-d", nargs="+", type=int, required=True, help="dataset id(s)")
     ap.add_argument("-np", type=int, default=4, help="processes for fingerprint and preprocessing")
     ap.add_argument("--verify_dataset_integrity", action="store_true")
     ap.add_argument("--no_pp", action="store_true", help="plan only")
-    ap.add_argument("-v", "--verbose", action="store_true")
-    args = ap.parse_args(argv)
+    add_verbose_arg(ap)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
     missing = [k for k in ("nnUNet_raw", "nnUNet_preprocessed") if not os.environ.get(k)]
     if missing:
         raise CTARRError(f"set {' and '.join(missing)} (nnU-Net's data folders) first")
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprints, plan_experiment_dataset,
-                                                                      preprocess)
-    from ..planners import PLANS_NAME, CTARR3mmPlanner
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+        extract_fingerprints,
+        plan_experiment_dataset,
+        preprocess,
+    )
+
+    from ..training.planners import PLANS_NAME, CTARR3mmPlanner
     for d in args.d:
         try:
             extract_fingerprints([d], num_processes=args.np, check_dataset_integrity=args.verify_dataset_integrity,

@@ -9,21 +9,21 @@ body_height: the atlas z (mm) of every axial slice, and a normalised score, as J
 """
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from ..anatomy import load_anatomy
-from ..atlas import Atlas
-from ..errors import WarningLog
-from ..io import read_image
-from ..pipeline import locate
-from ..prealign import body_height, itk_transform, moving_to_fixed
-from ..registration import RegistrationSettings
-from .common import run_cli, setup_logging, write_json
+from ..core.anatomy import ANATOMY_FORMATS, load_anatomy
+from ..core.atlas import Atlas
+from ..core.errors import WarningLog
+from ..core.io import read_image, write_json
+from ..core.pipeline import locate
+from ..core.prealign import body_height, itk_transform, moving_to_fixed
+from ..core.registration import RegistrationSettings
+from .common import run_cli, setup_logging
+from .options import Parser, add_anatomy_args, add_atlas_arg, add_device_arg, add_verbose_arg
 
 
 def _locate(image_path: str, anatomy_path: str, fmt: str, atlas: Atlas, device: str):
@@ -33,26 +33,37 @@ def _locate(image_path: str, anatomy_path: str, fmt: str, atlas: Atlas, device: 
     return image, locate(image, anat, atlas, RegistrationSettings(device=device), warnings)
 
 
-def _parse_common(ap: argparse.ArgumentParser, argv):
-    """Options shared by both commands; parses and sets up logging."""
-    ap.add_argument("--anatomy_format", default="auto")
-    ap.add_argument("--atlas", default=None)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("-v", "--verbose", action="store_true")
-    args = ap.parse_args(argv)
-    setup_logging(args.verbose)
-    return args
+def _add_common(ap: Parser) -> Parser:
+    """Options shared by both commands."""
+    add_atlas_arg(ap)
+    add_device_arg(ap)
+    add_verbose_arg(ap)
+    return ap
 
 
-def prealign_main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="nnUNetv2_ctarr_prealign", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_prealign_parser() -> Parser:
+    ap = Parser(prog="nnUNetv2_ctarr_prealign", description=__doc__)
     ap.add_argument("fixed", help="fixed image (file or DICOM folder)")
     ap.add_argument("moving", help="moving image (file or DICOM folder)")
     ap.add_argument("-o", dest="out", required=True, help="output prefix: OUT.tfm and OUT.json")
-    ap.add_argument("--fixed_anatomy", required=True)
-    ap.add_argument("--moving_anatomy", required=True)
-    args = _parse_common(ap, argv)
+    ap.add_argument("--fixed_anatomy", required=True, help="anatomy of the fixed image (as -anatomy_seg)")
+    ap.add_argument("--moving_anatomy", required=True, help="anatomy of the moving image (as -anatomy_seg)")
+    ap.add_argument("-anatomy_format", default="auto", choices=ANATOMY_FORMATS, help="format of both anatomies")
+    return _add_common(ap)
+
+
+def build_body_height_parser() -> Parser:
+    ap = Parser(prog="nnUNetv2_ctarr_body_height", description=__doc__)
+    ap.add_argument("-i", dest="image", required=True)
+    add_anatomy_args(ap, model=False, required=True)
+    ap.add_argument("-o", dest="out", required=True, help="JSON file")
+    ap.add_argument("--plot", default=None, help="PNG of the score curve")
+    return _add_common(ap)
+
+
+def prealign_main(argv: list[str] | None = None) -> int:
+    args = build_prealign_parser().parse_args(argv)
+    setup_logging(args.verbose)
     t0 = time.perf_counter()
     atlas = Atlas.load(args.atlas)
     _, fixed = _locate(args.fixed, args.fixed_anatomy, args.anatomy_format, atlas, args.device)
@@ -78,13 +89,8 @@ def prealign_main(argv: list[str] | None = None) -> int:
 
 
 def body_height_main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="nnUNetv2_ctarr_body_height", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-i", dest="image", required=True)
-    ap.add_argument("--anatomy_seg", required=True)
-    ap.add_argument("-o", dest="out", required=True, help="JSON file")
-    ap.add_argument("--plot", default=None, help="PNG of the score curve")
-    args = _parse_common(ap, argv)
+    args = build_body_height_parser().parse_args(argv)
+    setup_logging(args.verbose)
     atlas = Atlas.load(args.atlas)
     image, loc = _locate(args.image, args.anatomy_seg, args.anatomy_format, atlas, args.device)
     lo, hi = atlas.extent()

@@ -5,21 +5,26 @@ source. Outputs have the input's size, spacing, origin and direction.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
 from pathlib import Path
 
-import SimpleITK as sitk
-
-from ..atlas import Atlas
-from ..errors import CTARRError
-from ..io import case_id, is_dicom_dir, read_image
-from ..model_config import CROP_MODES, config_crops, config_region, read_model_config
-from ..regions import check_region_atlas
-from .anatomy_args import add_anatomy_args, anatomy_source
-from .common import run_cli, setup_logging
+from ..core.atlas import Atlas
+from ..core.errors import CTARRError, WarningLog
+from ..core.io import case_id
+from ..core.region_settings import config_crops, config_region, read_model_config
+from ..core.regions import check_region_atlas
+from .common import prepare_inputs, run_cli, setup_logging
+from .options import (
+    Parser,
+    add_anatomy_args,
+    add_atlas_arg,
+    add_crops_arg,
+    add_inference_args,
+    anatomy_source,
+    inference_device,
+)
 
 EPILOG = """examples:
   nnUNetv2_predict_ctarr -i imagesTs -o pred -d 3 -c 3d_fullres -f 0 -region liver -anatomy_seg totalseg_maps/
@@ -30,46 +35,8 @@ EPILOG = """examples:
 """
 
 
-def env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name) or default)
-    except ValueError:
-        return default
-
-
-def add_inference_args(p: argparse.ArgumentParser, npp_help: str | None = None) -> None:
-    """The sliding-window/device flags of ``nnUNetv2_predict`` (same names and defaults)."""
-    p.add_argument("-step_size", type=float, default=0.5)
-    p.add_argument("--disable_tta", action="store_true")
-    p.add_argument("--verbose", action="store_true")
-    p.add_argument("-npp", type=int, default=env_int("nnUNet_npp", 3), help=npp_help)
-    p.add_argument("-nps", type=int, default=env_int("nnUNet_nps", 3), help=npp_help)
-    p.add_argument("-device", type=str, default="cuda", help="cuda, cpu or mps")
-    p.add_argument("--disable_progress_bar", action="store_true")
-    p.add_argument("--not_on_device", action="store_true")
-
-
-def add_crops_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--crops", choices=list(CROP_MODES), default=None,
-                   help="fitted: the region's boxes merged and grown with real image up to the size the model's "
-                        "sliding-window tiles cover anyway (no extra network cost); exact: the region boxes. "
-                        "Default: the model's ctarr.json (exact for models trained on crops), else fitted")
-
-
-def inference_device(name: str):
-    """``-device`` as a torch device; on CPU all cores are used (as ``nnUNetv2_predict``)."""
-    if name not in ("cpu", "cuda", "mps"):
-        raise CTARRError(f"-device must be cpu, cuda or mps, got {name}")
-    import torch
-    if name == "cpu":
-        import multiprocessing
-        torch.set_num_threads(multiprocessing.cpu_count())
-    return torch.device(name)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nnUNetv2_predict_ctarr", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> Parser:
+    p = Parser(prog="nnUNetv2_predict_ctarr", description=__doc__, epilog=EPILOG)
     # --- nnUNetv2_predict's flags (same names, same defaults)
     p.add_argument("-i", type=str, required=True, help="input folder (nnU-Net naming: CASE_0000.nii.gz), a single "
                                                        "image, or a DICOM folder / folder of DICOM folders")
@@ -98,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_crops_arg(p)
     p.add_argument("--qc", action="store_true", help="QC picture per case in the output folder")
     p.add_argument("--save_ctarr_json", action="store_true", help="<case>.ctarr.json per case in the output folder")
-    p.add_argument("-atlas", type=str, default=None, help="atlas .npz (default: shipped starter atlas)")
+    add_atlas_arg(p)
     return p
 
 
@@ -111,28 +78,12 @@ def _model_folder(args) -> str:
     return get_output_folder(args.d, args.tr, args.p, args.c)
 
 
-def prepare_inputs(src: Path, tmp: Path) -> str | list[list[str]]:
-    """nnU-Net input: a folder as is; a single image file or DICOM folders converted to a list."""
-    if src.is_dir() and not is_dicom_dir(src) and not any(is_dicom_dir(d) for d in src.iterdir() if d.is_dir()):
-        return str(src)
-    sources = [src] if (src.is_file() or is_dicom_dir(src)) else sorted(d for d in src.iterdir() if is_dicom_dir(d))
-    lists = []
-    for s in sources:
-        if s.is_file():
-            lists.append([str(s)])
-            continue
-        dst = tmp / f"{case_id(s)}_0000.nii.gz"
-        sitk.WriteImage(read_image(s), str(dst), True)
-        lists.append([str(dst)])
-    return lists
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    from ..trainer_path import ensure_ext_trainer_path
+    from ..training.trainer_path import ensure_ext_trainer_path
     ensure_ext_trainer_path()                 # models trained with the CTARR trainers are found
-    from ..predictor import nnUNetPredictorCTARR
+    from ..inference.predictor import nnUNetPredictorCTARR
 
     model = _model_folder(args)
     if not os.path.isdir(model):
@@ -145,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     crops = config_crops(model_ctarr, args.crops)
     anatomy = anatomy_source(args, args.device, args.step_size, args.disable_tta, args.npp, args.nps, args.verbose)
     device = inference_device(args.device)
-    folds = [f if f == "all" else int(f) for f in args.f]
+    atlas = Atlas.load(args.atlas)
+    check_region_atlas(region, atlas.atlas_id, WarningLog())
     os.makedirs(args.o, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="ctarr_inputs_") as tmp:
         source = prepare_inputs(Path(args.i), Path(tmp))
@@ -154,27 +106,35 @@ def main(argv: list[str] | None = None) -> int:
                                          perform_everything_on_device=not args.not_on_device, device=device,
                                          verbose=args.verbose, verbose_preprocessing=args.verbose,
                                          allow_tqdm=not args.disable_progress_bar)
-        predictor.initialize_from_trained_model_folder(model, folds, args.chk)
-        atlas = Atlas.load(args.atlas)
-        check_region_atlas(region, atlas.atlas_id)
+        predictor.initialize_from_trained_model_folder(model, [f if f == "all" else int(f) for f in args.f], args.chk)
         predictor.ctarr_setup(region, anatomy, atlas, margin, args.on_miss,
                               sidecar_folder=args.o if args.save_ctarr_json else None,
                               qc_folder=args.o if args.qc else None, fit_tiles=crops == "fitted")
-        if isinstance(source, list):
-            outs = [os.path.join(args.o, case_id(files[0])) for files in source]
-        else:
-            outs = args.o
-        if args.npp == 0 and args.nps == 0:
-            predictor.predict_from_files_sequential(source, outs, args.save_probabilities,
-                                                    not args.continue_prediction, args.prev_stage_predictions)
-        else:
-            predictor.predict_from_files(source, outs, args.save_probabilities, not args.continue_prediction,
-                                         max(args.npp, 1), max(args.nps, 1), args.prev_stage_predictions,
-                                         args.num_parts, args.part_id)
-    summary = {c: (r["mode"], r.get("voxel_fraction")) for c, r in predictor.ctarr_reports.items()}
-    for case, (mode, frac) in summary.items():
-        print(f"{case}: {mode}" + (f", {100 * frac:.1f}% of the voxels" if frac else ""), file=sys.stderr)
-    return 0
+        outs = [os.path.join(args.o, case_id(files[0])) for files in source] if isinstance(source, list) else args.o
+        _predict(predictor, args, source, outs)
+    return _report(predictor.ctarr_reports)
+
+
+def _predict(predictor, args, source, outs) -> None:
+    if args.npp == 0 and args.nps == 0:
+        predictor.predict_from_files_sequential(source, outs, args.save_probabilities, not args.continue_prediction,
+                                                args.prev_stage_predictions)
+    else:
+        predictor.predict_from_files(source, outs, args.save_probabilities, not args.continue_prediction,
+                                     max(args.npp, 1), max(args.nps, 1), args.prev_stage_predictions,
+                                     args.num_parts, args.part_id)
+
+
+def _report(reports: dict[str, dict]) -> int:
+    """One line per case; exit code 1 when a case could not be predicted (named in the last line)."""
+    for case, r in reports.items():
+        frac = r.get("voxel_fraction")
+        detail = f": {r['error']}" if r["mode"] == "error" else (f", {100 * frac:.1f}% of the voxels" if frac else "")
+        print(f"{case}: {r['mode']}{detail}", file=sys.stderr)
+    failed = [c for c, r in reports.items() if r["mode"] == "error"]
+    if failed:
+        print(f"error: {len(failed)} of {len(reports)} case(s) not predicted: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def entry() -> None:

@@ -9,19 +9,26 @@ seconds, warnings and voxels won in overlaps.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
 from pathlib import Path
 
-from ..atlas import Atlas
-from ..errors import CTARRError
-from ..io import case_id
-from ..regions import check_region_atlas
-from .anatomy_args import add_anatomy_args, anatomy_source
-from .common import run_cli, setup_logging
-from .predict import add_crops_arg, add_inference_args, inference_device, prepare_inputs
+from ..core.atlas import Atlas
+from ..core.errors import CTARRError, WarningLog
+from ..core.io import case_id
+from ..core.nnunet_format import group_channels
+from ..core.regions import check_region_atlas
+from .common import prepare_inputs, run_cli, setup_logging
+from .options import (
+    Parser,
+    add_anatomy_args,
+    add_atlas_arg,
+    add_crops_arg,
+    add_inference_args,
+    anatomy_source,
+    inference_device,
+)
 
 EPILOG = """examples:
   nnUNetv2_predict_ctarr_multi -i imagesTs -o pred -spec organs.json -anatomy_seg totalseg_maps/
@@ -36,9 +43,8 @@ spec (relative paths are relative to the spec file):
 """
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="nnUNetv2_predict_ctarr_multi", description=__doc__, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> Parser:
+    p = Parser(prog="nnUNetv2_predict_ctarr_multi", description=__doc__, epilog=EPILOG)
     p.add_argument("-i", type=str, required=True, help="input folder (nnU-Net naming: CASE_0000.nii.gz), a single "
                                                        "image, or a DICOM folder / folder of DICOM folders")
     p.add_argument("-o", type=str, required=True, help="output folder")
@@ -52,23 +58,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a model's region outside the field of view: the model contributes nothing (default, "
                         "warning) or predicts the full volume")
     add_crops_arg(p)
-    p.add_argument("-atlas", type=str, default=None, help="atlas .npz (default: shipped starter atlas)")
+    add_atlas_arg(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    from ..multi_predict import MultiModelPredictor, load_spec
-    from ..nnunet_dataset import group_channels
+    from ..inference.multi_predictor import MultiModelPredictor
+    from ..inference.multi_spec import load_spec
     spec = load_spec(args.spec)
     # checked before any model is loaded
     anatomy = anatomy_source(args, args.device, args.step_size, args.disable_tta, args.npp, args.nps, args.verbose)
     device = inference_device(args.device)
     src = Path(args.i)
-    if not src.exists():
-        raise CTARRError(f"input not found: {src}")
-    from ..trainer_path import ensure_ext_trainer_path
+    from ..training.trainer_path import ensure_ext_trainer_path
     ensure_ext_trainer_path()                 # models trained with the CTARR trainers are found
     n_ch = spec.models[0].n_channels
     with tempfile.TemporaryDirectory(prefix="ctarr_inputs_") as tmp:
@@ -84,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             lists = {case_id(files[0]): files for files in source}
         atlas = Atlas.load(args.atlas)
         for m in spec.models:
-            check_region_atlas(m.region, atlas.atlas_id)
+            check_region_atlas(m.region, atlas.atlas_id, WarningLog())
         predictor = MultiModelPredictor(spec, anatomy, atlas, device,
                                         args.on_miss, args.step_size, not args.disable_tta,
                                         not args.not_on_device, args.verbose, not args.disable_progress_bar,
@@ -94,7 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     for case, r in reports.items():
         parts = [f"{m['name']} {m['mode']} ({m['voxels_won']} vox)" for m in r["models"]]
         print(f"{case}: " + ", ".join(parts) + f"; overlap {r['overlap_voxels']} vox", file=sys.stderr)
-    return 0
+    for case, err in predictor.failed.items():
+        print(f"error: {case}: {err}", file=sys.stderr)
+    if predictor.failed:
+        print(f"error: {len(predictor.failed)} of {len(lists)} case(s) not predicted: {', '.join(predictor.failed)}",
+              file=sys.stderr)
+    return 1 if predictor.failed else 0
 
 
 def entry() -> None:

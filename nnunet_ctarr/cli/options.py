@@ -1,0 +1,122 @@
+"""The one CLI convention of nnunet-ctarr and the option groups every command shares.
+
+* Every option is accepted with one dash (nnU-Net's habit: ``-anatomy_seg``) and with two
+  (``--anatomy_seg``); :class:`Parser` adds the other spelling to every option it is given.
+* The anatomy options (``-anatomy_seg``, ``-anatomy_format``, and for the nnU-Net commands
+  ``-anatomy_model`` with its folds and checkpoint), the atlas and the device are defined here
+  once and used by every command.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..core.anatomy import ANATOMY_FORMATS
+from ..core.anatomy_sources import PrecomputedAnatomy
+from ..core.errors import CTARRError
+from ..core.region_settings import CROP_MODES
+
+
+def both_spellings(names: tuple[str, ...]) -> tuple[str, ...]:
+    """``("-x",)`` -> ``("-x", "--x")``; ``("--name",)`` -> ``("--name", "-name")``."""
+    out = list(names)
+    for n in names:
+        bare = n.lstrip("-")
+        for other in (f"-{bare}", f"--{bare}"):
+            if other not in out:
+                out.append(other)
+    return tuple(out)
+
+
+class Parser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` where every option works with one and with two dashes
+    (no abbreviations, raw description/epilog formatting)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *names, **kwargs):
+        if names and all(n.startswith("-") for n in names):
+            names = both_spellings(names)
+        return super().add_argument(*names, **kwargs)
+
+
+def add_anatomy_args(p: argparse.ArgumentParser, model: bool = True, required: bool = False) -> None:
+    """``-anatomy_seg`` and ``-anatomy_format``; with ``model`` also ``-anatomy_model`` and its
+    ``-anatomy_folds`` / ``-anatomy_chk`` (commands that run nnU-Net)."""
+    p.add_argument("-anatomy_seg", default=None, required=required and not model,
+                   help="anatomy label file or folder (TotalSegmentator v1/v2 map, its per-structure mask "
+                        "folder, or a 19-class map); a folder is matched by case id")
+    p.add_argument("-anatomy_format", default="auto", choices=ANATOMY_FORMATS,
+                   help="format of -anatomy_seg (default: detected)")
+    if model:
+        p.add_argument("-anatomy_model", default=None,
+                       help="nnU-Net model folder predicting the anatomy (CTARR groups or TotalSegmentator names)")
+        p.add_argument("-anatomy_folds", nargs="+", default=None, help="folds of -anatomy_model")
+        p.add_argument("-anatomy_chk", default="checkpoint_final.pth", help="checkpoint of -anatomy_model")
+
+
+def add_atlas_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-atlas", default=None, help="atlas .npz (default: the shipped starter atlas)")
+
+
+def add_device_arg(p: argparse.ArgumentParser, default: str = "cpu", what: str = "the registration") -> None:
+    p.add_argument("-device", default=default, help=f"torch device for {what} (cpu, cuda, cuda:1, mps)")
+
+
+def add_verbose_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", help="more log output")
+
+
+def anatomy_source(args, device: str = "cpu", step_size: float = 0.5, disable_tta: bool = False,
+                   npp: int = 2, nps: int = 2, verbose: bool = False):
+    """A PrecomputedAnatomy or ModelAnatomy from parsed arguments (exactly one must be given)."""
+    model = getattr(args, "anatomy_model", None)
+    if bool(args.anatomy_seg) == bool(model):
+        raise CTARRError("give exactly one anatomy source: -anatomy_seg FOLDER or -anatomy_model MODEL_FOLDER"
+                         if hasattr(args, "anatomy_model") else "give the anatomy: -anatomy_seg FILE_OR_FOLDER")
+    if args.anatomy_seg:
+        return PrecomputedAnatomy(args.anatomy_seg, args.anatomy_format)
+    from ..inference.anatomy_model import ModelAnatomy
+    folds = None if args.anatomy_folds is None else [f if f == "all" else int(f) for f in args.anatomy_folds]
+    return ModelAnatomy(model, folds, args.anatomy_chk, device, step_size, disable_tta, npp, nps, verbose)
+
+
+# ---------------------------------------------------------------------- nnU-Net inference flags
+def env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name) or default)
+    except ValueError:
+        return default
+
+
+def add_inference_args(p: argparse.ArgumentParser, npp_help: str | None = None) -> None:
+    """The sliding-window/device flags of ``nnUNetv2_predict`` (same names and defaults)."""
+    p.add_argument("-step_size", type=float, default=0.5)
+    p.add_argument("--disable_tta", action="store_true")
+    p.add_argument("--verbose", action="store_true")
+    p.add_argument("-npp", type=int, default=env_int("nnUNet_npp", 3), help=npp_help)
+    p.add_argument("-nps", type=int, default=env_int("nnUNet_nps", 3), help=npp_help)
+    add_device_arg(p, "cuda", "nnU-Net")
+    p.add_argument("--disable_progress_bar", action="store_true")
+    p.add_argument("--not_on_device", action="store_true")
+
+
+def add_crops_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--crops", choices=list(CROP_MODES), default=None,
+                   help="fitted: the region's boxes merged and grown with real image up to the size the model's "
+                        "sliding-window tiles cover anyway (no extra network cost); exact: the region boxes. "
+                        "Default: the model's ctarr.json (exact for models trained on crops), else fitted")
+
+
+def inference_device(name: str):
+    """``-device`` as a torch device; on CPU all cores are used (as ``nnUNetv2_predict``)."""
+    if name.split(":")[0] not in ("cpu", "cuda", "mps"):
+        raise CTARRError(f"-device must be cpu, cuda or mps, got {name}")
+    import torch
+    if name == "cpu":
+        import multiprocessing
+        torch.set_num_threads(multiprocessing.cpu_count())
+    return torch.device(name)

@@ -1,0 +1,90 @@
+"""One case end to end: image + anatomy -> atlas transform -> crop plan for a region."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+
+from .anatomy import GROUPS, AnatomyMasks
+from .atlas import Atlas
+from .cropping import CropPlan, plan_crops
+from .errors import LocalisationUntrusted, WarningLog
+from .geometry import Geometry, as_geometry
+from .regions import Region
+from .registration import RegistrationResult, RegistrationSettings, register
+from .volume import MaskVolume, anatomy_to_volume
+
+#: below this mean soft Dice (6 mm level) the registration is reported as implausible
+MIN_PLAUSIBLE_DICE = 0.25
+
+
+@dataclass
+class Localisation:
+    """Where a scan sits relative to the atlas."""
+    registration: RegistrationResult
+    anatomy_volume: MaskVolume
+    warnings: WarningLog = field(default_factory=WarningLog)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def transform(self):
+        return self.registration.transform
+
+
+def check_anatomy_matches_image(anatomy: AnatomyMasks, image: Geometry | sitk.Image) -> None:
+    """Anatomy and image must cover the same world region (grids may differ)."""
+    anat, img = Geometry.of(anatomy.labels), as_geometry(image)
+    frac_anat, frac_img = anat.overlap(img)
+    if frac_img < 0.9 or frac_anat < 0.9:
+        raise LocalisationUntrusted(
+            f"anatomy segmentation does not match the image in world space (they share {100 * frac_img:.0f}% of "
+            f"the image's extent); image {img.describe()}, anatomy {anat.describe()}")
+
+
+def locate(image: Geometry | sitk.Image | None, anatomy: AnatomyMasks, atlas: Atlas,
+           settings: RegistrationSettings | None = None, warnings: WarningLog | None = None) -> Localisation:
+    """Register a scan's anatomy to the atlas (paper 3.2) and collect plausibility warnings."""
+    warnings = warnings if warnings is not None else WarningLog()
+    t0 = time.perf_counter()
+    if image is not None:
+        check_anatomy_matches_image(anatomy, image)
+    vol = anatomy_to_volume(anatomy)
+    t1 = time.perf_counter()
+    res = register(vol, atlas, settings)
+    for w in res.warnings:
+        warnings.warn(w)
+    if res.dice < MIN_PLAUSIBLE_DICE:
+        warnings.warn(f"registration Dice {res.dice:.2f} is below {MIN_PLAUSIBLE_DICE}: the anatomy looks "
+                      "implausible or does not match the atlas; check the QC picture")
+    return Localisation(res, vol, warnings, {"anatomy_to_grid": t1 - t0, **res.seconds})
+
+
+def check_trusted(loc: Localisation) -> None:
+    """Raise :class:`LocalisationUntrusted` for a localisation that must not drive a crop (the
+    writers then fall back to the full volume): registration Dice below :data:`MIN_PLAUSIBLE_DICE`,
+    or an ambiguous orientation."""
+    if loc.registration.dice < MIN_PLAUSIBLE_DICE:
+        raise LocalisationUntrusted(f"registration Dice {loc.registration.dice:.2f} < {MIN_PLAUSIBLE_DICE}: "
+                                    "anatomy implausible")
+    if loc.registration.orientation_ambiguous:
+        raise LocalisationUntrusted("orientation ambiguous")
+
+
+def plan_region(image: Geometry | sitk.Image, loc: Localisation, region: Region, extra_margin_mm: float = 0.0,
+                z_only: bool = False, warnings: WarningLog | None = None) -> CropPlan:
+    """Map a region into the image and warn about boxes that are cut by the field of view."""
+    warnings = warnings if warnings is not None else loc.warnings
+    plan = plan_crops(image, loc.transform, region.boxes_with_margin(extra_margin_mm), z_only=z_only)
+    for b in plan.boxes:
+        if b.status == "partial":
+            warnings.warn(f"region '{region.name}' box {b.index}: only {100 * b.fraction_inside:.0f}% of the box "
+                          "lies inside the image; cropped to the intersection")
+        elif b.status == "outside":
+            warnings.warn(f"region '{region.name}' box {b.index} lies entirely outside the image")
+    return plan
+
+
+def groups_present(vol: MaskVolume) -> list[str]:
+    return [GROUPS[i] for i in np.nonzero(vol.volumes_mm3() > 0)[0]]

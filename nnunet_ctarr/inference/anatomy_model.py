@@ -1,0 +1,66 @@
+"""An nnU-Net model as the anatomy source: any model whose labels are CTARR groups or
+TotalSegmentator structure names (TotalSegmentator's own model folders included). It is loaded
+once per run and predicts all cases in one batch at its own resolution."""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from ..core.anatomy import AnatomyMasks
+from ..core.anatomy_sources import scheme_from_dataset_json
+from ..core.errors import CTARRError, WarningLog
+from ..core.io import read_image
+from ..core.nnunet_format import n_channels
+
+
+class ModelAnatomy:
+    """Any nnU-Net model folder whose labels are CTARR groups or TotalSegmentator structure
+    names. Runs a plain ``nnUNetPredictor`` at the model's own resolution."""
+
+    def __init__(self, model_folder: str | Path, folds=None, checkpoint: str = "checkpoint_final.pth",
+                 device: str = "cpu", step_size: float = 0.5, disable_tta: bool = False,
+                 npp: int = 2, nps: int = 2, verbose: bool = False):
+        self.model_folder = Path(model_folder)
+        if not (self.model_folder / "dataset.json").is_file() or not (self.model_folder / "plans.json").is_file():
+            raise CTARRError(f"{self.model_folder} is not an nnU-Net model folder (dataset.json/plans.json missing)")
+        self.dataset_json = json.loads((self.model_folder / "dataset.json").read_text())
+        self.scheme = scheme_from_dataset_json(self.dataset_json, self.model_folder.name)
+        if not self.scheme.observed.any():
+            raise CTARRError(f"anatomy model {self.model_folder}: none of its labels is a CTARR group or a "
+                             "TotalSegmentator structure name")
+        self.folds, self.checkpoint, self.device = folds, checkpoint, device
+        self.step_size, self.disable_tta, self.npp, self.nps, self.verbose = step_size, disable_tta, npp, nps, verbose
+        self._tmp = tempfile.TemporaryDirectory(prefix="ctarr_anatomy_")
+        self.out = Path(self._tmp.name)
+
+    def prepare(self, cases: dict[str, list[str]]) -> None:
+        import torch
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        predictor = nnUNetPredictor(tile_step_size=self.step_size, use_mirroring=not self.disable_tta,
+                                    device=torch.device(self.device), verbose=self.verbose,
+                                    allow_tqdm=not self.verbose)
+        predictor.initialize_from_trained_model_folder(str(self.model_folder), self.folds, self.checkpoint)
+        todo = {c: f for c, f in cases.items() if not self.label_file(c).exists()}
+        if not todo:
+            return
+        lists = [files[:n_channels(self.dataset_json)] for files in todo.values()]
+        outs = [str(self.out / c) for c in todo]
+        if self.npp == 0 and self.nps == 0:
+            predictor.predict_from_files_sequential(lists, outs, False, True, None)
+        else:
+            predictor.predict_from_files(lists, outs, False, True, max(self.npp, 1), max(self.nps, 1))
+
+    def load(self, case: str, warnings: WarningLog) -> AnatomyMasks:
+        p = self.label_file(case)
+        if not p.exists():
+            raise CTARRError(f"anatomy model produced no output for {case}")
+        return AnatomyMasks.from_label_image(read_image(p), self.scheme, warnings, f"{self.model_folder.name}:{case}")
+
+    def label_file(self, case: str) -> Path:
+        return self.out / f"{case}.nii.gz"
+
+    def __getstate__(self) -> dict:
+        """Workers get the predicted maps' folder; the owner keeps the temporary folder alive."""
+        return {k: v for k, v in self.__dict__.items() if k != "_tmp"}
+

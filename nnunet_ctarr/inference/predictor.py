@@ -1,0 +1,268 @@
+"""nnUNetPredictorCTARR: nnU-Net inference on the CTARR region only, full-size outputs.
+
+How it hooks into nnU-Net 2.8 (no nnU-Net code is copied; tests/test_nnunet_contract.py checks
+every signature, property and private hook used here):
+
+1. every case is planned in the main process (:func:`.plans.plan_case`: anatomy -> registration
+   -> trust -> region boxes fitted to the model's tiles) into a frozen :class:`.plans.CasePlan`;
+2. :func:`.plans.split_jobs` turns the plans into nnU-Net cases: one per case with one crop or a
+   full-volume fallback, one pseudo-case per crop for cases with several crops;
+3. :class:`.preprocessing.CTARRPreprocessor` crops each case before nnU-Net's preprocessing, and
+   nnU-Net's own export pastes it back; several crops are merged by :mod:`.export`.
+
+A user error for a case (missing or unreadable anatomy) makes that case an ``error`` plan: it is
+logged, recorded in :attr:`ctarr_reports` and :attr:`ctarr_failed`, and not predicted; only an
+untrusted localisation falls back to the full volume.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from nnunetv2.configuration import default_num_processes
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+from ..core.anatomy_sources import InMemoryAnatomy
+from ..core.atlas import Atlas
+from ..core.errors import CTARRError
+from ..core.geometry import Geometry
+from ..core.io import read_image, write_json
+from ..core.pipeline import locate
+from ..core.regions import Region
+from ..core.registration import RegistrationSettings
+from .export import empty_outputs, merge_crops, write_outputs
+from .nnunet_cases import as_list, prev_folder, pseudo_case, with_task
+from .plans import CasePlan, CTARRSettings, Job, error_plan, plan_case, split_jobs
+from .preprocessing import CTARRConfigurationManager
+from .tiling import TileGeometry
+
+logger = logging.getLogger("nnunet_ctarr")
+
+
+class nnUNetPredictorCTARR(nnUNetPredictor):
+    """``nnUNetPredictor`` that predicts only inside a CTARR region.
+
+    Call :meth:`ctarr_setup` after ``initialize_from_trained_model_folder``; the usual
+    ``predict_from_files``, ``predict_from_files_sequential``, ``predict_from_list_of_npy_arrays``
+    and ``predict_single_npy_array`` then work as in nnU-Net, with full-size outputs.
+    """
+
+    def ctarr_setup(self, region: Region, anatomy_source, atlas: Atlas | None = None, margin_mm: float = 0.0,
+                    on_miss: str = "full", registration: RegistrationSettings | None = None,
+                    sidecar_folder: str | None = None, qc_folder: str | None = None, fit_tiles: bool = True) -> None:
+        """``anatomy_source``: has ``prepare(cases)`` and ``load(case, warnings)`` (core.anatomy_sources,
+        inference.anatomy_model); ``sidecar_folder``: write ``<case>.ctarr.json`` there; ``qc_folder``:
+        QC pictures; ``fit_tiles``: merge and grow the crops to the model's sliding-window tiles at no
+        extra network cost (:mod:`.tiling`); False crops exactly the region boxes."""
+        self.ctarr = CTARRSettings(region=region, atlas=atlas or Atlas.load(), margin_mm=margin_mm, on_miss=on_miss,
+                                   registration=registration or RegistrationSettings(), fit_tiles=fit_tiles,
+                                   sidecar_folder=sidecar_folder, qc_folder=qc_folder)
+        self.ctarr_anatomy = anatomy_source
+        self.ctarr_reports: dict[str, dict] = {}
+        self.configuration_manager = CTARRConfigurationManager(self.configuration_manager.configuration)
+
+    @property
+    def ctarr_failed(self) -> dict[str, str]:
+        """Case -> error message of every case that could not be predicted."""
+        return {c: r["error"] for c, r in self.ctarr_reports.items() if r.get("mode") == "error"}
+
+    # ---- planning ---------------------------------------------------------------------------
+    def ctarr_tiles(self, geometry: Geometry) -> TileGeometry:
+        return TileGeometry.from_nnunet(self.configuration_manager, self.plans_manager, geometry.spacing_xyz,
+                                        self.tile_step_size)
+
+    def ctarr_plan(self, case: str, geometry: Geometry, anatomy_source=None, image=None, locate_case=None) -> CasePlan:
+        """Plan one case. ``locate_case(warnings)`` replaces the anatomy load + registration (the
+        multi-model predictor shares one); a user error gives an ``error`` plan, never a fallback."""
+        if not hasattr(self, "ctarr"):
+            raise CTARRError("call ctarr_setup(...) before predicting")
+        source = anatomy_source or self.ctarr_anatomy
+
+        def load_and_locate(warnings):
+            return locate(geometry, source.load(case, warnings), self.ctarr.atlas, self.ctarr.registration, warnings)
+        try:
+            return plan_case(case, geometry, self.ctarr, self.ctarr_tiles(geometry), locate_case or load_and_locate,
+                             image)
+        except CTARRError as e:
+            logger.error(f"{case}: {e}")
+            return error_plan(case, geometry, e)
+
+    def _ctarr_plan_file(self, first_file: str, case: str) -> CasePlan:
+        try:
+            image = read_image(first_file) if self.ctarr.qc_folder else None
+            geometry = Geometry.of(image) if image is not None else Geometry.from_file(first_file)
+        except CTARRError as e:
+            logger.error(f"{case}: {e}")
+            return error_plan(case, None, e)
+        return self.ctarr_plan(case, geometry, image=image)
+
+    def _ctarr_record(self, plan: CasePlan) -> None:
+        self.ctarr_reports[plan.case] = plan.report
+        if self.ctarr.sidecar_folder:
+            write_json(Path(self.ctarr.sidecar_folder) / f"{plan.case}.ctarr.json", plan.report)
+
+    def _ctarr_emit(self, seg, probs, plan: CasePlan, ofn: str | None, save_probabilities: bool):
+        """Write a case's outputs (``ofn`` given) or return them as nnU-Net's npy entry points do."""
+        if ofn:
+            write_outputs(seg, probs if save_probabilities else None, plan, ofn, self.dataset_json["file_ending"])
+            return None
+        return (seg, probs) if save_probabilities else seg
+
+    def _ctarr_empty(self, plan: CasePlan, ofn: str | None, save_probabilities: bool):
+        seg, probs = empty_outputs(self.label_manager.num_segmentation_heads, plan.geometry.shape_zyx)
+        return self._ctarr_emit(seg, probs.astype(np.float32), plan, ofn, save_probabilities)
+
+    # ---- file entry points -----------------------------------------------------------------
+    def predict_from_files(self, list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
+                           save_probabilities: bool = False, overwrite: bool = True,
+                           num_processes_preprocessing: int = default_num_processes,
+                           num_processes_segmentation_export: int = default_num_processes,
+                           folder_with_segs_from_prev_stage: str = None, num_parts: int = 1, part_id: int = 0):
+        def run(lists, outs, probs, prev):
+            return super(nnUNetPredictorCTARR, self).predict_from_files(
+                list_of_lists_or_source_folder=lists, output_folder_or_list_of_truncated_output_files=outs,
+                save_probabilities=probs, overwrite=True, num_processes_preprocessing=num_processes_preprocessing,
+                num_processes_segmentation_export=num_processes_segmentation_export,
+                folder_with_segs_from_prev_stage=prev, num_parts=1, part_id=0)
+        return self._ctarr_run_files(run, list_of_lists_or_source_folder,
+                                     output_folder_or_list_of_truncated_output_files, save_probabilities, overwrite,
+                                     folder_with_segs_from_prev_stage, num_parts, part_id)
+
+    def predict_from_files_sequential(self, list_of_lists_or_source_folder,
+                                      output_folder_or_list_of_truncated_output_files,
+                                      save_probabilities: bool = False, overwrite: bool = True,
+                                      folder_with_segs_from_prev_stage: str = None):
+        def run(lists, outs, probs, prev):
+            return super(nnUNetPredictorCTARR, self).predict_from_files_sequential(
+                list_of_lists_or_source_folder=lists, output_folder_or_list_of_truncated_output_files=outs,
+                save_probabilities=probs, overwrite=True, folder_with_segs_from_prev_stage=prev)
+        return self._ctarr_run_files(run, list_of_lists_or_source_folder,
+                                     output_folder_or_list_of_truncated_output_files, save_probabilities, overwrite,
+                                     folder_with_segs_from_prev_stage, 1, 0)
+
+    def _ctarr_run_files(self, run, source, outputs, save_probabilities, overwrite, prev_folder, num_parts, part_id):
+        lists, outs, prevs = self._manage_input_and_output_lists(
+            list_of_lists_or_source_folder=source, output_folder_or_list_of_truncated_output_files=outputs,
+            folder_with_segs_from_prev_stage=prev_folder, overwrite=overwrite, part_id=part_id, num_parts=num_parts,
+            save_probabilities=save_probabilities)
+        if not lists:
+            return None
+        if outs is None:
+            raise CTARRError("nnUNetPredictorCTARR writes files; give an output folder or output file names")
+        for o in outs:
+            os.makedirs(os.path.dirname(o) or ".", exist_ok=True)
+        self.ctarr_anatomy.prepare({Path(o).name: files for files, o in zip(lists, outs)})
+        plans = [self._ctarr_plan_file(files[0], Path(o).name) for files, o in zip(lists, outs)]
+        for plan, out in zip(plans, outs):
+            if plan.mode == "empty":
+                self._ctarr_empty(plan, out, save_probabilities)
+        single, boxes = split_jobs(plans)
+        tasks = self.configuration_manager.ctarr_tasks
+        try:
+            if single:
+                tasks.update({os.path.abspath(lists[j.case_index][0]): j.task for j in single if j.task})
+                run([lists[j.case_index] for j in single], [outs[j.case_index] for j in single], save_probabilities,
+                    prev_folder([prevs[j.case_index] for j in single]))
+            if boxes:
+                with tempfile.TemporaryDirectory(prefix="ctarr_predict_") as tmp:
+                    self._ctarr_run_boxes(run, Path(tmp), boxes, plans, lists, outs, prevs, save_probabilities)
+        finally:
+            tasks.clear()
+        for plan in plans:
+            self._ctarr_record(plan)
+        return None
+
+    def _ctarr_run_boxes(self, run, tmp: Path, boxes: list[Job], plans, lists, outs, prevs, save_probabilities):
+        """One pseudo-case per crop (links to the case's files), predicted as crops and merged."""
+        ending = self.dataset_json["file_ending"]
+        tasks = self.configuration_manager.ctarr_tasks
+        files, names, prev = [], [], []
+        for j in boxes:
+            name = f"{plans[j.case_index].case}__box{j.crop_index}"
+            links, plink = pseudo_case(tmp, name, lists[j.case_index], prevs[j.case_index], ending)
+            tasks[os.path.abspath(links[0])] = j.task
+            files.append(links), names.append(str(tmp / "out" / name)), prev.append(plink)
+        (tmp / "out").mkdir(parents=True, exist_ok=True)
+        run(files, names, True, prev_folder(prev))
+        for i in sorted({j.case_index for j in boxes}):
+            plan = plans[i]
+            probs = [np.load(tmp / "out" / f"{plan.case}__box{k}.npz")["probabilities"] for k in range(len(plan.crops))]
+            seg, merged = merge_crops(self.label_manager, plan, probs)
+            self._ctarr_emit(seg, merged, plan, outs[i], save_probabilities)
+
+    # ---- npy entry points ------------------------------------------------------------------
+    def predict_single_npy_array(self, input_image: np.ndarray, image_properties: dict,
+                                 segmentation_previous_stage: np.ndarray = None, output_file_truncated: str = None,
+                                 save_or_return_probabilities: bool = False, anatomy=None, case: str = "case"):
+        """As nnU-Net's, plus ``anatomy`` (label image, path or anatomy source) for this image.
+        ``image_properties`` must hold SimpleITKIO's ``sitk_stuff`` (geometry)."""
+        plan = self._ctarr_plan_npy(input_image, image_properties, anatomy, case)
+        return self.ctarr_predict_planned([input_image], [segmentation_previous_stage], [image_properties],
+                                          [output_file_truncated], [plan], save_or_return_probabilities)[0]
+
+    def predict_from_list_of_npy_arrays(self, image_or_list_of_images, segs_from_prev_stage_or_list_of_segs_from_prev_stage,
+                                        properties_or_list_of_properties, truncated_ofname, num_processes: int = 3,
+                                        save_probabilities: bool = False,
+                                        num_processes_segmentation_export: int = default_num_processes,
+                                        anatomy=None, cases=None):
+        imgs = as_list(image_or_list_of_images)
+        props = as_list(properties_or_list_of_properties)
+        segs = as_list(segs_from_prev_stage_or_list_of_segs_from_prev_stage, len(imgs))
+        ofns = as_list(truncated_ofname, len(imgs))
+        anat = as_list(anatomy, len(imgs))
+        cases = cases or [f"case{i}" for i in range(len(imgs))]
+        plans = [self._ctarr_plan_npy(i, p, a, c) for i, p, a, c in zip(imgs, props, anat, cases)]
+
+        def run(i, s, p, o, probs):
+            return super(nnUNetPredictorCTARR, self).predict_from_list_of_npy_arrays(
+                image_or_list_of_images=i, segs_from_prev_stage_or_list_of_segs_from_prev_stage=s,
+                properties_or_list_of_properties=p, truncated_ofname=o, num_processes=num_processes,
+                save_probabilities=probs, num_processes_segmentation_export=num_processes_segmentation_export)
+        results = self.ctarr_predict_planned(imgs, segs, props, ofns, plans, save_probabilities, run)
+        return results if any(o is None for o in ofns) else None
+
+    def _ctarr_plan_npy(self, img: np.ndarray, props: dict, anatomy, case: str) -> CasePlan:
+        if "sitk_stuff" not in props:
+            raise CTARRError("image properties need 'sitk_stuff' (origin/spacing/direction) for CTARR")
+        geometry = Geometry.from_sitk_stuff(props["sitk_stuff"], img.shape[1:])
+        source = anatomy if hasattr(anatomy, "load") else InMemoryAnatomy(anatomy, case)
+        plan = self.ctarr_plan(case, geometry, anatomy_source=source)
+        if plan.mode == "error":
+            raise CTARRError(f"{case}: {plan.error}")
+        return plan
+
+    def _ctarr_single_runner(self):
+        def run(imgs, segs, props, ofns, probs):
+            return [super(nnUNetPredictorCTARR, self).predict_single_npy_array(
+                input_image=i, image_properties=p, segmentation_previous_stage=s, output_file_truncated=o,
+                save_or_return_probabilities=probs) for i, s, p, o in zip(imgs, segs, props, ofns)]
+        return run
+
+    def ctarr_predict_planned(self, imgs, segs, props, ofns, plans: list[CasePlan], save_probabilities: bool,
+                              run=None) -> list:
+        """Predict arrays whose plans are made (the multi-model predictor plans with a shared
+        localisation); ``run`` is the nnU-Net npy entry point used (default: single arrays)."""
+        run = run or self._ctarr_single_runner()
+        results: list = [None] * len(imgs)
+        for i, plan in enumerate(plans):
+            if plan.mode == "empty":
+                results[i] = self._ctarr_empty(plan, ofns[i], save_probabilities)
+        single, boxes = split_jobs(plans)
+        if single:
+            out = run([imgs[j.case_index] for j in single], [segs[j.case_index] for j in single],
+                      [with_task(props[j.case_index], j.task) for j in single], [ofns[j.case_index] for j in single],
+                      save_probabilities)
+            for j, r in zip(single, out or [None] * len(single)):
+                results[j.case_index] = r
+        for i in sorted({j.case_index for j in boxes}):
+            jobs = [j for j in boxes if j.case_index == i]
+            out = run([imgs[i]] * len(jobs), [segs[i]] * len(jobs), [with_task(props[i], j.task) for j in jobs],
+                      [None] * len(jobs), True)
+            seg, probs = merge_crops(self.label_manager, plans[i], [r[1] for r in out])
+            results[i] = self._ctarr_emit(seg, probs, plans[i], ofns[i], save_probabilities)
+        for plan in plans:
+            self._ctarr_record(plan)
+        return results
