@@ -30,7 +30,7 @@ def pseudo_case(tmp: Path, name: str, files: list[str], prev: str | None, ending
     return links, (_link_or_copy(prev, tmp / "prev" / f"{name}{ending}") if prev else None)
 
 
-def prev_folder(prevs: list) -> str | None:
+def prev_stage_folder(prevs: list) -> str | None:
     """nnU-Net takes a folder of previous-stage segmentations; all entries share it."""
     prevs = [p for p in prevs if p]
     return os.path.dirname(prevs[0]) if prevs else None

@@ -34,7 +34,7 @@ from ..core.pipeline import locate
 from ..core.regions import Region
 from ..core.registration import RegistrationSettings
 from .export import empty_outputs, merge_crops, write_outputs
-from .nnunet_cases import as_list, prev_folder, pseudo_case, with_task
+from .nnunet_cases import as_list, prev_stage_folder, pseudo_case, with_task
 from .plans import CasePlan, CTARRSettings, Job, error_plan, plan_case, split_jobs
 from .preprocessing import CTARRConfigurationManager
 from .tiling import TileGeometry
@@ -165,7 +165,7 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
             if single:
                 tasks.update({os.path.abspath(lists[j.case_index][0]): j.task for j in single if j.task})
                 run([lists[j.case_index] for j in single], [outs[j.case_index] for j in single], save_probabilities,
-                    prev_folder([prevs[j.case_index] for j in single]))
+                    prev_stage_folder([prevs[j.case_index] for j in single]))
             if boxes:
                 with tempfile.TemporaryDirectory(prefix="ctarr_predict_") as tmp:
                     self._ctarr_run_boxes(run, Path(tmp), boxes, plans, lists, outs, prevs, save_probabilities)
@@ -186,7 +186,7 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
             tasks[os.path.abspath(links[0])] = j.task
             files.append(links), names.append(str(tmp / "out" / name)), prev.append(plink)
         (tmp / "out").mkdir(parents=True, exist_ok=True)
-        run(files, names, True, prev_folder(prev))
+        run(files, names, True, prev_stage_folder(prev))
         for i in sorted({j.case_index for j in boxes}):
             plan = plans[i]
             probs = [np.load(tmp / "out" / f"{plan.case}__box{k}.npz")["probabilities"] for k in range(len(plan.crops))]
