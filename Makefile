@@ -1,11 +1,12 @@
 # The two set-up commands of the README:
 #   make demo   create .venv, install nnunet-ctarr (CPU torch), crop the kidneys from the bundled CT
-#   make test   run the test suite
+#   make test   run the test suite (2 workers; `make test-fast` skips the slow end-to-end tests)
+#   make lint   ruff
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test install
+.PHONY: demo test test-fast lint install
 
 install: $(VENV)/.installed
 
@@ -21,5 +22,12 @@ demo: install
 		--anatomy_seg examples/data/totalseg_example/example_ct_totalseg_v2.nii.gz \
 		-r kidneys -o demo_out --qc
 
+# one worker per file (--dist loadfile) keeps each file's module fixtures in one process
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+test-fast: install
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
+
+lint: install
+	$(BIN)/ruff check .

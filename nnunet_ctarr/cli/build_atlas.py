@@ -21,7 +21,7 @@ from ..core.io import case_id, is_image_file, read_image
 from ..core.nnunet_format import foreground_labels
 from ..core.registration import RegistrationSettings
 from ..core.volume import anatomy_to_volume
-from .common import run_cli, setup_logging
+from .common import parse, run_cli
 from .options import Parser, add_device_arg, add_verbose_arg
 
 EPILOG = """examples:
@@ -74,7 +74,8 @@ def build_parser() -> Parser:
     ap = Parser(prog="nnUNetv2_ctarr_build_atlas", description=__doc__, epilog=EPILOG)
     ap.add_argument("-i", dest="inputs", nargs="+", required=True)
     ap.add_argument("-o", dest="output", required=True, help="atlas file (.npz)")
-    ap.add_argument("--min_groups", type=int, default=0, help="use only scans showing at least this many of the 19 groups")
+    ap.add_argument("--min_groups", type=int, default=0,
+                    help="use only scans showing at least this many of the 19 groups")
     ap.add_argument("--max_scans", type=int, default=50, help="pairwise registration is quadratic: use at most this "
                                                               "many scans (those showing the most groups)")
     ap.add_argument("--spacing", type=float, default=3.0)
@@ -84,8 +85,7 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    args = parse(build_parser(), argv)
     cases = discover(args.inputs)
     vols, names, n_groups = [], [], []
     for case, path, fmt in tqdm(cases, desc="reading anatomy", file=sys.stderr, disable=len(cases) < 3):

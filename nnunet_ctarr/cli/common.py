@@ -20,6 +20,13 @@ def setup_logging(verbose: bool = False) -> None:
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
 
 
+def parse(parser, argv: list[str] | None):
+    """Parse the command line and set up logging (``-v/--verbose`` where the command has it)."""
+    args = parser.parse_args(argv)
+    setup_logging(getattr(args, "verbose", False))
+    return args
+
+
 def run_cli(main: Callable[[], int]) -> None:
     """Run a CLI main; user errors become one line on stderr and exit code 1."""
     try:

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from ..core.anatomy import GROUPS
 from ..core.errors import CTARRError
 from ..training.totalsegmentator import DATASET_NAME, convert_subject, find_subjects, read_splits
-from .common import run_cli, setup_logging
+from .common import parse, run_cli
 from .options import Parser, add_verbose_arg
 
 
@@ -35,8 +35,7 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    args = parse(build_parser(), argv)
     raw = args.raw or os.environ.get("nnUNet_raw")
     if not raw:
         raise CTARRError("set nnUNet_raw or pass -o NNUNET_RAW_FOLDER")
@@ -44,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     subjects = find_subjects(root, args.subset)
     splits = read_splits(root)
     out = Path(raw) / f"Dataset{args.dataset_id:03d}_{DATASET_NAME}"
-    others = [d for d in Path(raw).glob(f"Dataset{args.dataset_id:03d}_*") if d.name != out.name] if Path(raw).is_dir() else []
+    others = [d for d in Path(raw).glob(f"Dataset{args.dataset_id:03d}_*") if d.name != out.name] \
+        if Path(raw).is_dir() else []
     if others:
         raise CTARRError(f"dataset id {args.dataset_id} is taken by {others[0].name}")
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
@@ -52,11 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     jobs = []
     for s in subjects:
         test = splits.get(s.name) == "test"
-        jobs.append((str(s), str(out / ("imagesTs" if test else "imagesTr")), str(out / ("labelsTs" if test else "labelsTr"))))
+        split = "Ts" if test else "Tr"
+        jobs.append((str(s), str(out / f"images{split}"), str(out / f"labels{split}")))
     results = []
     if args.processes > 1 and len(jobs) > 1:
         with get_context("spawn").Pool(min(args.processes, len(jobs))) as pool:
-            for r in tqdm(pool.imap_unordered(convert_subject, jobs), total=len(jobs), desc="converting", file=sys.stderr):
+            done = pool.imap_unordered(convert_subject, jobs)
+            for r in tqdm(done, total=len(jobs), desc="converting", file=sys.stderr):
                 results.append(r)
     else:
         for j in tqdm(jobs, desc="converting", file=sys.stderr, disable=len(jobs) < 2):

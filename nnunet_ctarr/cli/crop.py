@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             lab = match_case_file(Path(args.labels), case, cases, "label map") if args.labels else None
             side = crop_case(src, anatomy, lab, out, region, atlas, opts, settings)
             if len(inputs) == 1:
-                print(f"{case}: {len(side['outputs'])} crop(s), {100 * side['voxel_fraction_kept']:.1f}% of the voxels, "
+                print(f"{case}: {len(side['outputs'])} crop(s), "
+                      f"{100 * side['voxel_fraction_kept']:.1f}% of the voxels, "
                       f"orientation {side['registration']['transform']['orientation']}, "
                       f"Dice {side['registration']['registration_dice']:.2f} -> {out}")
         except CTARRError as e:

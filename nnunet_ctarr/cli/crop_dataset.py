@@ -23,13 +23,14 @@ from ..core.nnunet_format import load_raw_dataset, raw_root
 from ..core.region_settings import CONFIG_NAME, make_config
 from ..core.regions import check_region_atlas, load_region
 from ..training.dataset_crops import CropJob, crop_case
-from .common import run_cli, setup_logging
+from .common import parse, run_cli
 from .options import Parser, add_anatomy_args, add_atlas_arg, add_device_arg, anatomy_source
 
 EPILOG = """example:
   nnUNetv2_ctarr_crop_dataset -d 3 -r liver -o 503 --train_margin 10 -anatomy_seg totalseg_maps/
   nnUNetv2_plan_and_preprocess -d 503 -c 3d_fullres && nnUNetv2_train 503 3d_fullres 0
-  nnUNetv2_predict_ctarr -i imagesTs -o pred -d 503 -c 3d_fullres -f 0 -anatomy_seg totalseg_maps/   # region from the model
+  # the region comes from the model folder:
+  nnUNetv2_predict_ctarr -i imagesTs -o pred -d 503 -c 3d_fullres -f 0 -anatomy_seg totalseg_maps/
 """
 
 
@@ -72,8 +73,7 @@ def _run(job: CropJob) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    args = parse(build_parser(), argv)
     src = load_raw_dataset(args.d, need_labels=True)
     region = load_region(args.r)
     atlas_id = Atlas.load(args.atlas).atlas_id

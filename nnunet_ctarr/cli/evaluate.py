@@ -26,7 +26,7 @@ from ..core.qc import render_qc
 from ..core.regions import load_region
 from ..core.registration import RegistrationSettings
 from ..evaluation.scores import load_perturbations, orientation_check
-from .common import run_cli, setup_logging
+from .common import parse, run_cli
 from .options import Parser, add_anatomy_args, add_atlas_arg, add_device_arg, add_verbose_arg, anatomy_source
 
 FIELDS = ["case", "preserved_fg_percent", "fg_voxels", "fg_share_before_percent", "fg_share_after_percent",
@@ -94,8 +94,7 @@ def _image_and_label_folders(args) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    args = parse(build_parser(), argv)
     src, labels_dir = _image_and_label_folders(args)
     region, atlas = load_region(args.region), Atlas.load(args.atlas)
     known = load_perturbations(args.perturbations)

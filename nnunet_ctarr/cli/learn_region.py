@@ -19,7 +19,7 @@ from ..core.io import read_image
 from ..core.nnunet_format import load_raw_dataset
 from ..core.region_learning import learn_region
 from ..core.registration import RegistrationSettings
-from .common import run_cli, setup_logging
+from .common import parse, run_cli
 from .options import Parser, add_anatomy_args, add_atlas_arg, add_device_arg, anatomy_source
 
 EPILOG = """example:
@@ -46,8 +46,7 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    args = parse(build_parser(), argv)
     ds = load_raw_dataset(args.d, need_labels=True)
     labels = ds.label_values(args.l)
     anatomy = anatomy_source(args, device=args.device, verbose=args.verbose)

@@ -120,3 +120,10 @@ def inference_device(name: str):
         import multiprocessing
         torch.set_num_threads(multiprocessing.cpu_count())
     return torch.device(name)
+
+
+def inference_anatomy_and_device(args):
+    """(anatomy source, torch device) of the nnU-Net commands; the anatomy model runs with the
+    same sliding-window settings and worker counts as the main model."""
+    anatomy = anatomy_source(args, args.device, args.step_size, args.disable_tta, args.npp, args.nps, args.verbose)
+    return anatomy, inference_device(args.device)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 from ..core.errors import CTARRError
-from .common import run_cli, setup_logging
+from .common import parse, run_cli
 from .options import Parser, add_verbose_arg
 
 
@@ -24,8 +24,7 @@ def build_parser() -> Parser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    args = parse(build_parser(), argv)
     missing = [k for k in ("nnUNet_raw", "nnUNet_preprocessed") if not os.environ.get(k)]
     if missing:
         raise CTARRError(f"set {' and '.join(missing)} (nnU-Net's data folders) first")

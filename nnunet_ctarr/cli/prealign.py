@@ -22,7 +22,7 @@ from ..core.io import read_image, write_json
 from ..core.pipeline import locate
 from ..core.prealign import body_height, itk_transform, moving_to_fixed
 from ..core.registration import RegistrationSettings
-from .common import run_cli, setup_logging
+from .common import parse, run_cli
 from .options import Parser, add_anatomy_args, add_atlas_arg, add_device_arg, add_verbose_arg
 
 
@@ -62,8 +62,7 @@ def build_body_height_parser() -> Parser:
 
 
 def prealign_main(argv: list[str] | None = None) -> int:
-    args = build_prealign_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    args = parse(build_prealign_parser(), argv)
     t0 = time.perf_counter()
     atlas = Atlas.load(args.atlas)
     _, fixed = _locate(args.fixed, args.fixed_anatomy, args.anatomy_format, atlas, args.device)
@@ -89,8 +88,7 @@ def prealign_main(argv: list[str] | None = None) -> int:
 
 
 def body_height_main(argv: list[str] | None = None) -> int:
-    args = build_body_height_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    args = parse(build_body_height_parser(), argv)
     atlas = Atlas.load(args.atlas)
     image, loc = _locate(args.image, args.anatomy_seg, args.anatomy_format, atlas, args.device)
     lo, hi = atlas.extent()

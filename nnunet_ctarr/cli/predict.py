@@ -15,16 +15,9 @@ from ..core.errors import CTARRError, WarningLog
 from ..core.io import case_id
 from ..core.region_settings import config_crops, config_region, read_model_config
 from ..core.regions import check_region_atlas
-from .common import prepare_inputs, run_cli, setup_logging
-from .options import (
-    Parser,
-    add_anatomy_args,
-    add_atlas_arg,
-    add_crops_arg,
-    add_inference_args,
-    anatomy_source,
-    inference_device,
-)
+from .common import parse, prepare_inputs, run_cli
+from .options import Parser, add_anatomy_args, add_atlas_arg, add_crops_arg, add_inference_args
+from .options import inference_anatomy_and_device as anatomy_and_device
 
 EPILOG = """examples:
   nnUNetv2_predict_ctarr -i imagesTs -o pred -d 3 -c 3d_fullres -f 0 -region liver -anatomy_seg totalseg_maps/
@@ -79,8 +72,7 @@ def _model_folder(args) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    args = parse(build_parser(), argv)
     from ..training.trainer_path import ensure_ext_trainer_path
     ensure_ext_trainer_path()                 # models trained with the CTARR trainers are found
     from ..inference.predictor import nnUNetPredictorCTARR
@@ -94,8 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         raise CTARRError("no region: pass -region NAME (or a model folder whose ctarr.json / dataset.json names one)")
     margin = args.margin if args.margin is not None else float(model_ctarr.get("margin_mm", 0.0))
     crops = config_crops(model_ctarr, args.crops)
-    anatomy = anatomy_source(args, args.device, args.step_size, args.disable_tta, args.npp, args.nps, args.verbose)
-    device = inference_device(args.device)
+    anatomy, device = anatomy_and_device(args)
     atlas = Atlas.load(args.atlas)
     check_region_atlas(region, atlas.atlas_id, WarningLog())
     os.makedirs(args.o, exist_ok=True)

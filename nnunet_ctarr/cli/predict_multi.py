@@ -19,16 +19,9 @@ from ..core.errors import CTARRError, WarningLog
 from ..core.io import case_id
 from ..core.nnunet_format import group_channels
 from ..core.regions import check_region_atlas
-from .common import prepare_inputs, run_cli, setup_logging
-from .options import (
-    Parser,
-    add_anatomy_args,
-    add_atlas_arg,
-    add_crops_arg,
-    add_inference_args,
-    anatomy_source,
-    inference_device,
-)
+from .common import parse, prepare_inputs, run_cli
+from .options import Parser, add_anatomy_args, add_atlas_arg, add_crops_arg, add_inference_args
+from .options import inference_anatomy_and_device as anatomy_and_device
 
 EPILOG = """examples:
   nnUNetv2_predict_ctarr_multi -i imagesTs -o pred -spec organs.json -anatomy_seg totalseg_maps/
@@ -54,23 +47,21 @@ def build_parser() -> Parser:
     p.add_argument("--continue_prediction", action="store_true", help="skip cases whose outputs exist")
     # --- CTARR (as nnUNetv2_predict_ctarr)
     add_anatomy_args(p)
+    add_atlas_arg(p)
+    add_crops_arg(p)
     p.add_argument("--on_miss", choices=["empty", "full"], default="empty",
                    help="a model's region outside the field of view: the model contributes nothing (default, "
                         "warning) or predicts the full volume")
-    add_crops_arg(p)
-    add_atlas_arg(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.verbose)
+    args = parse(build_parser(), argv)
     from ..inference.multi_predictor import MultiModelPredictor
     from ..inference.multi_spec import load_spec
     spec = load_spec(args.spec)
     # checked before any model is loaded
-    anatomy = anatomy_source(args, args.device, args.step_size, args.disable_tta, args.npp, args.nps, args.verbose)
-    device = inference_device(args.device)
+    anatomy, device = anatomy_and_device(args)
     src = Path(args.i)
     from ..training.trainer_path import ensure_ext_trainer_path
     ensure_ext_trainer_path()                 # models trained with the CTARR trainers are found

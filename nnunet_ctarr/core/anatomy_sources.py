@@ -54,5 +54,6 @@ class InMemoryAnatomy:
         if isinstance(self.anatomy, AnatomyMasks):
             return self.anatomy
         if isinstance(self.anatomy, sitk.Image):
-            return AnatomyMasks.from_label_image(self.anatomy, detect_scheme(self.anatomy, None, warnings), warnings, case)
+            scheme = detect_scheme(self.anatomy, None, warnings)
+            return AnatomyMasks.from_label_image(self.anatomy, scheme, warnings, case)
         return load_anatomy(self.anatomy, "auto", warnings)

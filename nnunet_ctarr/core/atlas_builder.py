@@ -91,5 +91,6 @@ def build_atlas(volumes: list[MaskVolume], names: list[str], spacing: float = 3.
         "group_max_probability": {g: round(float(prob[i].max()), 3) for i, g in enumerate(GROUPS)},
         "groups_without_data": [g for i, g in enumerate(GROUPS) if prob[i].max() == 0],
     }
-    return Atlas(origin=np.zeros(3), spacing=grid.spacing.copy(), observed=observed & (prob.reshape(N_GROUPS, -1).max(1) > 0),
+    observed &= prob.reshape(N_GROUPS, -1).max(1) > 0
+    return Atlas(origin=np.zeros(3), spacing=grid.spacing.copy(), observed=observed,
                  prob=prob, coverage=cov, meta=meta)

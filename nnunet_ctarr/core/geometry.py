@@ -181,7 +181,8 @@ class Geometry:
 
     def offset_of(self, other: Geometry, tol: float = 1e-3) -> np.ndarray:
         """Integer index of ``other``'s first voxel on this grid; ``other`` must share the grid."""
-        if not (np.allclose(other.spacing, self.spacing, atol=1e-6) and np.allclose(other.matrix, self.matrix, atol=1e-6)):
+        same = np.allclose(other.spacing, self.spacing, atol=1e-6) and np.allclose(other.matrix, self.matrix, atol=1e-6)
+        if not same:
             raise CTARRError("crop does not share the reference image's spacing and direction")
         off = self.world_to_index(other.origin)
         if np.any(np.abs(off - np.round(off)) > tol):

@@ -91,7 +91,8 @@ def read_image(path: str | Path) -> sitk.Image:
     if img.GetDimension() != 3:
         raise CTARRError(f"{path}: expected a 3D image, got {img.GetDimension()}D")
     if img.GetNumberOfComponentsPerPixel() != 1:
-        raise CTARRError(f"{path}: expected a scalar image, got {img.GetNumberOfComponentsPerPixel()} components per voxel")
+        raise CTARRError(f"{path}: expected a scalar image, got {img.GetNumberOfComponentsPerPixel()} components "
+                         "per voxel")
     if min(img.GetSize()) < 2:
         raise CTARRError(f"{path}: image of size {img.GetSize()} is 2D (a single slice); CTARR needs a 3D volume")
     return img

@@ -129,7 +129,8 @@ def anatomy_to_volume(anat: AnatomyMasks, spacing: float = 3.0) -> MaskVolume:
     if lab.GetPixelID() != sitk.sitkUInt8:
         lab = sitk.Cast(lab, sitk.sitkUInt8)
     lab = sitk.DICOMOrient(lab, "LPS")
-    if np.allclose(lab.GetDirection(), np.eye(3).ravel(), atol=1e-6) and np.allclose(lab.GetSpacing(), spacing, atol=1e-6):
+    aligned = np.allclose(lab.GetDirection(), np.eye(3).ravel(), atol=1e-6)
+    if aligned and np.allclose(lab.GetSpacing(), spacing, atol=1e-6):
         res = lab
     else:
         grid = Geometry.of(lab).resampling_grid(spacing).to_reference()

@@ -36,7 +36,8 @@ def array_op(img: sitk.Image, op: Callable[[np.ndarray], np.ndarray]) -> sitk.Im
     return out
 
 
-def linear_map(original: sitk.Image, perturbed: sitk.Image, op: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
+def linear_map(original: sitk.Image, perturbed: sitk.Image,
+               op: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
     """Fit ``R`` from where voxels of ``original`` end up in ``perturbed`` (``op`` = array op
     applied, or None for a header-only change where both describe the same world)."""
     if op is None:
@@ -106,7 +107,8 @@ def standard_perturbations(image: sitk.Image, labels: sitk.Image) -> list[Pertur
     pi, pl = array_op(zi, op), array_op(zl, op)
     out.append(Perturbed("zoom_0.90_rot270", pi, pl, linear_map(zi, pi, op) / 0.9))
     for code in ("RAS", "LPI", "PIR"):
-        out.append(Perturbed(f"header_{code}", sitk.DICOMOrient(image, code), sitk.DICOMOrient(labels, code), np.eye(3)))
+        out.append(Perturbed(f"header_{code}", sitk.DICOMOrient(image, code), sitk.DICOMOrient(labels, code),
+                             np.eye(3)))
     return out
 
 

@@ -203,7 +203,8 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
         return self.ctarr_predict_planned([input_image], [segmentation_previous_stage], [image_properties],
                                           [output_file_truncated], [plan], save_or_return_probabilities)[0]
 
-    def predict_from_list_of_npy_arrays(self, image_or_list_of_images, segs_from_prev_stage_or_list_of_segs_from_prev_stage,
+    def predict_from_list_of_npy_arrays(self, image_or_list_of_images,
+                                        segs_from_prev_stage_or_list_of_segs_from_prev_stage,
                                         properties_or_list_of_properties, truncated_ofname, num_processes: int = 3,
                                         save_probabilities: bool = False,
                                         num_processes_segmentation_export: int = default_num_processes,

@@ -61,7 +61,8 @@ class CTARRPreprocessor(DefaultPreprocessor):
         tf = list(plans_manager.transpose_forward)
         if task.paste == "full":
             start = np.array(task.start_xyz[::-1])[tf]
-            p["bbox_used_for_cropping"] = [[int(a + o), int(b + o)] for (a, b), o in zip(p["bbox_used_for_cropping"], start)]
+            p["bbox_used_for_cropping"] = [[int(a + o), int(b + o)]
+                                           for (a, b), o in zip(p["bbox_used_for_cropping"], start)]
             p["shape_before_cropping"] = tuple(int(v) for v in np.array(full_zyx)[tf])
         elif "sitk_stuff" in p:                               # output stays the crop: its own origin
             crop = task.image.sub_box(task.start_xyz, task.stop_xyz)

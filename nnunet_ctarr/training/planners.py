@@ -48,7 +48,8 @@ def ctarr_configuration() -> dict:
                  "norm_op_kwargs": {"eps": 1e-05, "affine": True}, "dropout_op": None, "dropout_op_kwargs": None,
                  "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}})
     return {"architecture": {"network_class_name": "dynamic_network_architectures.architectures.unet.PlainConvUNet",
-                             "arch_kwargs": arch, "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
+                             "arch_kwargs": arch,
+                             "_kw_requires_import": ["conv_op", "norm_op", "dropout_op", "nonlin"]},
             "patch_size": patch, "spacing": [SPACING_MM] * 3, "batch_size": 4}
 
 
