@@ -7,6 +7,7 @@ of view cuts, 90-degree rotations, z flips, zoom) into a temporary folder, runs 
 once over the whole folder (one process, like a user would) and reports wall time per case
 and the per-stage seconds recorded in each case's sidecar.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         n = make_cases(Path(args.data), tmp, args.n)
-        cmd = [str(Path(sys.executable).parent / "nnUNetv2_ctarr_crop"), "-i", str(tmp / "images"), "--anatomy_seg", str(tmp / "anatomy"),
-               "-r", args.region, "-o", str(tmp / "out"), "--device", args.device]
+        cmd = [
+            str(Path(sys.executable).parent / "nnUNetv2_ctarr_crop"),
+            "-i",
+            str(tmp / "images"),
+            "--anatomy_seg",
+            str(tmp / "anatomy"),
+            "-r",
+            args.region,
+            "-o",
+            str(tmp / "out"),
+            "--device",
+            args.device,
+        ]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t0
@@ -69,8 +81,21 @@ def main() -> None:
     per_case = [sum(v for k, v in s["seconds"].items() if not k.startswith("registration_")) for s in sides]
     stages = sorted({k for s in sides for k in s["seconds"]})
     result = {
-        "command": " ".join(["nnUNetv2_ctarr_crop", "-i", "IMAGES", "--anatomy_seg", "ANATOMY", "-r", args.region,
-                             "-o", "OUT", "--device", args.device]),
+        "command": " ".join(
+            [
+                "nnUNetv2_ctarr_crop",
+                "-i",
+                "IMAGES",
+                "--anatomy_seg",
+                "ANATOMY",
+                "-r",
+                args.region,
+                "-o",
+                "OUT",
+                "--device",
+                args.device,
+            ]
+        ),
         "n_cases": n,
         "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
         "wall_seconds_total": round(wall, 2),
@@ -78,7 +103,9 @@ def main() -> None:
         "per_case_seconds_median": round(statistics.median(per_case), 3),
         "per_case_seconds_p90": round(float(np.percentile(per_case, 90)), 3),
         "per_case_seconds_max": round(max(per_case), 3),
-        "stage_seconds_median": {k: round(statistics.median(s["seconds"].get(k, 0.0) for s in sides), 4) for k in stages},
+        "stage_seconds_median": {
+            k: round(statistics.median(s["seconds"].get(k, 0.0) for s in sides), 4) for k in stages
+        },
     }
     print(json.dumps(result, indent=2))
     if args.out:

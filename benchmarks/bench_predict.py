@@ -13,13 +13,14 @@ resampled to the same spacing, with their TotalSegmentator maps as precomputed a
 For each case and region, stock and CTARR runs alternate in one process (model loaded once,
 ``predict_from_files_sequential`` = ``-npp 0 -nps 0``, TTA off; wall time of the call, i.e. read,
 CTARR localisation, preprocessing, sliding window, export). CTARR runs with its default crops
-(region boxes merged and grown to the model's sliding-window tiles, see nnunet_ctarr/tiling.py)
+(region boxes merged and grown to the model's sliding-window tiles, see nnunet_ctarr/inference/tiling.py)
 and, for comparison, with the exact region boxes (``--no_exact`` skips that run).
 Reported per run: wall seconds, voxel ratios full/region and full/crop, speedup, sliding-window
 tiles full/crop (nnU-Net's count, from the sidecar), CTARR overhead (localisation seconds from
 the sidecar) and its share of the stock time, and two checks: background outside the crops,
 and equality inside with stock nnU-Net run on the cropped image.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,52 +37,77 @@ import numpy as np
 import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parents[1]
-CASES = {"chest": ("chest_lidc/chest_ct_1p5mm.nii.gz", "chest_lidc/chest_ct_1p5mm_totalseg_v2.nii.gz", ["heart", "liver"]),
-         # with --spacing finer than 1.5 mm the chest comes from the native LIDC scan (0.70 x 0.70 x 2.5 mm)
-         "abdomen": ("totalseg_example/example_ct.nii.gz", "totalseg_example/example_ct_totalseg_v2.nii.gz", ["kidneys", "liver"])}
+CASES = {
+    "chest": ("chest_lidc/chest_ct_1p5mm.nii.gz", "chest_lidc/chest_ct_1p5mm_totalseg_v2.nii.gz", ["heart", "liver"]),
+    # with --spacing finer than 1.5 mm the chest comes from the native LIDC scan (0.70 x 0.70 x 2.5 mm)
+    "abdomen": (
+        "totalseg_example/example_ct.nii.gz",
+        "totalseg_example/example_ct_totalseg_v2.nii.gz",
+        ["kidneys", "liver"],
+    ),
+}
 SPACING = (1.5, 1.5, 2.5)
 
 
 def resample(img: sitk.Image, spacing, interp) -> sitk.Image:
     size = [int(round(s * sp / t)) for s, sp, t in zip(img.GetSize(), img.GetSpacing(), spacing)]
-    return sitk.Resample(img, size, sitk.Transform(), interp, img.GetOrigin(), spacing, img.GetDirection(),
-                         -1024 if interp != sitk.sitkNearestNeighbor else 0, img.GetPixelID())
+    return sitk.Resample(
+        img,
+        size,
+        sitk.Transform(),
+        interp,
+        img.GetOrigin(),
+        spacing,
+        img.GetDirection(),
+        -1024 if interp != sitk.sitkNearestNeighbor else 0,
+        img.GetPixelID(),
+    )
 
 
 def stock_on_crop(model: Path, img_path: Path, side: dict, device: str) -> list[np.ndarray]:
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
     p = nnUNetPredictor(use_mirroring=False, device=torch.device(device), allow_tqdm=False)
     p.initialize_from_trained_model_folder(str(model), (0,))
     img = sitk.ReadImage(str(img_path))
     out = []
     for b in side["crops"]:
         s, e = b["index_start_xyz"], b["index_stop_xyz"]
-        crop = img[s[0]:e[0], s[1]:e[1], s[2]:e[2]]
-        props = {"spacing": list(crop.GetSpacing())[::-1], "sitk_stuff": {
-            "spacing": crop.GetSpacing(), "origin": crop.GetOrigin(), "direction": crop.GetDirection()}}
+        crop = img[s[0] : e[0], s[1] : e[1], s[2] : e[2]]
+        props = {
+            "spacing": list(crop.GetSpacing())[::-1],
+            "sitk_stuff": {"spacing": crop.GetSpacing(), "origin": crop.GetOrigin(), "direction": crop.GetDirection()},
+        }
         out.append(p.predict_single_npy_array(sitk.GetArrayFromImage(crop)[None].astype(np.float32), props))
     return out
 
 
 def to_markdown(result: dict) -> str:
     m = result["model"]
-    md = [f"Device: {result['device']} ({result['machine']}); input spacing {result.get('input_spacing_mm', list(SPACING))} mm; "
-          f"model: nnU-Net 3d_fullres planned for the data, patch "
-          f"{m['patch_size']}, spacing {m['spacing']}, features {m['features_per_stage']}, random weights; "
-          f"{result['flags']}.", "",
-          "| case (size) | region: boxes → crops | stock s | CTARR s | exact boxes s | voxel ratio region / crop | "
-          "speedup | speedup / region voxel ratio | speedup / crop voxel ratio | tiles full / crop | "
-          "speedup / tile ratio | CTARR overhead s (share of stock) | outside bg | inside = stock on crop |",
-          "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    md = [
+        f"Device: {result['device']} ({result['machine']}); "
+        f"input spacing {result.get('input_spacing_mm', list(SPACING))} mm; "
+        f"model: nnU-Net 3d_fullres planned for the data, patch "
+        f"{m['patch_size']}, spacing {m['spacing']}, features {m['features_per_stage']}, random weights; "
+        f"{result['flags']}.",
+        "",
+        "| case (size) | region: boxes → crops | stock s | CTARR s | exact boxes s | voxel ratio region / crop | "
+        "speedup | speedup / region voxel ratio | speedup / crop voxel ratio | tiles full / crop | "
+        "speedup / tile ratio | CTARR overhead s (share of stock) | outside bg | inside = stock on crop |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in result["rows"]:
         exact = "–" if r.get("ctarr_exact_boxes_s") is None else r["ctarr_exact_boxes_s"]
-        md.append(f"| {r['case']} {tuple(r['size_xyz'])} | {r['region']}: {r['region_boxes']} → {r['crops']} | "
-                  f"{r['stock_s']} | {r['ctarr_s']} | {exact} | {r['region_voxel_ratio']} / {r['voxel_ratio']} | "
-                  f"{r['speedup']} | {100 * r['speedup'] / r['region_voxel_ratio']:.0f}% | {100 * r['speedup_of_limit']:.0f}% | "
-                  f"{r['patches_full']} / {r['patches_crop']} | {100 * r['speedup_of_patch_limit']:.0f}% | "
-                  f"{r['ctarr_overhead_s']:.2f} ({100 * r['overhead_share_of_stock']:.1f}%) | "
-                  f"{r['outside_background']} | {r['inside_equals_stock_on_crop']} |")
+        md.append(
+            f"| {r['case']} {tuple(r['size_xyz'])} | {r['region']}: {r['region_boxes']} → {r['crops']} | "
+            f"{r['stock_s']} | {r['ctarr_s']} | {exact} | {r['region_voxel_ratio']} / {r['voxel_ratio']} | "
+            f"{r['speedup']} | {100 * r['speedup'] / r['region_voxel_ratio']:.0f}% | "
+            f"{100 * r['speedup_of_limit']:.0f}% | "
+            f"{r['patches_full']} / {r['patches_crop']} | {100 * r['speedup_of_patch_limit']:.0f}% | "
+            f"{r['ctarr_overhead_s']:.2f} ({100 * r['overhead_share_of_stock']:.1f}%) | "
+            f"{r['outside_background']} | {r['inside_equals_stock_on_crop']} |"
+        )
     return "\n".join(md)
 
 
@@ -90,18 +116,37 @@ def main() -> None:
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--gpu_memory_gb", type=float, default=None, help="planner memory target (default nnU-Net's 8)")
-    ap.add_argument("--spacing", type=float, nargs=3, default=list(SPACING), metavar=("X", "Y", "Z"),
-                    help="resample both scans to this spacing in mm (default 1.5 1.5 2.5; "
-                         "0.703125 0.703125 2.5 = the native LIDC chest)")
-    ap.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES),
-                    help="which scans to run (default: all; the model is always planned for all)")
-    ap.add_argument("--stock_once", action="store_true",
-                    help="run stock nnU-Net once per case instead of once per case and region")
-    ap.add_argument("--no_exact", action="store_true",
-                    help="skip the comparison run that crops exactly the region boxes (no tile fitting)")
+    ap.add_argument(
+        "--spacing",
+        type=float,
+        nargs=3,
+        default=list(SPACING),
+        metavar=("X", "Y", "Z"),
+        help="resample both scans to this spacing in mm (default 1.5 1.5 2.5; "
+        "0.703125 0.703125 2.5 = the native LIDC chest)",
+    )
+    ap.add_argument(
+        "--cases",
+        nargs="+",
+        choices=list(CASES),
+        default=list(CASES),
+        help="which scans to run (default: all; the model is always planned for all)",
+    )
+    ap.add_argument(
+        "--stock_once", action="store_true", help="run stock nnU-Net once per case instead of once per case and region"
+    )
+    ap.add_argument(
+        "--no_exact",
+        action="store_true",
+        help="skip the comparison run that crops exactly the region boxes (no tile fitting)",
+    )
     ap.add_argument("--out", default=None, help="write OUT.json and OUT.md")
-    ap.add_argument("--render", metavar="OUT", default=None,
-                    help="only rewrite OUT.md from an earlier run's OUT.json (no prediction)")
+    ap.add_argument(
+        "--render",
+        metavar="OUT",
+        default=None,
+        help="only rewrite OUT.md from an earlier run's OUT.json (no prediction)",
+    )
     args = ap.parse_args()
     if args.render:
         Path(args.render + ".md").write_text(to_markdown(json.loads(Path(args.render + ".json").read_text())) + "\n")
@@ -128,10 +173,16 @@ def main() -> None:
             cases[name] = (d, regions, img.GetSize())
         sys.path.insert(0, str(ROOT))
         from model_factory import make_random_model
+
         extra = ["--gpu_memory_gb", str(args.gpu_memory_gb)] if args.gpu_memory_gb else []
-        model = make_random_model(tmp / "model", [cases[c][0] / "img" / f"{c}_0000.nii.gz" for c in cases],
-                                  [cases[c][0] / "target.nii.gz" for c in cases], {"background": 0, "liver": 1, "kidney": 2},
-                                  tiny=False, extra_args=extra)
+        model = make_random_model(
+            tmp / "model",
+            [cases[c][0] / "img" / f"{c}_0000.nii.gz" for c in cases],
+            [cases[c][0] / "target.nii.gz" for c in cases],
+            {"background": 0, "liver": 1, "kidney": 2},
+            tiny=False,
+            extra_args=extra,
+        )
         plans = json.loads((model / "plans.json").read_text())["configurations"]["3d_fullres"]
         import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -139,6 +190,7 @@ def main() -> None:
         from nnunet_ctarr.core.anatomy_sources import PrecomputedAnatomy
         from nnunet_ctarr.core.regions import load_region
         from nnunet_ctarr.inference.predictor import nnUNetPredictorCTARR
+
         device = torch.device(args.device)
         if args.device == "cpu":
             torch.set_num_threads(os.cpu_count())
@@ -158,7 +210,7 @@ def main() -> None:
                     stock.predict_from_files_sequential(str(d / "img"), str(stock_out))
                     t_stock = time.perf_counter() - t0
                 t_exact = None
-                if not args.no_exact:              # the same region without fitting crops to the tiles
+                if not args.no_exact:  # the same region without fitting crops to the tiles
                     exact_out = d / f"exact_{region}"
                     exact_out.mkdir()
                     ctarr.ctarr_setup(load_region(region), PrecomputedAnatomy(d / "anat"), fit_tiles=False)
@@ -177,37 +229,56 @@ def main() -> None:
                 cover = np.zeros(seg.shape, np.uint8)
                 for b in crops:
                     s, e = b["index_start_xyz"], b["index_stop_xyz"]
-                    cover[s[2]:e[2], s[1]:e[1], s[0]:e[0]] += 1
-                for b, stock_crop in zip(crops, stock_on_crop(model, d / "img" / f"{name}_0000.nii.gz", side, args.device)):
+                    cover[s[2] : e[2], s[1] : e[1], s[0] : e[0]] += 1
+                for b, stock_crop in zip(
+                    crops, stock_on_crop(model, d / "img" / f"{name}_0000.nii.gz", side, args.device)
+                ):
                     s, e = b["index_start_xyz"], b["index_stop_xyz"]
                     sl = (slice(s[2], e[2]), slice(s[1], e[1]), slice(s[0], e[0]))
-                    alone = cover[sl] == 1          # overlaps of two crops: highest probability wins
+                    alone = cover[sl] == 1  # overlaps of two crops: highest probability wins
                     equal &= bool(np.array_equal(seg[sl][alone], stock_crop[alone]))
                     inside[sl] = True
                 ratio = 1.0 / side["voxel_fraction"]
                 p_full, p_crop = side["tiles_full_image"], sum(b["tiles"] for b in crops)
-                rows.append({"case": name, "size_xyz": list(size), "region": region,
-                             "region_boxes": len([b for b in side["boxes"] if b["status"] != "outside"]),
-                             "crops": len(crops), "crop_sizes_xyz": [b["size_xyz"] for b in crops],
-                             "patches_full": p_full, "patches_crop": p_crop,
-                             "speedup_of_patch_limit": round(t_stock / t_ctarr / (p_full / p_crop), 3),
-                             "stock_s": round(t_stock, 2), "ctarr_s": round(t_ctarr, 2),
-                             "ctarr_exact_boxes_s": None if t_exact is None else round(t_exact, 2),
-                             "region_voxel_ratio": round(1.0 / side["region_voxel_fraction"], 2),
-                             "voxel_ratio": round(ratio, 2), "speedup": round(t_stock / t_ctarr, 2),
-                             "speedup_of_limit": round(t_stock / t_ctarr / ratio, 3),
-                             "ctarr_overhead_s": side["seconds_ctarr"],
-                             "overhead_share_of_stock": round(side["seconds_ctarr"] / t_stock, 4),
-                             "outside_background": bool(np.all(seg[~inside] == 0)), "inside_equals_stock_on_crop": equal})
+                rows.append(
+                    {
+                        "case": name,
+                        "size_xyz": list(size),
+                        "region": region,
+                        "region_boxes": len([b for b in side["boxes"] if b["status"] != "outside"]),
+                        "crops": len(crops),
+                        "crop_sizes_xyz": [b["size_xyz"] for b in crops],
+                        "patches_full": p_full,
+                        "patches_crop": p_crop,
+                        "speedup_of_patch_limit": round(t_stock / t_ctarr / (p_full / p_crop), 3),
+                        "stock_s": round(t_stock, 2),
+                        "ctarr_s": round(t_ctarr, 2),
+                        "ctarr_exact_boxes_s": None if t_exact is None else round(t_exact, 2),
+                        "region_voxel_ratio": round(1.0 / side["region_voxel_fraction"], 2),
+                        "voxel_ratio": round(ratio, 2),
+                        "speedup": round(t_stock / t_ctarr, 2),
+                        "speedup_of_limit": round(t_stock / t_ctarr / ratio, 3),
+                        "ctarr_overhead_s": side["seconds_ctarr"],
+                        "overhead_share_of_stock": round(side["seconds_ctarr"] / t_stock, 4),
+                        "outside_background": bool(np.all(seg[~inside] == 0)),
+                        "inside_equals_stock_on_crop": equal,
+                    }
+                )
                 print(json.dumps(rows[-1]), flush=True)
-        result = {"device": args.device, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                  "model": {"patch_size": plans["patch_size"], "spacing": plans["spacing"],
-                            "features_per_stage": plans["architecture"]["arch_kwargs"]["features_per_stage"],
-                            "n_stages": plans["architecture"]["arch_kwargs"]["n_stages"]},
-                  "input_spacing_mm": list(spacing),
-                  "flags": "TTA off, step 0.5, sequential (-npp 0 -nps 0), fold 0, model loaded once; times = "
-                           "predict_from_files_sequential per case" + ("; stock run once per case" if args.stock_once else ""),
-                  "rows": rows}
+        result = {
+            "device": args.device,
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "model": {
+                "patch_size": plans["patch_size"],
+                "spacing": plans["spacing"],
+                "features_per_stage": plans["architecture"]["arch_kwargs"]["features_per_stage"],
+                "n_stages": plans["architecture"]["arch_kwargs"]["n_stages"],
+            },
+            "input_spacing_mm": list(spacing),
+            "flags": "TTA off, step 0.5, sequential (-npp 0 -nps 0), fold 0, model loaded once; times = "
+            "predict_from_files_sequential per case" + ("; stock run once per case" if args.stock_once else ""),
+            "rows": rows,
+        }
         md = to_markdown(result)
         print(md)
         if args.out:

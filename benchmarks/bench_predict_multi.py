@@ -10,6 +10,7 @@ TotalSegmentator map as precomputed anatomy, TTA off, models loaded beforehand. 
 seconds over the repetitions, and checks that each model's votes inside the merged map equal its
 own single-model prediction wherever it won.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,12 +28,15 @@ sys.path.insert(0, str(ROOT))
 DATA = ROOT / "examples" / "data"
 ABDOMEN = (DATA / "totalseg_example" / "example_ct.nii.gz", DATA / "totalseg_example" / "example_ct_totalseg_v2.nii.gz")
 CHEST = (DATA / "chest_lidc" / "chest_ct_3mm.nii.gz", DATA / "chest_lidc" / "chest_ct_3mm_totalseg_v2.nii.gz")
-MODELS = {"liver": ({5: 1}, {"background": 0, "liver": 1}),
-          "kidneys": ({3: 1, 2: 2}, {"background": 0, "kidney_left": 1, "kidney_right": 2})}
+MODELS = {
+    "liver": ({5: 1}, {"background": 0, "liver": 1}),
+    "kidneys": ({3: 1, 2: 2}, {"background": 0, "kidney_left": 1, "kidney_right": 2}),
+}
 
 
 def build_models(tmp: Path) -> dict[str, Path]:
     from model_factory import make_random_model
+
     out = {}
     for seed, (name, (mapping, labels)) in enumerate(MODELS.items(), start=1):
         targets = []
@@ -60,17 +64,27 @@ def main() -> None:
 
     from nnunet_ctarr.core.anatomy_sources import PrecomputedAnatomy
     from nnunet_ctarr.core.regions import load_region
-    from nnunet_ctarr.inference.multi_predictor import MultiModelPredictor, load_spec
+    from nnunet_ctarr.inference.multi_predictor import MultiModelPredictor
+    from nnunet_ctarr.inference.multi_spec import load_spec
     from nnunet_ctarr.inference.predictor import nnUNetPredictorCTARR
+
     with tempfile.TemporaryDirectory(prefix="ctarr_bench_multi_") as t:
         tmp = Path(t)
         models = build_models(tmp)
         (tmp / "anat").mkdir()
         sitk.WriteImage(sitk.ReadImage(str(ABDOMEN[1])), str(tmp / "anat" / "abd.nii.gz"))
         spec_f = tmp / "spec.json"
-        spec_f.write_text(json.dumps({"labels": {"background": 0, "liver": 1, "kidney_left": 2, "kidney_right": 3},
-                                      "models": [{"folder": str(models["liver"]), "region": "liver"},
-                                                 {"folder": str(models["kidneys"]), "region": "kidneys"}]}))
+        spec_f.write_text(
+            json.dumps(
+                {
+                    "labels": {"background": 0, "liver": 1, "kidney_left": 2, "kidney_right": 3},
+                    "models": [
+                        {"folder": str(models["liver"]), "region": "liver"},
+                        {"folder": str(models["kidneys"]), "region": "kidneys"},
+                    ],
+                }
+            )
+        )
         anatomy = PrecomputedAnatomy(tmp / "anat")
         cpu = torch.device("cpu")
         multi = MultiModelPredictor(load_spec(spec_f), anatomy, device=cpu, use_mirroring=False)
@@ -94,20 +108,31 @@ def main() -> None:
         liver_ok = bool(np.all(segs[0][merged == 1] == 1))
         kid = np.where(segs[1] == 1, 2, np.where(segs[1] == 2, 3, 0))
         won_kid = np.isin(merged, [2, 3])
-        result = {"registrations": {"multi": report["localisation"]["registrations"], "single": len(singles)},
-                  "multi_wall_s": round(min(t[0] for t in times["multi"]), 2),
-                  "multi_cpu_s": round(min(t[1] for t in times["multi"]), 2),
-                  "single_wall_s": round(min(t[0] for t in times["single"]), 2),
-                  "single_cpu_s": round(min(t[1] for t in times["single"]), 2),
-                  "kidney_votes_equal_single": bool(np.array_equal(merged[won_kid], kid[won_kid])),
-                  "liver_votes_equal_single": liver_ok, "repeats": args.repeats,
-                  "registration_s": report["localisation"]["seconds"]}
-    md = "\n".join([
-        f"Bundled abdomen CT (3 mm), 2 tiny random-weight models, TTA off, CPU ({torch.get_num_threads()} threads), "
-        f"minimum of {args.repeats} repetitions:", "",
-        "| | registrations | wall s per case | CPU s per case |", "|---|---|---|---|",
-        f"| `MultiModelPredictor.predict_case` (2 models) | 1 | {result['multi_wall_s']} | {result['multi_cpu_s']} |",
-        f"| two `nnUNetPredictorCTARR` runs (liver, kidneys) | 2 | {result['single_wall_s']} | {result['single_cpu_s']} |"])
+        result = {
+            "registrations": {"multi": report["localisation"]["registrations"], "single": len(singles)},
+            "multi_wall_s": round(min(t[0] for t in times["multi"]), 2),
+            "multi_cpu_s": round(min(t[1] for t in times["multi"]), 2),
+            "single_wall_s": round(min(t[0] for t in times["single"]), 2),
+            "single_cpu_s": round(min(t[1] for t in times["single"]), 2),
+            "kidney_votes_equal_single": bool(np.array_equal(merged[won_kid], kid[won_kid])),
+            "liver_votes_equal_single": liver_ok,
+            "repeats": args.repeats,
+            "registration_s": report["localisation"]["seconds"],
+        }
+    md = "\n".join(
+        [
+            "Bundled abdomen CT (3 mm), 2 tiny random-weight models, TTA off, "
+            f"CPU ({torch.get_num_threads()} threads), "
+            f"minimum of {args.repeats} repetitions:",
+            "",
+            "| | registrations | wall s per case | CPU s per case |",
+            "|---|---|---|---|",
+            "| `MultiModelPredictor.predict_case` (2 models) | 1 | "
+            f"{result['multi_wall_s']} | {result['multi_cpu_s']} |",
+            "| two `nnUNetPredictorCTARR` runs (liver, kidneys) | 2 | "
+            f"{result['single_wall_s']} | {result['single_cpu_s']} |",
+        ]
+    )
     print(json.dumps(result))
     print(md)
     if args.out:

@@ -9,6 +9,7 @@ Accuracy is measured where the answer is known:
   scale and translation; the error is the largest distance between where the found and the
   true transform put the scan's corners (mm).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,16 +32,24 @@ from nnunet_ctarr.core.transform import AtlasTransform
 from nnunet_ctarr.core.volume import MaskVolume, anatomy_to_volume
 
 ROOT = Path(__file__).resolve().parents[1]
-LABELS = {"abdomen": "totalseg_example/example_ct_totalseg_v2.nii.gz",
-          "chest": "chest_lidc/chest_ct_3mm_totalseg_v2.nii.gz"}
+LABELS = {
+    "abdomen": "totalseg_example/example_ct_totalseg_v2.nii.gz",
+    "chest": "chest_lidc/chest_ct_3mm_totalseg_v2.nii.gz",
+}
 CONFIGS = {
     "default = paper (plain GD, step 0.05, halve if gain < 0.005)": RegistrationSettings(),
     "paper step rule, Adam steps 0.02": RegistrationSettings(optimizer="adam", lr=0.02),
     "Adam steps 0.02, halve if gain < 0.002": RegistrationSettings(optimizer="adam", lr=0.02, min_improvement=0.002),
 }
 ZOOMS = (0.85, 0.9, 1.1, 1.15)
-SYNTH = [AtlasTransform(0, (False,) * 3, s, t) for s, t in (
-    ([1.1, 0.9, 1.05], [10, -20, 30]), ([0.9, 0.95, 1.12], [-15, 5, -40]), ([1.0, 1.0, 1.0], [-20, 35, 88.5]))]
+SYNTH = [
+    AtlasTransform(0, (False,) * 3, s, t)
+    for s, t in (
+        ([1.1, 0.9, 1.05], [10, -20, 30]),
+        ([0.9, 0.95, 1.12], [-15, 5, -40]),
+        ([1.0, 1.0, 1.0], [-20, 35, 88.5]),
+    )
+]
 
 
 def volume(labels: sitk.Image, scheme: LabelScheme, zoom: float = 1.0) -> MaskVolume:
@@ -66,7 +75,7 @@ def main() -> None:
     scheme = LabelScheme.named("ts_v2")
     labels = {k: read_image(Path(args.data) / v) for k, v in LABELS.items()}
     vols = {(k, z): volume(lab, scheme, z) for k, lab in labels.items() for z in (1.0,) + ZOOMS}
-    register(vols[("abdomen", 1.0)], atlas)                       # warm-up
+    register(vols[("abdomen", 1.0)], atlas)  # warm-up
     results = {}
     for name, cfg in CONFIGS.items():
         cfg.device = args.device
@@ -84,16 +93,25 @@ def main() -> None:
                 fixed = MaskVolume(grid.origin, grid.spacing, vols[(subj, 1.0)].observed, prob=prob, coverage=cov)
                 r = register(vols[(subj, 1.0)], fixed, cfg)
                 synth_err.append(corner_error(vols[(subj, 1.0)], r.transform, tf))
-        results[name] = {"zoom_scale_rel_error_median": statistics.median(zoom_err), "zoom_scale_rel_error_max": max(zoom_err),
-                         "synthetic_corner_error_mm_median": statistics.median(synth_err),
-                         "synthetic_corner_error_mm_max": max(synth_err),
-                         "seconds_median": statistics.median(times), "iterations_median": statistics.median(iters)}
-    lines = ["| update rule | zoom: scale error median / max | synthetic: corner error mm median / max | "
-             "seconds median | iterations median |", "|---|---|---|---|---|"]
+        results[name] = {
+            "zoom_scale_rel_error_median": statistics.median(zoom_err),
+            "zoom_scale_rel_error_max": max(zoom_err),
+            "synthetic_corner_error_mm_median": statistics.median(synth_err),
+            "synthetic_corner_error_mm_max": max(synth_err),
+            "seconds_median": statistics.median(times),
+            "iterations_median": statistics.median(iters),
+        }
+    lines = [
+        "| update rule | zoom: scale error median / max | synthetic: corner error mm median / max | "
+        "seconds median | iterations median |",
+        "|---|---|---|---|---|",
+    ]
     for name, r in results.items():
-        lines.append(f"| {name} | {100 * r['zoom_scale_rel_error_median']:.1f}% / {100 * r['zoom_scale_rel_error_max']:.1f}% | "
-                     f"{r['synthetic_corner_error_mm_median']:.1f} / {r['synthetic_corner_error_mm_max']:.1f} | "
-                     f"{r['seconds_median']:.2f} | {r['iterations_median']:.0f} |")
+        lines.append(
+            f"| {name} | {100 * r['zoom_scale_rel_error_median']:.1f}% / {100 * r['zoom_scale_rel_error_max']:.1f}% | "
+            f"{r['synthetic_corner_error_mm_median']:.1f} / {r['synthetic_corner_error_mm_max']:.1f} | "
+            f"{r['seconds_median']:.2f} | {r['iterations_median']:.0f} |"
+        )
     md = "\n".join(lines)
     print(md)
     if args.out:

@@ -7,6 +7,7 @@ array with the header left alone, zoom 0.85/1.15, other storage orientations) th
 the perturbed TotalSegmentator map; every built-in region is cropped and scored against the
 perturbed organ labels: preserved organ voxels, crop share of the scan, orientation.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,39 +63,61 @@ def run(data: Path, settings: RegistrationSettings | None = None, n_random: int 
 
 
 def _row(s, orientation_ok: bool) -> dict:
-    return {"case": s.case, "orientation_ok": orientation_ok, "orientation": s.orientation_text,
-            "scale": s.scale, "dice": round(s.dice, 3), "seconds": round(s.seconds, 3), "warnings": s.warnings,
-            "regions": {r.region: {"preserved": round(r.preserved_percent, 3),
-                                   "crop_fraction": round(r.crop_voxel_fraction, 4),
-                                   "fg_before": round(r.fg_share_before, 3),
-                                   "fg_after": round(r.fg_share_after, 3)} for r in s.regions}}
+    return {
+        "case": s.case,
+        "orientation_ok": orientation_ok,
+        "orientation": s.orientation_text,
+        "scale": s.scale,
+        "dice": round(s.dice, 3),
+        "seconds": round(s.seconds, 3),
+        "warnings": s.warnings,
+        "regions": {
+            r.region: {
+                "preserved": round(r.preserved_percent, 3),
+                "crop_fraction": round(r.crop_voxel_fraction, 4),
+                "fg_before": round(r.fg_share_before, 3),
+                "fg_after": round(r.fg_share_after, 3),
+            }
+            for r in s.regions
+        },
+    }
 
 
 def summary(rows: list[dict]) -> dict:
     pres = [r["preserved"] for row in rows for r in row["regions"].values()]
     frac = [r["crop_fraction"] for row in rows for r in row["regions"].values()]
-    return {"n_cases": len(rows), "n_case_regions": len(pres), "preserved_mean": float(np.mean(pres)),
-            "preserved_min": float(np.min(pres)), "crop_fraction_mean": float(np.mean(frac)),
-            "orientation_ok": sum(r["orientation_ok"] for r in rows),
-            "seconds_median": float(np.median([r["seconds"] for r in rows]))}
+    return {
+        "n_cases": len(rows),
+        "n_case_regions": len(pres),
+        "preserved_mean": float(np.mean(pres)),
+        "preserved_min": float(np.min(pres)),
+        "crop_fraction_mean": float(np.mean(frac)),
+        "orientation_ok": sum(r["orientation_ok"] for r in rows),
+        "seconds_median": float(np.median([r["seconds"] for r in rows])),
+    }
 
 
 def markdown(rows: list[dict]) -> str:
     names = sorted({k for r in rows for k in r["regions"]})
     s = summary(rows)
-    lines = [f"Cases: {s['n_cases']}, case-region pairs: {s['n_case_regions']}; preserved organ voxels mean "
-             f"{s['preserved_mean']:.3f}%, min {s['preserved_min']:.3f}%; crop share of the scan mean "
-             f"{100 * s['crop_fraction_mean']:.1f}%; orientation recovered {s['orientation_ok']}/{s['n_cases']}; "
-             f"registration median {s['seconds_median']:.2f} s.", "",
-             "| case | orientation found | ok | scale | Dice | " + " | ".join(names) + " |",
-             "|---|---|---|---|---|" + "---|" * len(names)]
+    lines = [
+        f"Cases: {s['n_cases']}, case-region pairs: {s['n_case_regions']}; preserved organ voxels mean "
+        f"{s['preserved_mean']:.3f}%, min {s['preserved_min']:.3f}%; crop share of the scan mean "
+        f"{100 * s['crop_fraction_mean']:.1f}%; orientation recovered {s['orientation_ok']}/{s['n_cases']}; "
+        f"registration median {s['seconds_median']:.2f} s.",
+        "",
+        "| case | orientation found | ok | scale | Dice | " + " | ".join(names) + " |",
+        "|---|---|---|---|---|" + "---|" * len(names),
+    ]
     for r in rows:
         cells = []
         for n in names:
             v = r["regions"].get(n)
             cells.append("" if v is None else f"{v['preserved']:.1f} / {100 * v['crop_fraction']:.0f}%")
-        lines.append(f"| {r['case']} | {r['orientation']} | {'yes' if r['orientation_ok'] else '**NO**'} | "
-                     f"{', '.join(f'{x:.2f}' for x in r['scale'])} | {r['dice']:.2f} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {r['case']} | {r['orientation']} | {'yes' if r['orientation_ok'] else '**NO**'} | "
+            f"{', '.join(f'{x:.2f}' for x in r['scale'])} | {r['dice']:.2f} | " + " | ".join(cells) + " |"
+        )
     lines.append("")
     lines.append("Cells: preserved organ voxels (%) / crop share of the scan's voxels.")
     return "\n".join(lines)
@@ -121,7 +144,9 @@ def main() -> None:
     if args.out:
         Path(args.out).write_text(md + "\n")
     if args.json:
-        Path(args.json).write_text(json.dumps({"settings": vars(settings), "summary": summary(rows), "cases": rows}, indent=1))
+        Path(args.json).write_text(
+            json.dumps({"settings": vars(settings), "summary": summary(rows), "cases": rows}, indent=1)
+        )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ shifted / zoomed / reoriented copy with exactly known truth) and cross-subject p
 abdomen, vertebral landmark reference). Protocol and metric: benchmarks/prealign_protocol.py and
 docs/prealign_evaluation.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,11 +45,13 @@ from nnunet_ctarr.core.errors import CTARRError
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = (("ctarr", "CTARR (atlas transforms composed)"), ("grid", "FASTA-like grid search (translation, SSD)"))
-SETS = (("same_all", "same subject, all pairs"),
-        ("same_translation", "same subject, translation-only pairs"),
-        ("same_zoom", "same subject, zoom only"),
-        ("same_rot_flip", "same subject, 90° rotation / z flip (± zoom)"),
-        ("cross", "cross subject (vertebral landmarks)"))
+SETS = (
+    ("same_all", "same subject, all pairs"),
+    ("same_translation", "same subject, translation-only pairs"),
+    ("same_zoom", "same subject, zoom only"),
+    ("same_rot_flip", "same subject, 90° rotation / z flip (± zoom)"),
+    ("cross", "cross subject (vertebral landmarks)"),
+)
 
 
 def _set_of(row: dict) -> list[str]:
@@ -67,15 +70,24 @@ def run(data: Path, n: int, n_cross: int, seed: int, grid: GridSettings, log=pri
     # same subject: n split over the two subjects
     n_abd = (n + 1) // 2
     for si, (name, n_s) in enumerate((("abdomen", n_abd), ("chest", n - n_abd))):
-        for i, pair in enumerate(same_subject_pairs(subjects[name], n_s, seed + si)):
+        for pair in same_subject_pairs(subjects[name], n_s, seed + si):
             try:
                 row = evaluate_pair(pair, atlas, scheme, grid=grid)
-            except CTARRError as e:          # reported as a failure of CTARR, never dropped
-                row = {"subject": pair.subject, "kind": pair.kind, "pair": pair.name, "moving": pair.moving.info,
-                       "fixed": pair.fixed.info, "ctarr": {"z_err_mm": float("inf"), "error": str(e), "seconds": 0.0},
-                       "grid": _grid_only(pair, grid)}
+            except CTARRError as e:  # reported as a failure of CTARR, never dropped
+                row = {
+                    "subject": pair.subject,
+                    "kind": pair.kind,
+                    "pair": pair.name,
+                    "moving": pair.moving.info,
+                    "fixed": pair.fixed.info,
+                    "ctarr": {"z_err_mm": float("inf"), "error": str(e), "seconds": 0.0},
+                    "grid": _grid_only(pair, grid),
+                }
             rows.append(row)
-            log(f"{len(rows):3d} {pair.name}: CTARR {row['ctarr']['z_err_mm']:.1f} mm, grid {row['grid']['z_err_mm']:.1f} mm")
+            log(
+                f"{len(rows):3d} {pair.name}: CTARR {row['ctarr']['z_err_mm']:.1f} mm, "
+                f"grid {row['grid']['z_err_mm']:.1f} mm"
+            )
     # cross subject: sub-volumes of one subject against the whole other one; the fixed scan is
     # registered once (cached), as a prealignment service would
     for mov, fix in (("abdomen", "chest"), ("chest", "abdomen")):
@@ -86,20 +98,34 @@ def run(data: Path, n: int, n_cross: int, seed: int, grid: GridSettings, log=pri
                 fixed_loc = ctarr_locate(pair.fixed, atlas, scheme)
             ct = ctarr_prealign(pair.moving, pair.fixed, atlas, scheme, fixed_loc=fixed_loc)
             g = grid_search(pair.moving.image, pair.fixed.image, grid)
-            row = {"subject": pair.subject, "kind": "cross_subject", "pair": f"{pair.subject}: moving {pair.moving.name}",
-                   "moving": pair.moving.info, "landmarks_inside": names,
-                   "landmark_floor_mm": round(landmark_floor(lm_m, lm_f, names), 2),
-                   "ctarr": {**_r(landmark_errors(lm_m, lm_f, names, ct["A"], ct["b"])),
-                             "seconds_moving_only": round(ct["seconds_moving_only"], 3),
-                             "seconds": round(ct["seconds_moving_only"], 3)},
-                   "grid": {**_r(landmark_errors(lm_m, lm_f, names, np.eye(3), g["t"])), "seconds": round(g["seconds"], 3)}}
+            row = {
+                "subject": pair.subject,
+                "kind": "cross_subject",
+                "pair": f"{pair.subject}: moving {pair.moving.name}",
+                "moving": pair.moving.info,
+                "landmarks_inside": names,
+                "landmark_floor_mm": round(landmark_floor(lm_m, lm_f, names), 2),
+                "ctarr": {
+                    **_r(landmark_errors(lm_m, lm_f, names, ct["A"], ct["b"])),
+                    "seconds_moving_only": round(ct["seconds_moving_only"], 3),
+                    "seconds": round(ct["seconds_moving_only"], 3),
+                },
+                "grid": {
+                    **_r(landmark_errors(lm_m, lm_f, names, np.eye(3), g["t"])),
+                    "seconds": round(g["seconds"], 3),
+                },
+            }
             rows.append(row)
-            log(f"{len(rows):3d} {row['pair']}: CTARR {row['ctarr']['z_err_mm']:.1f} mm, grid {row['grid']['z_err_mm']:.1f} mm")
+            log(
+                f"{len(rows):3d} {row['pair']}: CTARR {row['ctarr']['z_err_mm']:.1f} mm, "
+                f"grid {row['grid']['z_err_mm']:.1f} mm"
+            )
     return rows
 
 
 def _grid_only(pair, grid):
     from prealign_protocol import z_errors
+
     g = grid_search(pair.moving.image, pair.fixed.image, grid)
     return {**_r(z_errors(pair, np.eye(3), g["t"])), "seconds": round(g["seconds"], 3)}
 
@@ -120,8 +146,9 @@ def summary(rows: list[dict]) -> dict:
         sel = [r for r in rows if key in _set_of(r)]
         out[key] = {m: summarise([_err(r[m]) for r in sel], [r[m]["seconds"] for r in sel]) for m, _ in METHODS}
         if key != "cross":
-            out[key]["ctarr"]["s_per_pair_fixed_cached"] = round(float(np.median(
-                [r["ctarr"].get("seconds_moving_only", 0.0) for r in sel])), 3) if sel else None
+            out[key]["ctarr"]["s_per_pair_fixed_cached"] = (
+                round(float(np.median([r["ctarr"].get("seconds_moving_only", 0.0) for r in sel])), 3) if sel else None
+            )
     return out
 
 
@@ -140,7 +167,7 @@ PROTOCOL = """## Protocol
   shift (header origin; x, y ± 30 mm, z ± 200 mm), and by pair kind (cycled `translation, zoom,
   translation, rot_flip, translation, zoom_rot_flip`): a zoom f ∈ [0.85, 1.15] (spacing × f, array
   unchanged: the anatomy scaled by f) and/or a 90/180/270° xy rotation and/or z flip of the array
-  with the header left alone. Helpers from `nnunet_ctarr/perturbations.py`.
+  with the header left alone. Helpers from `nnunet_ctarr/evaluation/perturbations.py`.
 * **Truth**: every copy carries the exact affine from its world mm to the original scan's world mm
   (cut, zoom, array turn/flip and shift composed; checked voxel by voxel in
   `tests/test_prealign_protocol.py`).
@@ -183,20 +210,30 @@ def _acceptance(summ: dict) -> str:
     """The issue's acceptance on the same-subject pairs, computed from the summary."""
     c, g = summ["same_all"]["ctarr"], summ["same_all"]["grid"]
     ok = lambda b: "**yes**" if b else "**NO**"
-    return (f"Acceptance (same-subject pairs, this run): CTARR median z error ≤ 6 mm: {ok(c['median_mm'] <= 6)} "
-            f"({c['median_mm']:.1f} mm); no failure > 30 mm: {ok(c['failures'] == 0)} ({c['failures']} of {c['n']}); "
-            f"CTARR better than the grid search: median {c['median_mm']:.1f} vs {g['median_mm']:.1f} mm, "
-            f"p90 {c['p90_mm']:.1f} vs {g['p90_mm']:.1f} mm, failures {c['failures']} vs {g['failures']}.")
+    return (
+        f"Acceptance (same-subject pairs, this run): CTARR median z error ≤ 6 mm: {ok(c['median_mm'] <= 6)} "
+        f"({c['median_mm']:.1f} mm); no failure > 30 mm: {ok(c['failures'] == 0)} ({c['failures']} of {c['n']}); "
+        f"CTARR better than the grid search: median {c['median_mm']:.1f} vs {g['median_mm']:.1f} mm, "
+        f"p90 {c['p90_mm']:.1f} vs {g['p90_mm']:.1f} mm, failures {c['failures']} vs {g['failures']}."
+    )
 
 
 def markdown(rows: list[dict], summ: dict, meta: dict) -> str:
-    L = ["# Two-scan prealignment: SSBR-seed protocol, CTARR vs a FASTA-like grid search", "",
-         f"Generated by `{meta['command']}` ({meta['seconds_total']:.0f} s in all on {meta['machine']}"
-         + (f", 1-min load average {meta['load_average_start']:.1f} at the start" if "load_average_start" in meta else "")
-         + f"; seed {meta['seed']}). Protocol and definitions: below; discussion: "
-         "[prealign.md](prealign.md#evaluation-ssbr-seed-protocol).", "",
-         "| method | pair set | n | median z error (mm) | p90 (mm) | max (mm) | failures > 30 mm | s / pair (median) |",
-         "|---|---|---|---|---|---|---|---|"]
+    L = [
+        "# Two-scan prealignment: SSBR-seed protocol, CTARR vs a FASTA-like grid search",
+        "",
+        f"Generated by `{meta['command']}` ({meta['seconds_total']:.0f} s in all on {meta['machine']}"
+        + (
+            f", 1-min load average {meta['load_average_start']:.1f} at the start"
+            if "load_average_start" in meta
+            else ""
+        )
+        + f"; seed {meta['seed']}). Protocol and definitions: below; discussion: "
+        "[prealign.md](prealign.md#evaluation-ssbr-seed-protocol).",
+        "",
+        "| method | pair set | n | median z error (mm) | p90 (mm) | max (mm) | failures > 30 mm | s / pair (median) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for key, label in SETS:
         for m, mlabel in METHODS:
             s = summ[key][m]
@@ -207,29 +244,45 @@ def markdown(rows: list[dict], summ: dict, meta: dict) -> str:
                 sp += f" ({summ[key]['ctarr']['s_per_pair_fixed_cached']:.2f} with the fixed registration cached)"
             elif m == "ctarr":
                 sp += " (fixed registration cached)"
-            L.append(f"| {mlabel} | {label} | {s['n']} | {s['median_mm']:.1f} | {s['p90_mm']:.1f} | {s['max_mm']:.1f} | "
-                     f"{s['failures']} | {sp} |")
+            L.append(
+                f"| {mlabel} | {label} | {s['n']} | {s['median_mm']:.1f} | {s['p90_mm']:.1f} | {s['max_mm']:.1f} | "
+                f"{s['failures']} | {sp} |"
+            )
     L += ["", _acceptance(summ), "", PROTOCOL, "## Worst pairs", ""]
     for m, mlabel in METHODS:
         same = sorted((r for r in rows if r["kind"] != "cross_subject"), key=lambda r: -_err(r[m]))[:5]
         L.append(f"{mlabel}, same subject:")
         L.append("")
         for r in same:
-            extra = (f"; orientation found moving: {r['ctarr'].get('moving_orientation')}, fixed: "
-                     f"{r['ctarr'].get('fixed_orientation')}" if m == "ctarr" else "")
-            L.append(f"* {_err(r[m]):.1f} mm (centre {r[m].get('z_err_centre_mm', float('nan')):.1f} mm) — "
-                     f"{r['pair']}, z overlap {r.get('overlap_fraction_z', float('nan')):.2f}{extra}")
+            extra = (
+                f"; orientation found moving: {r['ctarr'].get('moving_orientation')}, fixed: "
+                f"{r['ctarr'].get('fixed_orientation')}"
+                if m == "ctarr"
+                else ""
+            )
+            L.append(
+                f"* {_err(r[m]):.1f} mm (centre {r[m].get('z_err_centre_mm', float('nan')):.1f} mm) — "
+                f"{r['pair']}, z overlap {r.get('overlap_fraction_z', float('nan')):.2f}{extra}"
+            )
         L.append("")
     cross = [r for r in rows if r["kind"] == "cross_subject"]
     if cross:
-        L += ["## Cross-subject pairs", "",
-              ("| pair | landmarks inside (vertebral reference) | best-shift floor (mm) | CTARR (mm) | grid (mm) | "
-               "CTARR per landmark (mm) |"), "|---|---|---|---|---|---|"]
+        L += [
+            "## Cross-subject pairs",
+            "",
+            (
+                "| pair | landmarks inside (vertebral reference) | best-shift floor (mm) | CTARR (mm) | grid (mm) | "
+                "CTARR per landmark (mm) |"
+            ),
+            "|---|---|---|---|---|---|",
+        ]
         for r in cross:
             ref = [k for k in r["landmarks_inside"] if k.startswith("vertebrae")]
             per = ", ".join(f"{k.replace('vertebrae_', '')} {v:.0f}" for k, v in r["ctarr"]["per_landmark_mm"].items())
-            L.append(f"| {r['pair']} | {len(ref)} | {r['landmark_floor_mm']:.1f} | {r['ctarr']['z_err_mm']:.1f} | "
-                     f"{r['grid']['z_err_mm']:.1f} | {per} |")
+            L.append(
+                f"| {r['pair']} | {len(ref)} | {r['landmark_floor_mm']:.1f} | {r['ctarr']['z_err_mm']:.1f} | "
+                f"{r['grid']['z_err_mm']:.1f} | {per} |"
+            )
         L.append("")
     return "\n".join(L)
 
@@ -241,8 +294,12 @@ def main() -> None:
     ap.add_argument("--n_cross", type=int, default=8, help="cross-subject pairs per direction")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--spacing", type=float, default=GridSettings.spacing_mm, help="grid search: voxel size (mm)")
-    ap.add_argument("--min_overlap", type=float, default=GridSettings.min_overlap,
-                    help="grid search: minimum overlap, fraction of the smaller volume")
+    ap.add_argument(
+        "--min_overlap",
+        type=float,
+        default=GridSettings.min_overlap,
+        help="grid search: minimum overlap, fraction of the smaller volume",
+    )
     ap.add_argument("--out", default=None, help="markdown report")
     ap.add_argument("--json", default=None)
     ap.add_argument("--from_json", default=None, help="only re-render the markdown from a JSON of an earlier run")
@@ -259,22 +316,38 @@ def main() -> None:
     load = os.getloadavg()[0]
     rows = run(Path(args.data), args.n, args.n_cross, args.seed, grid)
     summ = summary(rows)
-    cmd = (f"python benchmarks/eval_prealign.py --n {args.n} --n_cross {args.n_cross} --seed {args.seed}"
-           + (f" --spacing {args.spacing:g}" if args.spacing != GridSettings.spacing_mm else "")
-           + (f" --min_overlap {args.min_overlap:g}" if args.min_overlap != GridSettings.min_overlap else "")
-           + (f" --out {args.out}" if args.out else "") + (f" --json {args.json}" if args.json else ""))
-    meta = {"command": cmd, "seed": args.seed, "seconds_total": time.perf_counter() - t0, "load_average_start": load,
-            "machine": f"{torch.get_num_threads()} CPU threads, {platform.machine()}",
-            "protocol": {"kinds_cycle": list(KINDS), "tail_fraction": TAIL_FRACTION, "min_slices": MIN_SLICES,
-                         "fail_mm": FAIL_MM}, "grid_settings": vars(grid)}
+    cmd = (
+        f"python benchmarks/eval_prealign.py --n {args.n} --n_cross {args.n_cross} --seed {args.seed}"
+        + (f" --spacing {args.spacing:g}" if args.spacing != GridSettings.spacing_mm else "")
+        + (f" --min_overlap {args.min_overlap:g}" if args.min_overlap != GridSettings.min_overlap else "")
+        + (f" --out {args.out}" if args.out else "")
+        + (f" --json {args.json}" if args.json else "")
+    )
+    meta = {
+        "command": cmd,
+        "seed": args.seed,
+        "seconds_total": time.perf_counter() - t0,
+        "load_average_start": load,
+        "machine": f"{torch.get_num_threads()} CPU threads, {platform.machine()}",
+        "protocol": {
+            "kinds_cycle": list(KINDS),
+            "tail_fraction": TAIL_FRACTION,
+            "min_slices": MIN_SLICES,
+            "fail_mm": FAIL_MM,
+        },
+        "grid_settings": vars(grid),
+    }
     md = markdown(rows, summ, meta)
     print(md)
     if args.out:
         Path(args.out).write_text(md + "\n")
     if args.json:
-        clean = json.loads(json.dumps({"meta": meta, "summary": summ, "pairs": rows},
-                                      default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)).replace(
-            "Infinity", "null"))
+        clean = json.loads(
+            json.dumps(
+                {"meta": meta, "summary": summ, "pairs": rows},
+                default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o),
+            ).replace("Infinity", "null")
+        )
         Path(args.json).write_text(json.dumps(clean, indent=1))
 
 

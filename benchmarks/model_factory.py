@@ -11,6 +11,7 @@ The result is ``MODEL_DIR`` with ``dataset.json``, ``plans.json`` and
 ``fold_0/checkpoint_final.pth`` (trainer ``nnUNetTrainer``, configuration ``3d_fullres``),
 usable with ``nnUNetv2_predict_from_modelfolder``/``nnUNetPredictor``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,12 +24,34 @@ import tempfile
 from pathlib import Path
 
 
-def make_random_model(out: str | Path, images: list[str], labels: list[str], label_names: dict[str, int],
-                      tiny: bool = True, spacing: list[float] | None = None, seed: int = 0,
-                      dataset_id: int = 987, extra_args: list[str] | None = None) -> Path:
+def make_random_model(
+    out: str | Path,
+    images: list[str],
+    labels: list[str],
+    label_names: dict[str, int],
+    tiny: bool = True,
+    spacing: list[float] | None = None,
+    seed: int = 0,
+    dataset_id: int = 987,
+    extra_args: list[str] | None = None,
+) -> Path:
     """Build the model folder in a subprocess (see module docstring); returns ``out``."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), "-o", str(out), "-i", *map(str, images),
-           "-l", *map(str, labels), "--labels", json.dumps(label_names), "--seed", str(seed), "-d", str(dataset_id)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "-o",
+        str(out),
+        "-i",
+        *map(str, images),
+        "-l",
+        *map(str, labels),
+        "--labels",
+        json.dumps(label_names),
+        "--seed",
+        str(seed),
+        "-d",
+        str(dataset_id),
+    ]
     if tiny:
         cmd.append("--tiny")
     if spacing:
@@ -76,12 +99,19 @@ def _build(args) -> None:
         lb.CopyInformation(im)
         sitk.WriteImage(sitk.Cast(lb, sitk.sitkUInt8), str(raw / "labelsTr" / f"case{i:03d}.nii.gz"))
     labels = json.loads(args.labels)
-    dj = {"channel_names": {"0": "CT"}, "labels": labels, "numTraining": len(args.i), "file_ending": ".nii.gz",
-          "name": name, "description": "randomly initialised model for nnunet-ctarr tests/benchmarks"}
+    dj = {
+        "channel_names": {"0": "CT"},
+        "labels": labels,
+        "numTraining": len(args.i),
+        "file_ending": ".nii.gz",
+        "name": name,
+        "description": "randomly initialised model for nnunet-ctarr tests/benchmarks",
+    }
     (raw / "dataset.json").write_text(json.dumps(dj, indent=2))
     extract_fingerprints([args.d], num_processes=1, verbose=False, show_progress_bar=False)
-    plans_id = plan_experiments([args.d], gpu_memory_target_in_gb=args.gpu_memory_gb,
-                                overwrite_target_spacing=args.spacing)
+    plans_id = plan_experiments(
+        [args.d], gpu_memory_target_in_gb=args.gpu_memory_gb, overwrite_target_spacing=args.spacing
+    )
     plans_file = work / "nnUNet_preprocessed" / name / f"{plans_id}.json"
     plans = json.loads(plans_file.read_text())
     plans["configurations"] = {k: v for k, v in plans["configurations"].items() if k == "3d_fullres"}
@@ -95,14 +125,28 @@ def _build(args) -> None:
     net = nnUNetTrainer.build_network_architecture(pm, cm, 1, n_out, enable_deep_supervision=False)
     out = Path(args.o)
     (out / "fold_0").mkdir(parents=True, exist_ok=True)
-    torch.save({"network_weights": net.state_dict(), "trainer_name": "nnUNetTrainer",
-                "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0, "dataset_json": dj},
-                "inference_allowed_mirroring_axes": (0, 1, 2)}, out / "fold_0" / "checkpoint_final.pth")
+    torch.save(
+        {
+            "network_weights": net.state_dict(),
+            "trainer_name": "nnUNetTrainer",
+            "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0, "dataset_json": dj},
+            "inference_allowed_mirroring_axes": (0, 1, 2),
+        },
+        out / "fold_0" / "checkpoint_final.pth",
+    )
     (out / "plans.json").write_text(json.dumps(plans, indent=2))
     (out / "dataset.json").write_text(json.dumps(dj, indent=2))
     shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps({"model": str(out), "patch_size": cfg["patch_size"], "spacing": cfg["spacing"],
-                      "features": cfg["architecture"]["arch_kwargs"]["features_per_stage"]}))
+    print(
+        json.dumps(
+            {
+                "model": str(out),
+                "patch_size": cfg["patch_size"],
+                "spacing": cfg["spacing"],
+                "features": cfg["architecture"]["arch_kwargs"]["features_per_stage"],
+            }
+        )
+    )
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ the copy -> world mm of the canonical original scan, i.e. body mm).
 * fixed  = another "acquisition": a random z window (80-100 %) and xy crop (0-10 % per side), a
   shift of the table coordinates (header origin), and depending on the pair kind a zoom
   (spacing x f, f in [0.85, 1.15]) and/or an array rotation by xy quarter turns / z flip with the
-  header left alone (the perturbation helpers of :mod:`nnunet_ctarr.perturbations`).
+  header left alone (the perturbation helpers of :mod:`nnunet_ctarr.evaluation.perturbations`).
 
 Anatomy of every copy = the TotalSegmentator labels cut / zoomed / rotated identically.
 
@@ -20,6 +20,7 @@ the true point in FIXED are both mapped back to the original scan; the z error i
 (it includes scale errors and a wrongly flipped z); the error at the moving scan's centre and
 the maximum over its slices are kept too.
 """
+
 from __future__ import annotations
 
 import time
@@ -53,18 +54,28 @@ TAIL_FRACTION = 1.0 / 3.0
 MIN_SLICES = 20
 FAIL_MM = 30.0
 #: TotalSegmentator v2 ids used as cross-subject landmarks (centres of mass)
-LANDMARKS = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver", 29: "vertebrae_L3",
-             30: "vertebrae_L2", 31: "vertebrae_L1", 32: "vertebrae_T12", 33: "vertebrae_T11"}
+LANDMARKS = {
+    1: "spleen",
+    2: "kidney_right",
+    3: "kidney_left",
+    5: "liver",
+    29: "vertebrae_L3",
+    30: "vertebrae_L2",
+    31: "vertebrae_L1",
+    32: "vertebrae_T12",
+    33: "vertebrae_T11",
+}
 
 
 # --------------------------------------------------------------------------- copies with truth
 @dataclass
 class Copy:
     """A scan (CT + TotalSegmentator labels) derived from an original with known geometry."""
+
     name: str
     image: sitk.Image
     labels: sitk.Image
-    A: np.ndarray                       # p_original = A @ p_copy + c
+    A: np.ndarray  # p_original = A @ p_copy + c
     c: np.ndarray
     info: dict = field(default_factory=dict)
 
@@ -75,8 +86,8 @@ class Copy:
 @dataclass
 class Subject:
     name: str
-    image: sitk.Image                   # canonical (LPS) CT
-    labels: sitk.Image                  # canonical TotalSegmentator v2 labels
+    image: sitk.Image  # canonical (LPS) CT
+    labels: sitk.Image  # canonical TotalSegmentator v2 labels
 
 
 def load_subject(data: Path, name: str) -> Subject:
@@ -94,8 +105,8 @@ def _op_index_map(shape_zyx: tuple[int, ...], op: Callable | None) -> tuple[np.n
     """(P, q) with old_index_xyz = P @ new_index_xyz + q for an array op (flips/rot90 are affine)."""
     if op is None:
         return np.eye(3), np.zeros(3)
-    idx = np.indices(shape_zyx, dtype=np.int32)                    # (3, z, y, x): z, y, x indices
-    moved = [op(idx[2]), op(idx[1]), op(idx[0])]                    # old x, y, z at every new voxel
+    idx = np.indices(shape_zyx, dtype=np.int32)  # (3, z, y, x): z, y, x indices
+    moved = [op(idx[2]), op(idx[1]), op(idx[0])]  # old x, y, z at every new voxel
     nz, ny, nx = moved[0].shape
     pts = [(x, y, z) for x in (0, nx - 1) for y in (0, ny - 1) for z in (0, nz - 1)]
     new = np.array(pts, float)
@@ -105,8 +116,16 @@ def _op_index_map(shape_zyx: tuple[int, ...], op: Callable | None) -> tuple[np.n
     return sol[:3].T, sol[3]
 
 
-def make_copy(subject: Subject, name: str, lo=None, hi=None, zoom: float = 1.0, k_rot: int = 0,
-              flip_z: bool = False, shift_mm=(0.0, 0.0, 0.0)) -> Copy:
+def make_copy(
+    subject: Subject,
+    name: str,
+    lo=None,
+    hi=None,
+    zoom: float = 1.0,
+    k_rot: int = 0,
+    flip_z: bool = False,
+    shift_mm=(0.0, 0.0, 0.0),
+) -> Copy:
     """Cut ``[lo, hi)`` (index xyz of the canonical original), zoom (spacing x ``zoom``: anatomy
     zoomed by ``zoom`` about the cut's origin), turn the array ``k_rot`` xy quarter turns and
     flip it in z (header left alone), then shift the header origin by ``shift_mm``."""
@@ -114,16 +133,18 @@ def make_copy(subject: Subject, name: str, lo=None, hi=None, zoom: float = 1.0, 
     size = np.array(img.GetSize())
     lo = np.zeros(3, int) if lo is None else np.asarray(lo, int)
     hi = size if hi is None else np.asarray(hi, int)
-    ci, cl = cut_box(img, lo, hi), cut_box(lab, lo, hi)                   # same world as the original
+    ci, cl = cut_box(img, lo, hi), cut_box(lab, lo, hi)  # same world as the original
     o_cut = np.array(ci.GetOrigin())
     if zoom != 1.0:
         ci, cl = zoomed(ci, ci.GetSpacing(), zoom), zoomed(cl, cl.GetSpacing(), zoom)
     op = None
     pi, pl = ci, cl
     if k_rot % 4 or flip_z:
+
         def op(a, k=k_rot % 4, fz=flip_z):
             a = np.rot90(a, k, axes=(1, 2))
             return a[::-1] if fz else a
+
         pi, pl = array_op(ci, op), array_op(cl, op)
     shape = sitk.GetArrayViewFromImage(ci).shape
     L_z, o_z = _index_to_world(ci)
@@ -136,11 +157,16 @@ def make_copy(subject: Subject, name: str, lo=None, hi=None, zoom: float = 1.0, 
     P, q = _op_index_map(shape, op)
     L_new_inv = np.linalg.inv(L_new)
     A = L_z @ P @ L_new_inv
-    c = L_z @ (q - P @ L_new_inv @ o_new) + o_z                     # zoomed world
-    A, c = A / zoom, o_cut + (c - o_cut) / zoom                      # undo the zoom about o_cut
-    info = {"z_window": [int(lo[2]), int(hi[2])], "xy_window": [[int(lo[0]), int(hi[0])], [int(lo[1]), int(hi[1])]],
-            "zoom": round(float(zoom), 4), "k_rot": int(k_rot % 4), "flip_z": bool(flip_z),
-            "origin_shift_mm": np.round(shift, 1).tolist()}
+    c = L_z @ (q - P @ L_new_inv @ o_new) + o_z  # zoomed world
+    A, c = A / zoom, o_cut + (c - o_cut) / zoom  # undo the zoom about o_cut
+    info = {
+        "z_window": [int(lo[2]), int(hi[2])],
+        "xy_window": [[int(lo[0]), int(hi[0])], [int(lo[1]), int(hi[1])]],
+        "zoom": round(float(zoom), 4),
+        "k_rot": int(k_rot % 4),
+        "flip_z": bool(flip_z),
+        "origin_shift_mm": np.round(shift, 1).tolist(),
+    }
     return Copy(name, pi, pl, A, c, info)
 
 
@@ -171,8 +197,12 @@ def sample_fixed(subject: Subject, rng: np.random.Generator, kind: str) -> Copy:
         while k == 0 and not fz:
             k, fz = int(rng.integers(0, 4)), bool(rng.integers(0, 2))
     shift = np.array([rng.uniform(-30, 30), rng.uniform(-30, 30), rng.uniform(-200, 200)])
-    name = f"{kind}_z{z0}+{zlen}" + (f"_zoom{zoom:.2f}" if zoom != 1 else "") + (f"_rot{90 * k}" if k else "") \
+    name = (
+        f"{kind}_z{z0}+{zlen}"
+        + (f"_zoom{zoom:.2f}" if zoom != 1 else "")
+        + (f"_rot{90 * k}" if k else "")
         + ("_flipz" if fz else "")
+    )
     return make_copy(subject, name, lo, hi, zoom, k, fz, shift)
 
 
@@ -201,11 +231,13 @@ def same_subject_pairs(subject: Subject, n: int, seed: int) -> list[Pair]:
 # --------------------------------------------------------------------------- errors
 def overlap_fraction(pair: Pair) -> float:
     """Share of the moving scan's z extent (original mm) that the fixed scan covers."""
+
     def zr(cp: Copy):
         lo, hi = Geometry.of(cp.image).bounds()
         corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
         z = cp.to_orig(corners)[:, 2]
         return z.min(), z.max()
+
     m, f = zr(pair.moving), zr(pair.fixed)
     return float(max(0.0, min(m[1], f[1]) - max(m[0], f[0])) / (m[1] - m[0]))
 
@@ -216,11 +248,16 @@ def z_errors(pair: Pair, A: np.ndarray, b: np.ndarray) -> dict:
     true = pair.moving.to_orig(pts)
     pred = pair.fixed.to_orig(pts @ A.T + b)
     dz = np.abs(pred[:, 2] - true[:, 2])
-    centre = np.array(pair.moving.image.TransformContinuousIndexToPhysicalPoint(
-        [(s - 1) / 2 for s in pair.moving.image.GetSize()]))
+    centre = np.array(
+        pair.moving.image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in pair.moving.image.GetSize()])
+    )
     pc, tc = pair.fixed.to_orig(A @ centre + b), pair.moving.to_orig(centre)
-    return {"z_err_mm": float(dz.mean()), "z_err_centre_mm": float(abs(pc[2] - tc[2])),
-            "z_err_max_slice_mm": float(dz.max()), "err3d_centre_mm": float(np.linalg.norm(pc - tc))}
+    return {
+        "z_err_mm": float(dz.mean()),
+        "z_err_centre_mm": float(abs(pc[2] - tc[2])),
+        "z_err_max_slice_mm": float(dz.max()),
+        "err3d_centre_mm": float(np.linalg.norm(pc - tc)),
+    }
 
 
 # --------------------------------------------------------------------------- CTARR
@@ -231,8 +268,14 @@ def ctarr_locate(cp: Copy, atlas: Atlas, scheme: LabelScheme, settings: Registra
     return locate(cp.image, anat, atlas, settings, WarningLog())
 
 
-def ctarr_prealign(moving: Copy, fixed: Copy, atlas: Atlas, scheme: LabelScheme,
-                   settings: RegistrationSettings | None = None, fixed_loc=None) -> dict:
+def ctarr_prealign(
+    moving: Copy,
+    fixed: Copy,
+    atlas: Atlas,
+    scheme: LabelScheme,
+    settings: RegistrationSettings | None = None,
+    fixed_loc=None,
+) -> dict:
     """CTARR moving -> fixed; seconds = anatomy + registration of both (+ composition);
     ``seconds_moving_only`` = the same with the fixed registration cached."""
     t0 = time.perf_counter()
@@ -241,27 +284,35 @@ def ctarr_prealign(moving: Copy, fixed: Copy, atlas: Atlas, scheme: LabelScheme,
     m_loc = ctarr_locate(moving, atlas, scheme, settings)
     A, b = moving_to_fixed(f_loc.transform, m_loc.transform)
     t2 = time.perf_counter()
-    return {"A": A, "b": b, "seconds": t2 - t0, "seconds_moving_only": t2 - t1, "fixed_loc": f_loc,
-            "moving_orientation": m_loc.transform.orientation_text, "fixed_orientation": f_loc.transform.orientation_text,
-            "moving_dice": m_loc.registration.dice, "fixed_dice": f_loc.registration.dice,
-            "warnings": list(m_loc.warnings) + list(f_loc.warnings)}
+    return {
+        "A": A,
+        "b": b,
+        "seconds": t2 - t0,
+        "seconds_moving_only": t2 - t1,
+        "fixed_loc": f_loc,
+        "moving_orientation": m_loc.transform.orientation_text,
+        "fixed_orientation": f_loc.transform.orientation_text,
+        "moving_dice": m_loc.registration.dice,
+        "fixed_dice": f_loc.registration.dice,
+        "warnings": list(m_loc.warnings) + list(f_loc.warnings),
+    }
 
 
 # --------------------------------------------------------------------------- FASTA-like baseline
 @dataclass
 class GridSettings:
-    spacing_mm: float = 4.0             # isotropic; raised so that no axis exceeds max_size
+    spacing_mm: float = 4.0  # isotropic; raised so that no axis exceeds max_size
     max_size: int = 128
     hu_range: tuple[float, float] = (-1000.0, 1500.0)
-    min_overlap: float = 0.5            # of the smaller volume's voxels
-    subvoxel: bool = True               # parabola through the best grid point and its neighbours
+    min_overlap: float = 0.5  # of the smaller volume's voxels
+    subvoxel: bool = True  # parabola through the best grid point and its neighbours
 
 
 def _to_grid(img: sitk.Image, spacing: float, lo_hu: float, hi_hu: float) -> tuple[np.ndarray, np.ndarray]:
     """Resample onto an axis-aligned world grid (direction = identity) covering the image."""
     lo, hi = Geometry.of(img).bounds()
     n = np.maximum(1, np.floor((hi - lo) / spacing).astype(int))
-    origin = lo + 0.5 * ((hi - lo) - (n - 1) * spacing)            # centred in the extent
+    origin = lo + 0.5 * ((hi - lo) - (n - 1) * spacing)  # centred in the extent
     ref = sitk.Image([int(v) for v in n], sitk.sitkFloat32)
     ref.SetSpacing([spacing] * 3)
     ref.SetOrigin([float(v) for v in origin])
@@ -318,27 +369,55 @@ def grid_search(moving: sitk.Image, fixed: sitk.Image, s: GridSettings | None = 
     d_xyz = d_zyx[::-1]
     # moving voxel j (world om + sp j) lies on fixed voxel j + d (world of + sp (j + d))
     t = of + sp * d_xyz - om
-    return {"t": t, "seconds": time.perf_counter() - t0, "spacing_mm": sp, "grid_moving_zyx": nm.tolist(),
-            "grid_fixed_zyx": nf.tolist(), "n_translations": int(np.isfinite(cost).sum()),
-            "best_cost": float(cost[tuple(best)]), "overlap_voxels": int(cnt[tuple(best)])}
+    return {
+        "t": t,
+        "seconds": time.perf_counter() - t0,
+        "spacing_mm": sp,
+        "grid_moving_zyx": nm.tolist(),
+        "grid_fixed_zyx": nf.tolist(),
+        "n_translations": int(np.isfinite(cost).sum()),
+        "best_cost": float(cost[tuple(best)]),
+        "overlap_voxels": int(cnt[tuple(best)]),
+    }
 
 
 # --------------------------------------------------------------------------- one pair, both methods
-def evaluate_pair(pair: Pair, atlas: Atlas, scheme: LabelScheme, settings: RegistrationSettings | None = None,
-                  grid: GridSettings | None = None, baseline: bool = True) -> dict:
+def evaluate_pair(
+    pair: Pair,
+    atlas: Atlas,
+    scheme: LabelScheme,
+    settings: RegistrationSettings | None = None,
+    grid: GridSettings | None = None,
+    baseline: bool = True,
+) -> dict:
     ct = ctarr_prealign(pair.moving, pair.fixed, atlas, scheme, settings)
-    row = {"subject": pair.subject, "kind": pair.kind, "pair": pair.name, "moving": pair.moving.info,
-           "fixed": pair.fixed.info, "overlap_fraction_z": round(overlap_fraction(pair), 3),
-           "ctarr": {**{k: round(v, 3) for k, v in z_errors(pair, ct["A"], ct["b"]).items()},
-                     "seconds": round(ct["seconds"], 3), "seconds_moving_only": round(ct["seconds_moving_only"], 3),
-                     "moving_orientation": ct["moving_orientation"], "fixed_orientation": ct["fixed_orientation"],
-                     "moving_dice": round(ct["moving_dice"], 3), "fixed_dice": round(ct["fixed_dice"], 3),
-                     "warnings": ct["warnings"]}}
+    row = {
+        "subject": pair.subject,
+        "kind": pair.kind,
+        "pair": pair.name,
+        "moving": pair.moving.info,
+        "fixed": pair.fixed.info,
+        "overlap_fraction_z": round(overlap_fraction(pair), 3),
+        "ctarr": {
+            **{k: round(v, 3) for k, v in z_errors(pair, ct["A"], ct["b"]).items()},
+            "seconds": round(ct["seconds"], 3),
+            "seconds_moving_only": round(ct["seconds_moving_only"], 3),
+            "moving_orientation": ct["moving_orientation"],
+            "fixed_orientation": ct["fixed_orientation"],
+            "moving_dice": round(ct["moving_dice"], 3),
+            "fixed_dice": round(ct["fixed_dice"], 3),
+            "warnings": ct["warnings"],
+        },
+    }
     if baseline:
         g = grid_search(pair.moving.image, pair.fixed.image, grid)
-        row["grid"] = {**{k: round(v, 3) for k, v in z_errors(pair, np.eye(3), g["t"]).items()},
-                       "seconds": round(g["seconds"], 3), "spacing_mm": round(g["spacing_mm"], 3),
-                       "n_translations": g["n_translations"], "overlap_voxels": g["overlap_voxels"]}
+        row["grid"] = {
+            **{k: round(v, 3) for k, v in z_errors(pair, np.eye(3), g["t"]).items()},
+            "seconds": round(g["seconds"], 3),
+            "spacing_mm": round(g["spacing_mm"], 3),
+            "n_translations": g["n_translations"],
+            "overlap_voxels": g["overlap_voxels"],
+        }
     return row
 
 
@@ -346,9 +425,14 @@ def summarise(errors: list[float], seconds: list[float], fail_mm: float = FAIL_M
     e = np.asarray(errors, float)
     if e.size == 0:
         return {"n": 0}
-    return {"n": int(e.size), "median_mm": round(float(np.median(e)), 2), "p90_mm": round(float(np.percentile(e, 90)), 2),
-            "max_mm": round(float(e.max()), 2), "failures": int((e > fail_mm).sum()),
-            "s_per_pair": round(float(np.median(seconds)), 3)}
+    return {
+        "n": int(e.size),
+        "median_mm": round(float(np.median(e)), 2),
+        "p90_mm": round(float(np.percentile(e, 90)), 2),
+        "max_mm": round(float(e.max()), 2),
+        "failures": int((e > fail_mm).sum()),
+        "s_per_pair": round(float(np.median(seconds)), 3),
+    }
 
 
 # --------------------------------------------------------------------------- cross-subject pairs
@@ -365,8 +449,11 @@ def landmarks(subject: Subject) -> dict[str, np.ndarray]:
             continue
         top_ok, bottom_ok = zz.max() < arr.shape[0] - 1, zz.min() > 0
         com = [float(xx.mean()), float(yy.mean()), float(zz.mean())]
-        for key, ok, z in ((name, top_ok and bottom_ok, com[2]), (f"{name}_top", top_ok, float(zz.max())),
-                           (f"{name}_bottom", bottom_ok, float(zz.min()))):
+        for key, ok, z in (
+            (name, top_ok and bottom_ok, com[2]),
+            (f"{name}_top", top_ok, float(zz.max())),
+            (f"{name}_bottom", bottom_ok, float(zz.min())),
+        ):
             if ok:
                 out[key] = np.array(subject.labels.TransformContinuousIndexToPhysicalPoint([com[0], com[1], z]))
     return out

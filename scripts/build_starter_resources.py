@@ -6,6 +6,7 @@ Writes ``nnunet_ctarr/resources/atlas_ctarr_starter.npz`` and ``region_defs/<reg
 The two subjects are the TotalSegmentator example CT (abdomen-pelvis) and the LIDC chest CT,
 both with TotalSegmentator v2 labels; see examples/data/PROVENANCE.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,10 +42,15 @@ REGION_STRUCTURES = {
     "colon": ["colon"],
     "urinary_bladder": ["urinary_bladder"],
     "heart": ["heart"],
-    "lungs": ["lung_upper_lobe_left", "lung_lower_lobe_left", "lung_upper_lobe_right",
-              "lung_middle_lobe_right", "lung_lower_lobe_right"],
+    "lungs": [
+        "lung_upper_lobe_left",
+        "lung_lower_lobe_left",
+        "lung_upper_lobe_right",
+        "lung_middle_lobe_right",
+        "lung_lower_lobe_right",
+    ],
     "spine": [f"vertebrae_{p}{i}" for p, n in (("C", 7), ("T", 12), ("L", 5)) for i in range(1, n + 1)]
-             + ["vertebrae_S1", "sacrum"],
+    + ["vertebrae_S1", "sacrum"],
 }
 
 
@@ -67,23 +73,38 @@ def main() -> None:
     data = Path(args.data)
     anat = {k: load_anatomy(data / v, warnings=WarningLog()) for k, v in SUBJECTS.items()}
     atlas = build_atlas([anatomy_to_volume(a) for a in anat.values()], list(anat))
-    atlas.meta["provenance"] = ("TotalSegmentator v2 labels of two real CTs: TotalSegmentator example CT "
-                                "(abdomen-pelvis, CC BY 4.0) and LIDC-IDRI-0001 chest CT (CC BY 3.0), "
-                                "see examples/data/PROVENANCE.md")
+    atlas.meta["provenance"] = (
+        "TotalSegmentator v2 labels of two real CTs: TotalSegmentator example CT "
+        "(abdomen-pelvis, CC BY 4.0) and LIDC-IDRI-0001 chest CT (CC BY 3.0), "
+        "see examples/data/PROVENANCE.md"
+    )
     atlas.save(args.atlas_out)
     atlas = Atlas.load(args.atlas_out)
-    print(f"atlas {atlas.atlas_id}: grid {atlas.shape_zyx[::-1]} (x,y,z) at {atlas.spacing[0]} mm; "
-          f"groups without data: {atlas.meta['groups_without_data']}")
+    print(
+        f"atlas {atlas.atlas_id}: grid {atlas.shape_zyx[::-1]} (x,y,z) at {atlas.spacing[0]} mm; "
+        f"groups without data: {atlas.meta['groups_without_data']}"
+    )
     out = Path(args.regions_out)
     for name, structures in REGION_STRUCTURES.items():
         cases = [(k, anat[k], roi_from_labels(data / SUBJECTS[k], structures)) for k in SUBJECTS]
-        learned = learn_region(cases, atlas, name, threshold=0.0, margin_mm=MARGIN_MM, progress=False,
-                               provenance={"source": "scripts/build_starter_resources.py",
-                                           "roi_structures_totalsegmentator_v2": structures})
+        learned = learn_region(
+            cases,
+            atlas,
+            name,
+            threshold=0.0,
+            margin_mm=MARGIN_MM,
+            progress=False,
+            provenance={
+                "source": "scripts/build_starter_resources.py",
+                "roi_structures_totalsegmentator_v2": structures,
+            },
+        )
         learned.region.save(out / f"{name}.json")
         sizes = [np.round(b[1] - b[0]).astype(int).tolist() for b in learned.region.boxes_mm]
-        print(f"region {name}: {learned.n_scans} scan(s), {len(sizes)} box(es), sizes (mm, no margin) {sizes}"
-              + (f"; skipped {learned.skipped}" if learned.skipped else ""))
+        print(
+            f"region {name}: {learned.n_scans} scan(s), {len(sizes)} box(es), sizes (mm, no margin) {sizes}"
+            + (f"; skipped {learned.skipped}" if learned.skipped else "")
+        )
 
 
 if __name__ == "__main__":

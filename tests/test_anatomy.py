@@ -1,5 +1,6 @@
 """The 19 groups and the name-based mappings from TotalSegmentator v1/v2, mask folders and
 19-class maps."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,13 +26,29 @@ def test_19_groups_in_paper_order():
     assert GROUPS[18] == "urinary_bladder"
 
 
-@pytest.mark.parametrize("name,group", [
-    ("vertebrae_S1", "sacrum"), ("sacrum", "sacrum"), ("vertebrae_C3", "vertebrae_C"),
-    ("vertebrae_T12", "vertebrae_T"), ("vertebrae_L5", "vertebrae_L"), ("rib_left_7", "ribs_left"),
-    ("scapula_right", "ribs_right"), ("clavicula_left", "ribs_left"), ("heart", "heart"),
-    ("heart_ventricle_left", "heart"), ("heart_myocardium", "heart"), ("lung_middle_lobe_right", "lung_right"),
-    ("kidney_cyst_left", "kidney_left"), ("urinary_bladder", "urinary_bladder"),
-    ("aorta", None), ("femur_left", None), ("costal_cartilages", None), ("face", None)])
+@pytest.mark.parametrize(
+    "name,group",
+    [
+        ("vertebrae_S1", "sacrum"),
+        ("sacrum", "sacrum"),
+        ("vertebrae_C3", "vertebrae_C"),
+        ("vertebrae_T12", "vertebrae_T"),
+        ("vertebrae_L5", "vertebrae_L"),
+        ("rib_left_7", "ribs_left"),
+        ("scapula_right", "ribs_right"),
+        ("clavicula_left", "ribs_left"),
+        ("heart", "heart"),
+        ("heart_ventricle_left", "heart"),
+        ("heart_myocardium", "heart"),
+        ("lung_middle_lobe_right", "lung_right"),
+        ("kidney_cyst_left", "kidney_left"),
+        ("urinary_bladder", "urinary_bladder"),
+        ("aorta", None),
+        ("femur_left", None),
+        ("costal_cartilages", None),
+        ("face", None),
+    ],
+)
 def test_structure_names_map_to_groups(name, group):
     assert group_of(name) == group
 
@@ -72,7 +89,7 @@ def test_v1_map_is_detected_and_gives_same_groups(tmp_path, ts_v2):
     a2 = load_anatomy(CHEST[1], warnings=WarningLog())
     g1 = sitk.GetArrayViewFromImage(a1.labels)
     g2 = sitk.GetArrayViewFromImage(a2.labels)
-    same = (g1 == g2) | np.isin(g2, [GROUPS.index("sternum") + 1])   # v1 has no sternum
+    same = (g1 == g2) | np.isin(g2, [GROUPS.index("sternum") + 1])  # v1 has no sternum
     assert same.all()
     assert not a1.observed[GROUPS.index("sternum")]
     assert a2.observed[GROUPS.index("sternum")]
@@ -82,7 +99,7 @@ def test_v2_without_embedded_names_and_unknown_label_warns():
     w = WarningLog()
     a = load_anatomy(CHEST[1], warnings=w)
     assert "v2" in a.source
-    assert any("118" in m for m in w)                          # the chest map's stray id
+    assert any("118" in m for m in w)  # the chest map's stray id
     counts = a.group_voxel_counts()
     assert counts[GROUPS.index("heart")] > 0
     assert counts[GROUPS.index("skull")] == 0
@@ -97,7 +114,7 @@ def test_ctarr19_map_is_detected(tmp_path):
 
 
 def test_mask_folder_in_totalsegmentator_layout(ts_root):
-    assert len(list((ts_root / "s0001" / "segmentations").iterdir())) == 117   # all files, as TotalSegmentator writes
+    assert len(list((ts_root / "s0001" / "segmentations").iterdir())) == 117  # all files, as TotalSegmentator writes
     a = load_anatomy(ts_root / "s0001", warnings=WarningLog())
     b = load_anatomy(ABDOMEN[1], warnings=WarningLog())
     assert np.array_equal(sitk.GetArrayViewFromImage(a.labels), sitk.GetArrayViewFromImage(b.labels))

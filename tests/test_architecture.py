@@ -1,5 +1,6 @@
 """The package layout is a contract: the core imports no nnU-Net and no other subpackage, modules
 and functions stay small (docs/architecture.md)."""
+
 from __future__ import annotations
 
 import ast
@@ -13,8 +14,13 @@ from conftest import REPO
 PKG = REPO / "nnunet_ctarr"
 SUBPACKAGES = ("core", "inference", "training", "evaluation", "cli")
 #: who may import whom (besides itself); cli is the only layer that sees everything
-ALLOWED = {"core": set(), "inference": {"core"}, "training": {"core"}, "evaluation": {"core"},
-           "cli": {"core", "inference", "training", "evaluation"}}
+ALLOWED = {
+    "core": set(),
+    "inference": {"core"},
+    "training": {"core"},
+    "evaluation": {"core"},
+    "cli": {"core", "inference", "training", "evaluation"},
+}
 
 
 def _modules(sub: str) -> list[Path]:
@@ -24,12 +30,12 @@ def _modules(sub: str) -> list[Path]:
 def _imported_subpackages(path: Path) -> set[str]:
     """Subpackages of nnunet_ctarr a module imports (relative or absolute, also inside functions)."""
     tree = ast.parse(path.read_text())
-    here = path.relative_to(REPO).with_suffix("").parts        # ('nnunet_ctarr', 'core', 'io')
+    here = path.relative_to(REPO).with_suffix("").parts  # ('nnunet_ctarr', 'core', 'io')
     out = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
             if node.level:
-                base = list(here[:len(here) - node.level]) + (node.module.split(".") if node.module else [])
+                base = list(here[: len(here) - node.level]) + (node.module.split(".") if node.module else [])
             else:
                 base = (node.module or "").split(".")
             names = [base + [a.name] for a in node.names] if len(base) == 1 else [base]
@@ -51,20 +57,26 @@ def test_subpackages_import_only_what_the_layering_allows(sub):
 
 def test_importing_the_core_leaves_nnunet_out():
     mods = sorted(p.stem for p in _modules("core") if p.stem != "__init__")
-    code = ("import sys\n" + "".join(f"import nnunet_ctarr.core.{m}\n" for m in mods)
-            + "print(sorted(m for m in sys.modules if m.split('.')[0] in ('nnunetv2', 'dynamic_network_architectures')))")
+    code = (
+        "import sys\n"
+        + "".join(f"import nnunet_ctarr.core.{m}\n" for m in mods)
+        + "print(sorted(m for m in sys.modules if m.split('.')[0] in ('nnunetv2', 'dynamic_network_architectures')))"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "[]"
-    assert len(mods) >= 15                          # the core's modules were all imported
+    assert len(mods) >= 15  # the core's modules were all imported
 
 
 def _long_functions(path: Path, limit: int) -> list[str]:
     tree = ast.parse(path.read_text())
     out = []
     for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("build_") \
-                and node.name not in ("add_inference_args",):       # CLI argument tables are exempt
+        if (
+            isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and not node.name.startswith("build_")
+            and node.name not in ("add_inference_args",)
+        ):  # CLI argument tables are exempt
             n = node.end_lineno - node.lineno + 1
             if n > limit:
                 out.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name} ({n} lines)")

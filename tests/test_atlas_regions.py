@@ -1,5 +1,6 @@
 """The shipped atlas and regions, the atlas builder (partial fields of view) and the region
 learner (paper 3.4)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,7 +20,7 @@ def test_starter_atlas_is_complete_where_data_exist(atlas):
     assert atlas.coverage.min() >= 0
     assert atlas.coverage.max() <= 1
     missing = {GROUPS[i] for i in np.nonzero(~atlas.observed)[0]}
-    assert missing == {"skull", "brain"}                     # neither subject shows the head
+    assert missing == {"skull", "brain"}  # neither subject shows the head
     assert set(atlas.meta["groups_without_data"]) == missing
     # the overlap of the two subjects (upper abdomen) is covered by both
     assert atlas.coverage.max() == 1.0
@@ -28,8 +29,19 @@ def test_starter_atlas_is_complete_where_data_exist(atlas):
 
 def test_every_builtin_region_belongs_to_the_shipped_atlas(atlas):
     regions = builtin_regions()
-    assert {"kidneys", "liver", "spleen", "pancreas", "gallbladder", "stomach", "colon", "urinary_bladder",
-            "heart", "lungs", "spine"} <= set(regions)
+    assert {
+        "kidneys",
+        "liver",
+        "spleen",
+        "pancreas",
+        "gallbladder",
+        "stomach",
+        "colon",
+        "urinary_bladder",
+        "heart",
+        "lungs",
+        "spine",
+    } <= set(regions)
     for name in regions:
         r = load_region(name)
         assert r.atlas_id == atlas.atlas_id
@@ -53,7 +65,7 @@ def test_learned_kidney_region_has_two_boxes_and_matches_shipped(atlas, ts_v2):
     names = ts_v2.names
     ids = [i for i, n in names.items() if n.startswith("kidney")]
     cases = []
-    for name, (img_f, lab_f) in (("abdomen", ABDOMEN), ("chest", CHEST)):
+    for name, (_, lab_f) in (("abdomen", ABDOMEN), ("chest", CHEST)):
         lab = sitk.ReadImage(str(lab_f))
         roi = sitk.GetImageFromArray(np.isin(sitk.GetArrayViewFromImage(lab), ids).astype(np.uint8))
         roi.CopyInformation(lab)
@@ -70,18 +82,18 @@ def test_learned_kidney_region_has_two_boxes_and_matches_shipped(atlas, ts_v2):
 
 def test_heatmap_components_and_merging():
     heat = np.zeros((20, 20, 40), np.float32)
-    heat[2:6, 2:6, 2:8] = 1.0          # component A
-    heat[4:8, 4:8, 7:12] = 0.5         # touches A -> one component
-    heat[2:6, 2:6, 30:36] = 1.0        # separate component B
-    heat[10:12, 10:12, 30:32] = 0.01   # noise below threshold
+    heat[2:6, 2:6, 2:8] = 1.0  # component A
+    heat[4:8, 4:8, 7:12] = 0.5  # touches A -> one component
+    heat[2:6, 2:6, 30:36] = 1.0  # separate component B
+    heat[10:12, 10:12, 30:32] = 0.01  # noise below threshold
     boxes = boxes_from_heatmap(heat, origin=np.zeros(3), spacing=np.full(3, 3.0), threshold=0.05)
     assert len(boxes) == 2
-    assert np.allclose(boxes[0], [[4.5, 4.5, 4.5], [34.5, 22.5, 22.5]])   # voxel edges, xyz
+    assert np.allclose(boxes[0], [[4.5, 4.5, 4.5], [34.5, 22.5, 22.5]])  # voxel edges, xyz
     # overlapping boxes of separate components are merged
     heat2 = np.zeros((20, 20, 20), np.float32)
     heat2[0:10, 0, 0:10] = 1
     heat2[0, 0:10, 5] = 1
-    heat2[5, 5, 2] = 1                 # isolated voxel inside the box of the first component
+    heat2[5, 5, 2] = 1  # isolated voxel inside the box of the first component
     assert len(boxes_from_heatmap(heat2, np.zeros(3), np.ones(3), 0.0)) == 1
 
 
@@ -92,11 +104,12 @@ def test_nnunet_label_names_map_to_groups_and_region_labels_are_refused(tmp_path
 
     from nnunet_ctarr.cli.build_atlas import nnunet_scheme
     from nnunet_ctarr.core.errors import CTARRError
+
     ds = tmp_path / "Dataset700_X"
     (ds / "labelsTr").mkdir(parents=True)
     labels = {"background": 0, "liver": 1, "kidney_left": 2, "ignore": 3}
     (ds / "dataset.json").write_text(json.dumps({"labels": labels}))
-    assert nnunet_scheme(ds / "labelsTr" / "c.nii.gz").names == {1: "liver", 2: "kidney_left"}   # ignore is not anatomy
+    assert nnunet_scheme(ds / "labelsTr" / "c.nii.gz").names == {1: "liver", 2: "kidney_left"}  # ignore is not anatomy
     (ds / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "kidneys": [1, 2]}}))
     with pytest.raises(CTARRError, match="region-based label 'kidneys'"):
         nnunet_scheme(ds / "labelsTr" / "c.nii.gz")

@@ -1,4 +1,5 @@
 """nnUNetv2_ctarr_crop end to end, including batches, DICOM and bad input."""
+
 from __future__ import annotations
 
 import json
@@ -8,24 +9,49 @@ import sys
 
 import numpy as np
 import SimpleITK as sitk
-from conftest import ABDOMEN, CHEST, DICOM, SMALL
+from conftest import ABDOMEN, CHEST, DICOM, SMALL, run_in_process
 
 from nnunet_ctarr.cli.crop import main
 from nnunet_ctarr.core.cropping import paste_back
 
 
-def run_cli(args: list[str]) -> subprocess.CompletedProcess:
+def run_cli(args: list[str]):
+    """In process (the entry point's behaviour: one-line errors, exit codes); one test below runs
+    the installed command in a subprocess."""
+    return run_in_process(main, args)
+
+
+def run_subprocess(args: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "nnunet_ctarr.cli.crop", *args], capture_output=True, text=True)
 
 
 def test_single_case_with_labels_and_qc(tmp_path):
     out = tmp_path / "out"
-    code = main(["-i", str(ABDOMEN[0]), "--anatomy_seg", str(ABDOMEN[1]), "--labels", str(ABDOMEN[1]),
-                 "-r", "kidneys", "-o", str(out), "--qc"])
+    code = main(
+        [
+            "-i",
+            str(ABDOMEN[0]),
+            "--anatomy_seg",
+            str(ABDOMEN[1]),
+            "--labels",
+            str(ABDOMEN[1]),
+            "-r",
+            "kidneys",
+            "-o",
+            str(out),
+            "--qc",
+        ]
+    )
     assert code == 0
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["example_ct.ctarr.json", "example_ct_kidneys_box0.nii.gz", "example_ct_kidneys_box0_labels.nii.gz",
-                     "example_ct_kidneys_box1.nii.gz", "example_ct_kidneys_box1_labels.nii.gz", "example_ct_kidneys_qc.png"]
+    assert names == [
+        "example_ct.ctarr.json",
+        "example_ct_kidneys_box0.nii.gz",
+        "example_ct_kidneys_box0_labels.nii.gz",
+        "example_ct_kidneys_box1.nii.gz",
+        "example_ct_kidneys_box1_labels.nii.gz",
+        "example_ct_kidneys_qc.png",
+    ]
     side = json.loads((out / "example_ct.ctarr.json").read_text())
     t = side["registration"]["transform"]
     assert t["k_rot"] == 0
@@ -56,7 +82,7 @@ def test_single_case_with_labels_and_qc(tmp_path):
 def test_batch_folder_matches_anatomy_by_case_id(tmp_path):
     imgs, anat = tmp_path / "imgs", tmp_path / "anat"
     imgs.mkdir(), anat.mkdir()
-    shutil.copy(ABDOMEN[0], imgs / "example_ct_0000.nii.gz")       # nnU-Net channel naming
+    shutil.copy(ABDOMEN[0], imgs / "example_ct_0000.nii.gz")  # nnU-Net channel naming
     shutil.copy(SMALL[0], imgs / "example_ct_sm.nii.gz")
     shutil.copy(ABDOMEN[1], anat / "example_ct.nii.gz")
     shutil.copy(SMALL[1], anat / "example_ct_sm_totalseg_v2.nii.gz")
@@ -71,8 +97,9 @@ def test_batch_folder_matches_anatomy_by_case_id(tmp_path):
 
 def test_dicom_folder_input(tmp_path):
     out = tmp_path / "out"
-    code = main(["-i", str(DICOM[0]), "--anatomy_seg", str(DICOM[1]), "--labels", str(DICOM[1]),
-                 "-r", "liver", "-o", str(out)])
+    code = main(
+        ["-i", str(DICOM[0]), "--anatomy_seg", str(DICOM[1]), "--labels", str(DICOM[1]), "-r", "liver", "-o", str(out)]
+    )
     assert code == 0
     side = json.loads((out / "example_ct_dicom.ctarr.json").read_text())
     crop = sitk.ReadImage(str(out / "example_ct_dicom_liver.nii.gz"))
@@ -89,7 +116,7 @@ def test_list_regions():
         assert name in r.stdout
 
 
-def _one_line_error(r: subprocess.CompletedProcess, needle: str) -> None:
+def _one_line_error(r, needle: str) -> None:
     assert r.returncode != 0
     assert "Traceback" not in r.stderr
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error")]
@@ -98,12 +125,24 @@ def _one_line_error(r: subprocess.CompletedProcess, needle: str) -> None:
 
 
 def test_unknown_region(tmp_path):
-    r = run_cli(["-i", str(ABDOMEN[0]), "--anatomy_seg", str(ABDOMEN[1]), "-r", "kidney", "-o", str(tmp_path)])
+    """The installed entry point in a subprocess: one line, no traceback."""
+    r = run_subprocess(["-i", str(ABDOMEN[0]), "--anatomy_seg", str(ABDOMEN[1]), "-r", "kidney", "-o", str(tmp_path)])
     _one_line_error(r, "unknown region")
 
 
 def test_missing_and_corrupt_inputs(tmp_path):
-    r = run_cli(["-i", str(tmp_path / "none.nii.gz"), "--anatomy_seg", str(ABDOMEN[1]), "-r", "liver", "-o", str(tmp_path / "o")])
+    r = run_cli(
+        [
+            "-i",
+            str(tmp_path / "none.nii.gz"),
+            "--anatomy_seg",
+            str(ABDOMEN[1]),
+            "-r",
+            "liver",
+            "-o",
+            str(tmp_path / "o"),
+        ]
+    )
     _one_line_error(r, "not found")
     bad = tmp_path / "bad.nii.gz"
     bad.write_bytes(b"garbage" * 100)
@@ -124,7 +163,9 @@ def test_sparse_anatomy_is_refused_and_nothing_written(tmp_path):
     p = tmp_path / "liver_only.nii.gz"
     sitk.WriteImage(only_liver, str(p))
     out = tmp_path / "o"
-    r = run_cli(["-i", str(ABDOMEN[0]), "--anatomy_seg", str(p), "--anatomy_format", "ts_v2", "-r", "liver", "-o", str(out)])
+    r = run_cli(
+        ["-i", str(ABDOMEN[0]), "--anatomy_seg", str(p), "--anatomy_format", "ts_v2", "-r", "liver", "-o", str(out)]
+    )
     _one_line_error(r, "too sparse")
     assert not any(out.iterdir())
 

@@ -1,4 +1,5 @@
 """One CLI convention: every option of every command works with one and with two dashes."""
+
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,5 @@
 """Crops overlay their source exactly; paste-back is bit-exact; FOV edge cases."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,7 +21,7 @@ def _assert_overlays(crop: sitk.Image, src: sitk.Image, n: int = 200) -> None:
         idx = [int(rng.integers(0, s)) for s in crop.GetSize()]
         p = crop.TransformIndexToPhysicalPoint(idx)
         j = src.TransformPhysicalPointToContinuousIndex(p)
-        assert np.allclose(j, np.round(j), atol=1e-4)           # crop voxel centres are source voxel centres
+        assert np.allclose(j, np.round(j), atol=1e-4)  # crop voxel centres are source voxel centres
         assert crop[idx] == src[[int(round(v)) for v in j]]
 
 
@@ -32,7 +33,7 @@ def chest_loc(chest, ts_v2, atlas):
 
 @pytest.mark.parametrize("region", ["kidneys", "heart", "lungs"])
 def test_crop_overlays_source_in_world_space(chest, chest_loc, region):
-    img = chest[0]                                   # stored with a flipped y axis
+    img = chest[0]  # stored with a flipped y axis
     plan = plan_region(img, chest_loc, load_region(region))
     for b in plan.usable:
         crop = crop_image(img, b)
@@ -72,6 +73,7 @@ def test_partial_box_is_cut_to_the_image_and_pad_restores_full_box(chest, chest_
     tf = chest_loc.transform
     # a 60 mm box in the middle of the slice that reaches 60 mm beyond the top of the scan
     from nnunet_ctarr.core.geometry import Geometry
+
     wlo, whi = Geometry.of(img).bounds()
     centre = 0.5 * (wlo + whi)
     world_lo = np.array([centre[0] - 30, centre[1] - 30, whi[2] - 40.0])

@@ -1,4 +1,5 @@
 """nnUNetv2_ctarr_evaluate on a small labelled folder built from the real scans."""
+
 from __future__ import annotations
 
 import csv
@@ -63,15 +64,31 @@ def test_known_perturbations_marked_right_and_wrong(tmp_path):
     import subprocess
     import sys
     from pathlib import Path
+
     script = Path(__file__).resolve().parents[1] / "scripts" / "make_eval_example.py"
     subprocess.run([sys.executable, str(script), str(tmp_path)], check=True, capture_output=True)
     known = json.loads((tmp_path / "perturbations.json").read_text())
     assert known["abdomen_rot90_xy"]["expected_M"] != known["abdomen"]["expected_M"]
-    known["chest"]["expected_M"] = [[1, 0, 0], [0, 1, 0], [0, 0, -1]]          # wrong on purpose
+    known["chest"]["expected_M"] = [[1, 0, 0], [0, 1, 0], [0, 0, -1]]  # wrong on purpose
     (tmp_path / "wrong.json").write_text(json.dumps(known))
     out = tmp_path / "eval"
-    assert main(["-i", str(tmp_path), "--anatomy_seg", str(tmp_path / "anatomy"), "-r", "liver", "-o", str(out),
-                 "--perturbations", str(tmp_path / "wrong.json")]) == 0
+    assert (
+        main(
+            [
+                "-i",
+                str(tmp_path),
+                "--anatomy_seg",
+                str(tmp_path / "anatomy"),
+                "-r",
+                "liver",
+                "-o",
+                str(out),
+                "--perturbations",
+                str(tmp_path / "wrong.json"),
+            ]
+        )
+        == 0
+    )
     rows = list(csv.DictReader(open(out / "evaluation.csv")))
     assert len(rows) == 6
     assert rows[0]["case"] == "chest"

@@ -1,4 +1,5 @@
 """Reading images with exact geometry, canonical orientation, label matching, bad input."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,11 +28,11 @@ def test_dicom_series_reads_as_volume():
 def test_flipped_dicom_labels_are_matched_in_world_space():
     img = read_image(DICOM[0])
     lab = read_image(DICOM[1])
-    assert np.sign(lab.GetDirection()[4]) != np.sign(img.GetDirection()[4])   # stored with flipped y
+    assert np.sign(lab.GetDirection()[4]) != np.sign(img.GetDirection()[4])  # stored with flipped y
     matched = match_label_to_image(lab, img)
     assert matched.GetSize() == img.GetSize()
     a_lab, a_m = sitk.GetArrayViewFromImage(lab), sitk.GetArrayViewFromImage(matched)
-    assert np.array_equal(a_m, a_lab[:, ::-1, :])                               # exact, no interpolation
+    assert np.array_equal(a_m, a_lab[:, ::-1, :])  # exact, no interpolation
     rng = np.random.default_rng(0)
     for _ in range(50):
         idx = [int(rng.integers(0, n)) for n in img.GetSize()]
@@ -41,7 +42,7 @@ def test_flipped_dicom_labels_are_matched_in_world_space():
 
 
 def test_canonical_orientation_is_lps_and_keeps_world_geometry():
-    img = read_image(CHEST[0])                     # stored LAS-like: direction diag(1, -1, 1)
+    img = read_image(CHEST[0])  # stored LAS-like: direction diag(1, -1, 1)
     can = canonical(img)
     assert np.allclose(can.GetDirection(), np.eye(3).ravel())
     lo1, hi1 = Geometry.of(img).bounds()
@@ -64,6 +65,7 @@ def test_list_inputs_finds_images_and_dicom_subfolders(tmp_path):
     sitk.WriteImage(read_image(ABDOMEN[0]), str(tmp_path / "a.nii.gz"))
     (tmp_path / "notes.txt").write_text("x")
     import shutil
+
     shutil.copytree(DICOM[0], tmp_path / "b")
     found = list_inputs(tmp_path)
     assert [p.name for p in found] == ["a.nii.gz", "b"]
@@ -95,11 +97,11 @@ def test_2d_image_is_refused(tmp_path):
 
 def test_constant_and_non_hu_images_are_refused():
     img = read_image(ABDOMEN[0])
-    check_ct_intensities(img)                                   # the real CT passes
+    check_ct_intensities(img)  # the real CT passes
     const = sitk.Image(img.GetSize(), sitk.sitkInt16)
     with pytest.raises(CTARRError, match="constant"):
         check_ct_intensities(const)
-    shifted = sitk.Cast(img, sitk.sitkFloat32) + 1024.0        # unsigned storage without rescale
+    shifted = sitk.Cast(img, sitk.sitkFloat32) + 1024.0  # unsigned storage without rescale
     with pytest.raises(CTARRError, match="Hounsfield"):
         check_ct_intensities(shifted)
     normalised = (sitk.Cast(img, sitk.sitkFloat32) + 1024.0) / 4000.0
@@ -109,7 +111,7 @@ def test_constant_and_non_hu_images_are_refused():
 
 def test_chest_padding_value_is_accepted():
     img = read_image(CHEST[0])
-    assert sitk.GetArrayViewFromImage(img).min() == -2048       # outside the circular FOV
+    assert sitk.GetArrayViewFromImage(img).min() == -2048  # outside the circular FOV
     check_ct_intensities(img)
 
 

@@ -3,6 +3,7 @@
 The predictor subclasses ``nnUNetPredictor`` and its preprocessing hook subclasses
 ``DefaultPreprocessor``; when any of this changes in a new nnU-Net release, this test fails
 loudly and names it, before a silent misbehaviour could (pyproject bounds nnunetv2 to 2.8.x)."""
+
 from __future__ import annotations
 
 import inspect
@@ -25,28 +26,59 @@ def params(fn) -> list[str]:
     return [p for p in inspect.signature(fn).parameters if p != "self"]
 
 
-CALLED = {   # every nnU-Net function called with keyword arguments, and the names used
+CALLED = {  # every nnU-Net function called with keyword arguments, and the names used
     nnUNetPredictor.predict_from_files: [
-        "list_of_lists_or_source_folder", "output_folder_or_list_of_truncated_output_files", "save_probabilities",
-        "overwrite", "num_processes_preprocessing", "num_processes_segmentation_export",
-        "folder_with_segs_from_prev_stage", "num_parts", "part_id"],
+        "list_of_lists_or_source_folder",
+        "output_folder_or_list_of_truncated_output_files",
+        "save_probabilities",
+        "overwrite",
+        "num_processes_preprocessing",
+        "num_processes_segmentation_export",
+        "folder_with_segs_from_prev_stage",
+        "num_parts",
+        "part_id",
+    ],
     nnUNetPredictor.predict_from_files_sequential: [
-        "list_of_lists_or_source_folder", "output_folder_or_list_of_truncated_output_files", "save_probabilities",
-        "overwrite", "folder_with_segs_from_prev_stage"],
+        "list_of_lists_or_source_folder",
+        "output_folder_or_list_of_truncated_output_files",
+        "save_probabilities",
+        "overwrite",
+        "folder_with_segs_from_prev_stage",
+    ],
     nnUNetPredictor.predict_single_npy_array: [
-        "input_image", "image_properties", "segmentation_previous_stage", "output_file_truncated",
-        "save_or_return_probabilities"],
+        "input_image",
+        "image_properties",
+        "segmentation_previous_stage",
+        "output_file_truncated",
+        "save_or_return_probabilities",
+    ],
     nnUNetPredictor.predict_from_list_of_npy_arrays: [
-        "image_or_list_of_images", "segs_from_prev_stage_or_list_of_segs_from_prev_stage",
-        "properties_or_list_of_properties", "truncated_ofname", "num_processes", "save_probabilities",
-        "num_processes_segmentation_export"],
-    nnUNetPredictor._manage_input_and_output_lists: [          # private hook
-        "list_of_lists_or_source_folder", "output_folder_or_list_of_truncated_output_files",
-        "folder_with_segs_from_prev_stage", "overwrite", "part_id", "num_parts", "save_probabilities"],
-    DefaultPreprocessor.run_case: ["image_files", "seg_file", "plans_manager", "configuration_manager",
-                                   "dataset_json"],
-    DefaultPreprocessor.run_case_npy: ["data", "seg", "properties", "plans_manager", "configuration_manager",
-                                       "dataset_json"],
+        "image_or_list_of_images",
+        "segs_from_prev_stage_or_list_of_segs_from_prev_stage",
+        "properties_or_list_of_properties",
+        "truncated_ofname",
+        "num_processes",
+        "save_probabilities",
+        "num_processes_segmentation_export",
+    ],
+    nnUNetPredictor._manage_input_and_output_lists: [  # private hook
+        "list_of_lists_or_source_folder",
+        "output_folder_or_list_of_truncated_output_files",
+        "folder_with_segs_from_prev_stage",
+        "overwrite",
+        "part_id",
+        "num_parts",
+        "save_probabilities",
+    ],
+    DefaultPreprocessor.run_case: ["image_files", "seg_file", "plans_manager", "configuration_manager", "dataset_json"],
+    DefaultPreprocessor.run_case_npy: [
+        "data",
+        "seg",
+        "properties",
+        "plans_manager",
+        "configuration_manager",
+        "dataset_json",
+    ],
     compute_steps_for_sliding_window: ["image_size", "tile_size", "tile_step_size"],
 }
 
@@ -63,7 +95,7 @@ def test_overrides_keep_nnunets_parameter_names():
         assert params(getattr(nnUNetPredictorCTARR, name)) == params(getattr(nnUNetPredictor, name))
     for name in ("predict_single_npy_array", "predict_from_list_of_npy_arrays"):
         base = params(getattr(nnUNetPredictor, name))
-        assert params(getattr(nnUNetPredictorCTARR, name))[:len(base)] == base
+        assert params(getattr(nnUNetPredictorCTARR, name))[: len(base)] == base
     for name in ("run_case", "run_case_npy"):
         assert params(getattr(CTARRPreprocessor, name)) == params(getattr(DefaultPreprocessor, name))
 
@@ -76,7 +108,7 @@ def test_properties_and_hooks_used_exist():
         assert hasattr(ConfigurationManager, attr), attr
     assert isinstance(inspect.getattr_static(LabelManager, "num_segmentation_heads"), property)
     assert callable(LabelManager.convert_probabilities_to_segmentation)
-    assert callable(nnUNetPredictor._internal_get_sliding_window_slicers)          # counted by a test
+    assert callable(nnUNetPredictor._internal_get_sliding_window_slicers)  # counted by a test
     init = inspect.getsource(nnUNetPredictor.initialize_from_trained_model_folder)
     for attr in ("self.plans_manager", "self.configuration_manager", "self.label_manager", "self.dataset_json"):
         assert attr in init, attr

@@ -6,6 +6,7 @@ own 30-slice crop and the DICOM series: every built-in region keeps >= 99.5% of 
 voxels on average and >= 97% in every case, the orientation is always recovered, and organ
 region crops are <= 50% of the scan on average.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Two-scan prealignment and body-height scores on real scans with known relations."""
+
 from __future__ import annotations
 
 import json
@@ -32,7 +33,7 @@ def test_subvolume_prealigns_to_its_source(abdomen, ts_v2, atlas):
         err = np.abs(A @ centre + b - centre)
         assert err.max() < 10.0, (z0, z1, err)
         z_err.append(err[2])
-    assert np.median(z_err) <= 6.0, z_err                       # the SSBR seed's target
+    assert np.median(z_err) <= 6.0, z_err  # the SSBR seed's target
 
 
 def test_flipped_copy_prealigns_with_the_flip(abdomen, ts_v2, atlas, tmp_path):
@@ -61,19 +62,32 @@ def test_prealign_cli_non_overlapping_scans_and_tfm(tmp_path):
     lab = sitk.ReadImage(str(ABDOMEN[1]))
     sitk.WriteImage(_cut(img, 0, 50), str(tmp_path / "pelvis.nii.gz"))
     sitk.WriteImage(_cut(lab, 0, 50), str(tmp_path / "pelvis_lab.nii.gz"))
-    code = prealign_main([str(CHEST[0]), str(tmp_path / "pelvis.nii.gz"), "-o", str(tmp_path / "pre"),
-                          "--fixed_anatomy", str(CHEST[1]), "--moving_anatomy", str(tmp_path / "pelvis_lab.nii.gz"),
-                          "--anatomy_format", "ts_v2"])
+    code = prealign_main(
+        [
+            str(CHEST[0]),
+            str(tmp_path / "pelvis.nii.gz"),
+            "-o",
+            str(tmp_path / "pre"),
+            "--fixed_anatomy",
+            str(CHEST[1]),
+            "--moving_anatomy",
+            str(tmp_path / "pelvis_lab.nii.gz"),
+            "--anatomy_format",
+            "ts_v2",
+        ]
+    )
     assert code == 0
     d = json.loads((tmp_path / "pre.json").read_text())
     tx = sitk.ReadTransform(str(tmp_path / "pre.tfm"))
     A = np.array(d["moving_to_fixed"]["matrix"])
     b = np.array(d["moving_to_fixed"]["translation_mm"])
     p = np.array([10.0, -150.0, 150.0])
-    assert np.allclose(tx.TransformPoint((A @ p + b).tolist()), p, atol=1e-3)   # ITK file = fixed -> moving
+    assert np.allclose(tx.TransformPoint((A @ p + b).tolist()), p, atol=1e-3)  # ITK file = fixed -> moving
     # the pelvis lies below the chest: its centre maps far below the chest's lowest slice
-    lo_chest = min(sitk.ReadImage(str(CHEST[0])).TransformIndexToPhysicalPoint((0, 0, 0))[2],
-                   sitk.ReadImage(str(CHEST[0])).TransformIndexToPhysicalPoint((0, 0, 110))[2])
+    lo_chest = min(
+        sitk.ReadImage(str(CHEST[0])).TransformIndexToPhysicalPoint((0, 0, 0))[2],
+        sitk.ReadImage(str(CHEST[0])).TransformIndexToPhysicalPoint((0, 0, 110))[2],
+    )
     pel = sitk.ReadImage(str(tmp_path / "pelvis.nii.gz"))
     c = np.array(pel.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in pel.GetSize()]))
     assert (A @ c + b)[2] < lo_chest - 100
@@ -89,9 +103,19 @@ def test_body_height_is_consistent_between_overlapping_scans(abdomen, ts_v2, atl
     h_sub = body_height(sub_i, sub.transform, (lo[2], hi[2]))
     z_full = np.array(h_full["atlas_z_mm"])[40:90]
     assert np.abs(np.array(h_sub["atlas_z_mm"]) - z_full).max() < 8.0
-    assert np.all(np.diff(h_full["atlas_z_mm"]) > 0)            # head-ward slices score higher
-    code = body_height_main(["-i", str(ABDOMEN[0]), "--anatomy_seg", str(ABDOMEN[1]), "-o", str(tmp_path / "h.json"),
-                             "--plot", str(tmp_path / "h.png")])
+    assert np.all(np.diff(h_full["atlas_z_mm"]) > 0)  # head-ward slices score higher
+    code = body_height_main(
+        [
+            "-i",
+            str(ABDOMEN[0]),
+            "--anatomy_seg",
+            str(ABDOMEN[1]),
+            "-o",
+            str(tmp_path / "h.json"),
+            "--plot",
+            str(tmp_path / "h.png"),
+        ]
+    )
     assert code == 0
     assert (tmp_path / "h.png").exists()
     d = json.loads((tmp_path / "h.json").read_text())

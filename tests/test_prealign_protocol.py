@@ -1,5 +1,6 @@
 """The SSBR seed's prealignment protocol (a few pairs) and the grid-search baseline, through the
 functions that benchmarks/eval_prealign.py uses (benchmarks/prealign_protocol.py)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -22,8 +23,9 @@ def test_truth_of_a_copy_is_exact():
     """Labels of a cut + zoomed + turned + flipped + shifted copy sit where its truth says."""
     subj = load_subject(DATA, "abdomen")
     size = np.array(subj.image.GetSize())
-    cp = make_copy(subj, "t", [5, 8, 20], [size[0] - 3, size[1] - 6, 100], zoom=1.1, k_rot=3, flip_z=True,
-                   shift_mm=(10, -20, 150))
+    cp = make_copy(
+        subj, "t", [5, 8, 20], [size[0] - 3, size[1] - 6, 100], zoom=1.1, k_rot=3, flip_z=True, shift_mm=(10, -20, 150)
+    )
     arr, orig = sitk.GetArrayViewFromImage(cp.labels), sitk.GetArrayViewFromImage(subj.labels)
     rng = np.random.default_rng(0)
     pick = [rng.integers(0, n, 500) for n in arr.shape]
@@ -38,7 +40,7 @@ def test_protocol_pairs_ctarr_within_target(atlas, ts_v2):
     for name in ("abdomen", "chest"):
         for pair in same_subject_pairs(load_subject(DATA, name), 3, seed=0):
             errs.append(evaluate_pair(pair, atlas, ts_v2, baseline=False)["ctarr"]["z_err_mm"])
-    assert np.median(errs) <= 6.0, errs                     # the SSBR seed's target
+    assert np.median(errs) <= 6.0, errs  # the SSBR seed's target
     assert max(errs) <= FAIL_MM, errs
 
 

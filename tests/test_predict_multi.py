@@ -1,6 +1,7 @@
 """nnUNetv2_predict_ctarr_multi: several tiny random-weight nnU-Net models (real planning,
 architecture and sliding window), each in its own CTARR region on the real bundled CTs, one
 registration per case, merged by the max-probability rule."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,15 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import ABDOMEN, CHEST, DICOM, SMALL, assert_same_geometry_as_dicom, write_liver_kidney_targets
+from conftest import (
+    ABDOMEN,
+    CHEST,
+    DICOM,
+    SMALL,
+    assert_same_geometry_as_dicom,
+    run_in_process,
+    write_liver_kidney_targets,
+)
 from model_factory import make_random_model
 
 from nnunet_ctarr.core.anatomy_sources import PrecomputedAnatomy
@@ -51,11 +60,24 @@ def models(tmp_path_factory):
     randomly initialised tiny nnU-Net (6 mm; outputs are resampled to the input grid)."""
     tmp = tmp_path_factory.mktemp("multi_models")
     labs = write_liver_kidney_targets(tmp)
-    base = make_random_model(tmp / "base", [ABDOMEN[0], CHEST[0]], labs, {"background": 0, "a": 1, "b": 2},
-                             dataset_id=986, seed=4, spacing=[6.0, 6.0, 6.0])       # 6 mm: few patches, fast
+    base = make_random_model(
+        tmp / "base",
+        [ABDOMEN[0], CHEST[0]],
+        labs,
+        {"background": 0, "a": 1, "b": 2},
+        dataset_id=986,
+        seed=4,
+        spacing=[6.0, 6.0, 6.0],
+    )  # 6 mm: few patches, fast
     liver = _derive(base, tmp / "liver_model", {"background": 0, "liver": 1}, [0, 1], 1, [0.0, 0.5])
-    kidneys = _derive(base, tmp / "kidney_model", {"background": 0, "kidney_left": 1, "kidney_right": 2},
-                      [0, 2, 1], 2, [0.0, 0.5, 0.5])
+    kidneys = _derive(
+        base,
+        tmp / "kidney_model",
+        {"background": 0, "kidney_left": 1, "kidney_right": 2},
+        [0, 2, 1],
+        2,
+        [0.0, 0.5, 0.5],
+    )
     return {"liver": liver, "kidneys": kidneys}
 
 
@@ -70,12 +92,25 @@ def cases(tmp_path_factory):
 
 
 def _spec(path: Path, models: dict, bladder: bool = True) -> Path:
-    entries = [{"folder": str(models["liver"]), "region": "liver", "folds": [0], "labels": {"liver": "liver"}},
-               {"name": "kidneys", "folder": str(models["kidneys"]), "region": "kidneys",
-                "labels": {"kidney_left": 2, "2": "kidney_right"}}]
-    if bladder:                          # the liver model again, in the bladder region (outside the small CT)
-        entries.append({"name": "bladder", "folder": str(models["liver"]), "region": "urinary_bladder",
-                        "checkpoint": "checkpoint_final.pth", "labels": {"1": "bladder"}})
+    entries = [
+        {"folder": str(models["liver"]), "region": "liver", "folds": [0], "labels": {"liver": "liver"}},
+        {
+            "name": "kidneys",
+            "folder": str(models["kidneys"]),
+            "region": "kidneys",
+            "labels": {"kidney_left": 2, "2": "kidney_right"},
+        },
+    ]
+    if bladder:  # the liver model again, in the bladder region (outside the small CT)
+        entries.append(
+            {
+                "name": "bladder",
+                "folder": str(models["liver"]),
+                "region": "urinary_bladder",
+                "checkpoint": "checkpoint_final.pth",
+                "labels": {"1": "bladder"},
+            }
+        )
     path.write_text(json.dumps({"labels": OUT_LABELS, "models": entries}))
     return path
 
@@ -85,6 +120,7 @@ SPEC_LUTS = [("liver", "liver", {1: 1}), ("kidneys", "kidneys", {1: 2, 2: 3}), (
 
 def _run_main(argv: list[str]) -> int:
     from nnunet_ctarr.cli.predict_multi import main
+
     return main(argv)
 
 
@@ -93,12 +129,14 @@ def multi_run(models, cases, tmp_path_factory):
     """One in-process run on both cases, counting registrations."""
     import nnunet_ctarr.inference.multi_predictor as mp
     import nnunet_ctarr.inference.predictor as pr
+
     calls = {"multi": 0, "predictor": 0}
 
     def counting(key, fn):
         def wrapped(*a, **k):
             calls[key] += 1
             return fn(*a, **k)
+
         return wrapped
 
     out = tmp_path_factory.mktemp("multi_out")
@@ -106,8 +144,22 @@ def multi_run(models, cases, tmp_path_factory):
     with pytest.MonkeyPatch.context() as m:
         m.setattr(mp, "locate", counting("multi", mp.locate))
         m.setattr(pr, "locate", counting("predictor", pr.locate))
-        rc = _run_main(["-i", str(cases / "img"), "-o", str(out), "-spec", str(spec), "-anatomy_seg",
-                        str(cases / "anat"), "-device", "cpu", "--disable_tta", "--disable_progress_bar"])
+        rc = _run_main(
+            [
+                "-i",
+                str(cases / "img"),
+                "-o",
+                str(out),
+                "-spec",
+                str(spec),
+                "-anatomy_seg",
+                str(cases / "anat"),
+                "-device",
+                "cpu",
+                "--disable_tta",
+                "--disable_progress_bar",
+            ]
+        )
     assert rc == 0
     return out, calls
 
@@ -154,7 +206,7 @@ def _check_geometry_and_outside(cases, out, case):
     for m in side["models"]:
         for b in m["crops"]:
             s, e = b["index_start_xyz"], b["index_stop_xyz"]
-            inside[s[2]:e[2], s[1]:e[1], s[0]:e[0]] = True
+            inside[s[2] : e[2], s[1] : e[1], s[0] : e[0]] = True
     assert (~inside).mean() > 0.1
     assert not seg[~inside].any()  # crops cover < 90 %
     assert {1, 2, 3} <= set(np.unique(seg[inside]).tolist())
@@ -200,7 +252,7 @@ def test_region_outside_the_field_of_view_contributes_nothing(cases, multi_run):
 
 def test_one_registration_per_case_shared_by_all_models(multi_run):
     out, calls = multi_run
-    assert calls == {"multi": 2, "predictor": 0}               # 2 cases, 3 models
+    assert calls == {"multi": 2, "predictor": 0}  # 2 cases, 3 models
     for case in ("abd", "sm"):
         side = json.loads((out / f"{case}.ctarr_multi.json").read_text())
         assert side["localisation"]["registrations"] == 1
@@ -213,6 +265,7 @@ def test_implausible_anatomy_every_model_runs_on_the_full_image(models, tmp_path
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
     from nnunet_ctarr.inference.multi_predictor import MultiModelPredictor
+
     (tmp_path / "anat").mkdir()
     sitk.WriteImage(sitk.ReadImage(str(SMALL[1])) * 0, str(tmp_path / "anat" / "sm.nii.gz"))
     spec = load_spec(_spec(tmp_path / "spec.json", models, bladder=False))
@@ -223,11 +276,12 @@ def test_implausible_anatomy_every_model_runs_on_the_full_image(models, tmp_path
     assert "error" in report["localisation"]
     assert all(m["mode"] == "full" and any("not trusted" in w for w in m["warnings"]) for m in report["models"])
     preds = []
-    for (model_key, _, lut) in SPEC_LUTS[:2]:
+    for model_key, _, lut in SPEC_LUTS[:2]:
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
         p = nnUNetPredictor(use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
         p.initialize_from_trained_model_folder(str(models[model_key]), (0,))
-        s, pr = p.predict_single_npy_array(data, props, None, None, True)    # stock, full image
+        s, pr = p.predict_single_npy_array(data, props, None, None, True)  # stock, full image
         preds.append((s, pr, lut))
     ref, _, voters = _reference_merge(preds)
     assert np.array_equal(seg, ref)
@@ -239,11 +293,32 @@ def test_dicom_folder_input_via_cli(models, tmp_path):
     anat.mkdir()
     shutil.copy(DICOM[1], anat / "example_ct_dicom.nii.gz")
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"labels": {"background": 0, "liver": 1},
-                                "models": [{"folder": str(models["liver"]), "region": "liver"}]}))
-    r = subprocess.run([sys.executable, "-m", "nnunet_ctarr.cli.predict_multi", "-i", str(DICOM[0]), "-o",
-                        str(tmp_path / "o"), "-spec", str(spec), "-anatomy_seg", str(anat), "-device", "cpu",
-                        "--disable_tta", "--disable_progress_bar"], capture_output=True, text=True)
+    spec.write_text(
+        json.dumps(
+            {"labels": {"background": 0, "liver": 1}, "models": [{"folder": str(models["liver"]), "region": "liver"}]}
+        )
+    )
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nnunet_ctarr.cli.predict_multi",
+            "-i",
+            str(DICOM[0]),
+            "-o",
+            str(tmp_path / "o"),
+            "-spec",
+            str(spec),
+            "-anatomy_seg",
+            str(anat),
+            "-device",
+            "cpu",
+            "--disable_tta",
+            "--disable_progress_bar",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same_geometry_as_dicom(tmp_path / "o" / "example_ct_dicom.nii.gz")
     side = json.loads((tmp_path / "o" / "example_ct_dicom.ctarr_multi.json").read_text())
@@ -276,17 +351,20 @@ def _bad(tmp_path, models, **change):
     return tmp_path / "bad.json"
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"folder": "/nonexistent/model"}, "model folder not found"),
-    ({"region": "pancreas_tail"}, "unknown region 'pancreas_tail'"),
-    ({"labels": {"liver": 7}}, "mapped to 7, which is not an output label"),
-    ({"labels": {"spleen": "liver"}}, "'spleen' is not a label of the model"),
-    ({"out_labels": {"background": 0, "liver": 1, "kidney": 1}}, "share the value 1"),
-    ({"folds": [3]}, "checkpoint not found"),
-    ({"fold": [0]}, "unknown key(s) ['fold']"),
-    ({"name": "kidneys"}, "used more than once"),
-    ({"crops": "padded"}, "\"crops\" must be one of ['fitted', 'exact']"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"folder": "/nonexistent/model"}, "model folder not found"),
+        ({"region": "pancreas_tail"}, "unknown region 'pancreas_tail'"),
+        ({"labels": {"liver": 7}}, "mapped to 7, which is not an output label"),
+        ({"labels": {"spleen": "liver"}}, "'spleen' is not a label of the model"),
+        ({"out_labels": {"background": 0, "liver": 1, "kidney": 1}}, "share the value 1"),
+        ({"folds": [3]}, "checkpoint not found"),
+        ({"fold": [0]}, "unknown key(s) ['fold']"),
+        ({"name": "kidneys"}, "used more than once"),
+        ({"crops": "padded"}, "\"crops\" must be one of ['fitted', 'exact']"),
+    ],
+)
 def test_bad_specs_are_rejected_with_one_line(models, tmp_path, change, message):
     with pytest.raises(CTARRError) as e:
         load_spec(_bad(tmp_path, models, **change))
@@ -295,9 +373,23 @@ def test_bad_specs_are_rejected_with_one_line(models, tmp_path, change, message)
 
 
 def test_cli_bad_spec_exits_1_with_one_line(models, cases, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "nnunet_ctarr.cli.predict_multi", "-i", str(cases / "img"), "-o",
-                        str(tmp_path / "o"), "-spec", str(_bad(tmp_path, models, labels={"liver": "bladderx"})),
-                        "-anatomy_seg", str(cases / "anat"), "-device", "cpu"], capture_output=True, text=True)
+    from nnunet_ctarr.cli.predict_multi import main
+
+    r = run_in_process(
+        main,
+        [
+            "-i",
+            str(cases / "img"),
+            "-o",
+            str(tmp_path / "o"),
+            "-spec",
+            str(_bad(tmp_path, models, labels={"liver": "bladderx"})),
+            "-anatomy_seg",
+            str(cases / "anat"),
+            "-device",
+            "cpu",
+        ],
+    )
     assert r.returncode == 1
     assert "Traceback" not in r.stderr
     lines = r.stderr.strip().splitlines()

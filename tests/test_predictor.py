@@ -1,5 +1,6 @@
 """nnUNetPredictorCTARR / nnUNetv2_predict_ctarr with a tiny randomly initialised nnU-Net
 model (real nnU-Net planning, architecture and sliding window) on the real CTs."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import ABDOMEN, CHEST, DICOM, SMALL, assert_same_geometry_as_dicom, write_liver_kidney_targets
+from conftest import (
+    ABDOMEN,
+    CHEST,
+    DICOM,
+    SMALL,
+    TEST_STEP,
+    assert_same_geometry_as_dicom,
+    run_in_process,
+    write_liver_kidney_targets,
+)
 from model_factory import make_random_model
 
 from nnunet_ctarr.core.anatomy_sources import PrecomputedAnatomy
@@ -38,7 +48,8 @@ def inputs(tmp_path_factory):
 
 def stock_predictor(model):
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-    p = nnUNetPredictor(use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
+
+    p = nnUNetPredictor(tile_step_size=TEST_STEP, use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
     p.initialize_from_trained_model_folder(str(model), (0,))
     return p
 
@@ -46,16 +57,21 @@ def stock_predictor(model):
 def stock_on(model, img: sitk.Image) -> np.ndarray:
     p = stock_predictor(model)
     arr = sitk.GetArrayFromImage(img)[None].astype(np.float32)
-    props = {"spacing": list(img.GetSpacing())[::-1],
-             "sitk_stuff": {"spacing": img.GetSpacing(), "origin": img.GetOrigin(), "direction": img.GetDirection()}}
+    props = {
+        "spacing": list(img.GetSpacing())[::-1],
+        "sitk_stuff": {"spacing": img.GetSpacing(), "origin": img.GetOrigin(), "direction": img.GetDirection()},
+    }
     return p.predict_single_npy_array(arr, props)
 
 
 def ctarr_predictor(model, region, anat, on_miss="full", sidecar=None, fit_tiles=True):
-    p = nnUNetPredictorCTARR(use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
+    p = nnUNetPredictorCTARR(
+        tile_step_size=TEST_STEP, use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False
+    )
     p.initialize_from_trained_model_folder(str(model), (0,))
-    p.ctarr_setup(load_region(region), PrecomputedAnatomy(anat), on_miss=on_miss, sidecar_folder=sidecar,
-                  fit_tiles=fit_tiles)
+    p.ctarr_setup(
+        load_region(region), PrecomputedAnatomy(anat), on_miss=on_miss, sidecar_folder=sidecar, fit_tiles=fit_tiles
+    )
     return p
 
 
@@ -73,8 +89,13 @@ def test_inside_equals_stock_on_crop_and_outside_is_background(tiny_model, input
     if sequential:
         p.predict_from_files_sequential(str(inputs / "img"), str(out), save_probabilities=True)
     else:
-        p.predict_from_files(str(inputs / "img"), str(out), save_probabilities=True,
-                             num_processes_preprocessing=1, num_processes_segmentation_export=1)
+        p.predict_from_files(
+            str(inputs / "img"),
+            str(out),
+            save_probabilities=True,
+            num_processes_preprocessing=1,
+            num_processes_segmentation_export=1,
+        )
     src = sitk.ReadImage(str(inputs / "img" / "abd_0000.nii.gz"))
     res = sitk.ReadImage(str(out / "abd.nii.gz"))
     assert res.GetSize() == src.GetSize()
@@ -89,8 +110,8 @@ def test_inside_equals_stock_on_crop_and_outside_is_background(tiny_model, input
     cover = np.zeros(seg.shape, np.uint8)
     for sl, _ in crops:
         cover[sl] += 1
-    for sl, (s, e) in crops:        # where crops overlap, the highest probability wins (tested below)
-        stock = stock_on(tiny_model, src[s[0]:e[0], s[1]:e[1], s[2]:e[2]])
+    for sl, (s, e) in crops:  # where crops overlap, the highest probability wins (tested below)
+        stock = stock_on(tiny_model, src[s[0] : e[0], s[1] : e[1], s[2] : e[2]])
         alone = cover[sl] == 1
         assert alone.mean() > 0.5
         assert np.array_equal(seg[sl][alone], stock[alone])
@@ -112,15 +133,20 @@ def test_fitted_crops_run_no_more_tiles_than_the_region_boxes(tiny_model, inputs
         out = tmp_path / str(fit)
         p = ctarr_predictor(tiny_model, "kidneys", inputs / "anat", sidecar=str(out), fit_tiles=fit)
         tiles, make = [], p._internal_get_sliding_window_slicers
-        p._internal_get_sliding_window_slicers = lambda size: tiles.append(len(make(size))) or make(size)
+
+        def counting(size, tiles=tiles, make=make):
+            tiles.append(len(make(size)))
+            return make(size)
+
+        p._internal_get_sliding_window_slicers = counting
         p.predict_from_files_sequential(str(inputs / "img"), str(out))
         sides[fit] = json.loads((out / "abd.ctarr.json").read_text())
-        assert sum(c["tiles"] for c in sides[fit]["crops"]) == sum(tiles)     # the sidecar's count is nnU-Net's
+        assert sum(c["tiles"] for c in sides[fit]["crops"]) == sum(tiles)  # the sidecar's count is nnU-Net's
         ran[fit] = sum(tiles)
     assert ran[True] <= ran[False]
     assert sides[True]["voxel_fraction"] > sides[False]["voxel_fraction"] == sides[True]["region_voxel_fraction"]
     exact = [(c["index_start_xyz"], c["index_stop_xyz"]) for c in sides[False]["crops"]]
-    for c in sides[True]["crops"]:                  # every region box lies inside the crop made from it
+    for c in sides[True]["crops"]:  # every region box lies inside the crop made from it
         for k in c["region_boxes"]:
             assert np.all(np.array(c["index_start_xyz"]) <= exact[k][0])
             assert np.all(np.array(c["index_stop_xyz"]) >= exact[k][1])
@@ -130,10 +156,37 @@ def test_dicom_folder_input_keeps_dicom_geometry(tiny_model, tmp_path):
     anat = tmp_path / "anat"
     anat.mkdir()
     shutil.copy(DICOM[1], anat / "example_ct_dicom.nii.gz")
-    r = subprocess.run([sys.executable, "-m", "nnunet_ctarr.cli.predict", "-i", str(DICOM[0]), "-o", str(tmp_path / "o"),
-                        "-m", str(tiny_model), "-f", "0", "-device", "cpu", "-region", "liver", "-anatomy_seg",
-                        str(anat), "--disable_tta", "-npp", "0", "-nps", "0", "--save_ctarr_json"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nnunet_ctarr.cli.predict",
+            "-i",
+            str(DICOM[0]),
+            "-o",
+            str(tmp_path / "o"),
+            "-m",
+            str(tiny_model),
+            "-f",
+            "0",
+            "-device",
+            "cpu",
+            "-region",
+            "liver",
+            "-anatomy_seg",
+            str(anat),
+            "--disable_tta",
+            "-step_size",
+            str(TEST_STEP),
+            "-npp",
+            "0",
+            "-nps",
+            "0",
+            "--save_ctarr_json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same_geometry_as_dicom(tmp_path / "o" / "example_ct_dicom.nii.gz")
     assert json.loads((tmp_path / "o" / "example_ct_dicom.ctarr.json").read_text())["mode"] == "crop"
@@ -191,11 +244,13 @@ def test_region_outside_fov(tiny_model, tmp_path, on_miss):
 
 def test_npy_entry_points_match_file_path(tiny_model, inputs, tmp_path):
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+
     data, props = SimpleITKIO().read_images([str(inputs / "img" / "abd_0000.nii.gz")])
     p = ctarr_predictor(tiny_model, "kidneys", inputs / "anat")
     single = p.predict_single_npy_array(data, props, anatomy=sitk.ReadImage(str(ABDOMEN[1])), case="abd")
-    listed = p.predict_from_list_of_npy_arrays([data], None, [props], None, num_processes=1,
-                                               anatomy=[sitk.ReadImage(str(ABDOMEN[1]))], cases=["abd"])
+    listed = p.predict_from_list_of_npy_arrays(
+        [data], None, [props], None, num_processes=1, anatomy=[sitk.ReadImage(str(ABDOMEN[1]))], cases=["abd"]
+    )
     p2 = ctarr_predictor(tiny_model, "kidneys", inputs / "anat")
     p2.predict_from_files_sequential(str(inputs / "img"), str(tmp_path / "o"))
     ref = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "o" / "abd.nii.gz")))
@@ -207,40 +262,68 @@ def test_model_folder_ctarr_json_sets_region(tiny_model, inputs, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
     (model / "ctarr.json").write_text(json.dumps({"region": "liver", "margin_mm": 5.0, "crops": "exact"}))
-    r = subprocess.run([sys.executable, "-m", "nnunet_ctarr.cli.predict", "-i", str(inputs / "img"), "-o",
-                        str(tmp_path / "o"), "-m", str(model), "-f", "0", "-device", "cpu", "-anatomy_seg",
-                        str(inputs / "anat"), "--disable_tta", "-npp", "0", "-nps", "0", "--save_ctarr_json"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nnunet_ctarr.cli.predict",
+            "-i",
+            str(inputs / "img"),
+            "-o",
+            str(tmp_path / "o"),
+            "-m",
+            str(model),
+            "-f",
+            "0",
+            "-device",
+            "cpu",
+            "-anatomy_seg",
+            str(inputs / "anat"),
+            "--disable_tta",
+            "-step_size",
+            str(TEST_STEP),
+            "-npp",
+            "0",
+            "-nps",
+            "0",
+            "--save_ctarr_json",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     side = json.loads((tmp_path / "o" / "abd.ctarr.json").read_text())
     assert side["region"] == "liver"
     assert side["mode"] == "crop"
-    box, crop = side["boxes"][0], side["crops"][0]             # "crops": "exact" -> the region box itself
+    box, crop = side["boxes"][0], side["crops"][0]  # "crops": "exact" -> the region box itself
     assert len(side["crops"]) == 1
     assert (crop["index_start_xyz"], crop["index_stop_xyz"]) == (box["index_start_xyz"], box["index_stop_xyz"])
 
 
 def test_merge_takes_most_confident_box_and_background_outside():
     p1 = np.zeros((3, 2, 2, 4), np.float32)
-    p1[0], p1[1] = 0.3, 0.7          # box 1: class 1 with 0.7
+    p1[0], p1[1] = 0.3, 0.7  # box 1: class 1 with 0.7
     p2 = np.zeros((3, 2, 2, 4), np.float32)
-    p2[0], p2[2] = 0.1, 0.9          # box 2: class 2 with 0.9
-    winner, probs = merge_box_probabilities((2, 2, 10), [(p1, [0, 0, 0], [4, 2, 2]), (p2, [2, 0, 0], [6, 2, 2])], 3, True)
+    p2[0], p2[2] = 0.1, 0.9  # box 2: class 2 with 0.9
+    winner, probs = merge_box_probabilities(
+        (2, 2, 10), [(p1, [0, 0, 0], [4, 2, 2]), (p2, [2, 0, 0], [6, 2, 2])], 3, True
+    )
     assert np.all(winner[..., 0:2] == 0)
     assert np.all(winner[..., 2:6] == 1)
     assert np.all(winner[..., 6:] == -1)
-    assert np.all(probs[2, :, :, 2:4] == 0.9)                 # overlap: the more confident box
-    assert np.all(probs[0, :, :, 6:] == 1)                   # outside: background
+    assert np.all(probs[2, :, :, 2:4] == 0.9)  # overlap: the more confident box
+    assert np.all(probs[0, :, :, 6:] == 1)  # outside: background
 
 
 def test_cli_errors_are_one_line(tiny_model, inputs, tmp_path):
-    base = [sys.executable, "-m", "nnunet_ctarr.cli.predict", "-i", str(inputs / "img"), "-o", str(tmp_path / "o"),
-            "-m", str(tiny_model), "-f", "0", "-device", "cpu"]
-    r = subprocess.run(base + ["-region", "liver"], capture_output=True, text=True)
+    from nnunet_ctarr.cli.predict import main
+
+    base = ["-i", str(inputs / "img"), "-o", str(tmp_path / "o"), "-m", str(tiny_model), "-f", "0", "-device", "cpu"]
+    r = run_in_process(main, base + ["-region", "liver"])
     assert r.returncode == 1
     assert "exactly one anatomy source" in r.stderr
     assert "Traceback" not in r.stderr
-    r = subprocess.run(base + ["-anatomy_seg", str(inputs / "anat")], capture_output=True, text=True)
+    r = run_in_process(main, base + ["-anatomy_seg", str(inputs / "anat")])
     assert r.returncode == 1
     assert "no region" in r.stderr
     assert "Traceback" not in r.stderr
@@ -252,6 +335,7 @@ def random_anatomy_model(tmp_path_factory):
     model's would be, and the predictor must notice."""
     from nnunet_ctarr.core.anatomy import GROUPS, load_anatomy
     from nnunet_ctarr.core.errors import WarningLog
+
     tmp = tmp_path_factory.mktemp("anatomy_model")
     labs = []
     for name, lab_f in (("abd", ABDOMEN[1]), ("chest", CHEST[1])):
@@ -262,16 +346,22 @@ def random_anatomy_model(tmp_path_factory):
 
 
 def test_anatomy_model_source_is_mapped_by_names_and_untrusted_output_falls_back(
-        tiny_model, random_anatomy_model, inputs, tmp_path):
+    tiny_model, random_anatomy_model, inputs, tmp_path
+):
     from nnunet_ctarr.inference.anatomy_model import ModelAnatomy
-    src = ModelAnatomy(random_anatomy_model, folds=(0,), device="cpu", disable_tta=True, npp=0, nps=0)
-    assert src.scheme.observed.all()                       # dataset.json names = the 19 groups
-    p = nnUNetPredictorCTARR(use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
+
+    src = ModelAnatomy(
+        random_anatomy_model, folds=(0,), device="cpu", step_size=TEST_STEP, disable_tta=True, npp=0, nps=0
+    )
+    assert src.scheme.observed.all()  # dataset.json names = the 19 groups
+    p = nnUNetPredictorCTARR(
+        tile_step_size=TEST_STEP, use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False
+    )
     p.initialize_from_trained_model_folder(str(tiny_model), (0,))
     out = tmp_path / "out"
     p.ctarr_setup(load_region("liver"), src, sidecar_folder=str(out))
     p.predict_from_files_sequential(str(inputs / "img"), str(out))
-    assert src.label_file("abd").exists()                  # the anatomy model ran once, at its own resolution
+    assert src.label_file("abd").exists()  # the anatomy model ran once, at its own resolution
     side = json.loads((out / "abd.ctarr.json").read_text())
     assert side["mode"] == "full"
     assert any("not trusted" in w for w in side["warnings"])
@@ -282,31 +372,56 @@ def test_anatomy_model_source_is_mapped_by_names_and_untrusted_output_falls_back
 def test_anatomy_model_with_totalsegmentator_names(tmp_path):
     from nnunet_ctarr.core.anatomy import totalsegmentator_scheme
     from nnunet_ctarr.inference.anatomy_model import ModelAnatomy
+
     folder = tmp_path / "ts_model"
     folder.mkdir()
     labels = {"background": 0, **{n: i for i, n in totalsegmentator_scheme(1).items()}}
-    (folder / "dataset.json").write_text(json.dumps({"labels": labels, "channel_names": {"0": "CT"},
-                                                     "file_ending": ".nii.gz"}))
+    (folder / "dataset.json").write_text(
+        json.dumps({"labels": labels, "channel_names": {"0": "CT"}, "file_ending": ".nii.gz"})
+    )
     (folder / "plans.json").write_text("{}")
     src = ModelAnatomy(folder)
     from nnunet_ctarr.core.anatomy import GROUPS
+
     unobserved = {GROUPS[i] for i in np.nonzero(~src.scheme.observed)[0]}
-    assert unobserved == {"skull", "sternum"}              # v1 names: heart from chambers, no skull/sternum
+    assert unobserved == {"skull", "sternum"}  # v1 names: heart from chambers, no skull/sternum
 
 
 def test_missing_anatomy_is_an_error_for_that_case_and_untrusted_still_falls_back(tiny_model, tmp_path, capsys):
     """Fallback is not for user errors: a case without its anatomy file is not predicted, is
     named, and the exit code is 1; the other cases run, an untrusted one on the full volume."""
     from nnunet_ctarr.cli.predict import main
+
     img, anat, out = tmp_path / "img", tmp_path / "anat", tmp_path / "out"
     img.mkdir(), anat.mkdir()
     shutil.copy(ABDOMEN[0], img / "abd_0000.nii.gz")
     shutil.copy(ABDOMEN[1], anat / "abd.nii.gz")
     shutil.copy(SMALL[0], img / "blank_0000.nii.gz")
     sitk.WriteImage(sitk.ReadImage(str(SMALL[1])) * 0, str(anat / "blank.nii.gz"))
-    shutil.copy(SMALL[0], img / "nofile_0000.nii.gz")                # no anatomy for this case
-    base = ["-o", str(out), "-m", str(tiny_model), "-f", "0", "-device", "cpu", "-region", "liver", "-anatomy_seg",
-            str(anat), "--disable_tta", "-npp", "0", "-nps", "0", "--save_ctarr_json", "--disable_progress_bar"]
+    shutil.copy(SMALL[0], img / "nofile_0000.nii.gz")  # no anatomy for this case
+    base = [
+        "-o",
+        str(out),
+        "-m",
+        str(tiny_model),
+        "-f",
+        "0",
+        "-device",
+        "cpu",
+        "-region",
+        "liver",
+        "-anatomy_seg",
+        str(anat),
+        "--disable_tta",
+        "-step_size",
+        str(TEST_STEP),
+        "-npp",
+        "0",
+        "-nps",
+        "0",
+        "--save_ctarr_json",
+        "--disable_progress_bar",
+    ]
     assert main(["-i", str(img)] + base) == 1
     err = capsys.readouterr().err
     assert "error: 1 of 3 case(s) not predicted: nofile" in err

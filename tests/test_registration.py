@@ -1,4 +1,5 @@
 """Landmarks, orientation search and Dice refinement on real anatomy with known transforms."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -74,9 +75,8 @@ def test_landmark_search_picks_correct_candidate_with_closed_form_translation():
 
 
 def test_unobserved_and_empty_groups_get_zero_weight(abdomen_vol, atlas):
-    vol = MaskVolume(abdomen_vol.origin, abdomen_vol.spacing, abdomen_vol.observed.copy(),
-                     labels=abdomen_vol.labels)
-    vol.observed[14] = False                                   # pretend the source cannot express liver
+    vol = MaskVolume(abdomen_vol.origin, abdomen_vol.spacing, abdomen_vol.observed.copy(), labels=abdomen_vol.labels)
+    vol.observed[14] = False  # pretend the source cannot express liver
     ratio, usable = landmark_weights(vol, atlas)
     assert ratio[14] == 0
     assert not usable[14]
@@ -85,7 +85,7 @@ def test_unobserved_and_empty_groups_get_zero_weight(abdomen_vol, atlas):
 
 
 def test_sparse_anatomy_is_refused(abdomen_vol, atlas):
-    labels = np.where(abdomen_vol.labels == 15, 15, 0).astype(np.uint8)   # liver only
+    labels = np.where(abdomen_vol.labels == 15, 15, 0).astype(np.uint8)  # liver only
     vol = MaskVolume(abdomen_vol.origin, abdomen_vol.spacing, abdomen_vol.observed, labels=labels)
     with pytest.raises(CTARRError, match="too sparse"):
         register(vol, atlas)

@@ -1,4 +1,5 @@
 """Crops fitted to nnU-Net's sliding-window tiles: same tiles, more image, merged boxes."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -24,6 +25,7 @@ CT_PLAN = dict(patch_zyx=(96, 160, 160), model_spacing_zyx=(2.5, 1.5, 1.5))
 
 def test_tile_count_is_nnunets_own():
     from nnunetv2.inference.sliding_window_prediction import compute_steps_for_sliding_window
+
     g = geometry(**CT_PLAN, image_spacing_xyz=(1.5, 1.5, 2.5))
     for size in [(240, 240, 133), (100, 90, 40), (161, 320, 97)]:
         shape = [max(n, p) for n, p in zip(size[::-1], CT_PLAN["patch_zyx"])]
@@ -40,17 +42,21 @@ def test_transposed_and_2d_models():
     g = geometry((64, 32, 16), (1.0, 2.0, 3.0), (1.0, 1.0, 1.0), transpose=(2, 0, 1))
     assert g.patch_xyz == (64, 16, 32)
     assert g.ratio_xyz == (1.0, 1 / 3, 1 / 2)
-    flat = geometry((128, 128), (0.8, 0.8), (0.8, 0.8, 5.0))            # 2d model: one tile set per slice
+    flat = geometry((128, 128), (0.8, 0.8), (0.8, 0.8, 5.0))  # 2d model: one tile set per slice
     assert flat.patch_xyz == (128, 128, 1)
     assert flat.tiles((100, 100, 7)) == 7
-    assert flat.largest_size(2, 7, 50) == 7                              # slices are never added for free
+    assert flat.largest_size(2, 7, 50) == 7  # slices are never added for free
 
 
 @pytest.mark.parametrize("seed", range(5))
 def test_grown_box_contains_the_box_needs_the_same_tiles_and_is_maximal(seed):
     rng = np.random.default_rng(seed)
-    g = geometry((int(rng.integers(16, 96)), int(rng.integers(32, 160)), int(rng.integers(32, 160))),
-                 (2.5, 1.5, 1.5), tuple(rng.uniform(0.6, 3.0, 3)), step=float(rng.choice([0.5, 0.7, 1.0])))
+    g = geometry(
+        (int(rng.integers(16, 96)), int(rng.integers(32, 160)), int(rng.integers(32, 160))),
+        (2.5, 1.5, 1.5),
+        tuple(rng.uniform(0.6, 3.0, 3)),
+        step=float(rng.choice([0.5, 0.7, 1.0])),
+    )
     image = rng.integers(50, 400, 3)
     for _ in range(20):
         start = np.array([rng.integers(0, n - 5) for n in image])
@@ -63,7 +69,7 @@ def test_grown_box_contains_the_box_needs_the_same_tiles_and_is_maximal(seed):
         for a in range(3):
             n = g.tiles_along(a, int(stop[a] - start[a]))
             assert g.tiles_along(a, int(e2[a] - s2[a])) == n
-            if e2[a] - s2[a] < image[a]:                        # one voxel more would cost another tile row
+            if e2[a] - s2[a] < image[a]:  # one voxel more would cost another tile row
                 assert g.tiles_along(a, int(e2[a] - s2[a]) + 1) > n
 
 
@@ -74,8 +80,13 @@ def abdomen_kidneys(atlas, ts_v2):
     return img, plan_region(img, loc, load_region("kidneys"))
 
 
-@pytest.mark.parametrize("patch_zyx,tiles", [((96, 160, 160), 2),     # both boxes span 267 mm > 240 mm in x
-                                             ((80, 192, 192), 1)])    # a wider patch (288 mm) holds both
+@pytest.mark.parametrize(
+    "patch_zyx,tiles",
+    [
+        ((96, 160, 160), 2),  # both boxes span 267 mm > 240 mm in x
+        ((80, 192, 192), 1),
+    ],
+)  # a wider patch (288 mm) holds both
 def test_kidney_boxes_merge_when_that_costs_no_more_tiles(abdomen_kidneys, patch_zyx, tiles):
     img, plan = abdomen_kidneys
     assert len(plan.usable) == 2
@@ -87,14 +98,14 @@ def test_kidney_boxes_merge_when_that_costs_no_more_tiles(abdomen_kidneys, patch
     assert crops[0]["region_boxes"] == [0, 1]
     assert crops[0]["tiles"] == tiles
     s, e = np.array(crops[0]["start_xyz"]), np.array(crops[0]["stop_xyz"])
-    for bs, be in boxes:                                        # both kidney boxes stay inside the crop
+    for bs, be in boxes:  # both kidney boxes stay inside the crop
         assert np.all(s <= bs)
         assert np.all(e >= be)
 
 
 def test_boxes_far_apart_stay_separate(abdomen_kidneys):
     img, plan = abdomen_kidneys
-    g = geometry((16, 32, 32), (3.0, 3.0, 3.0), img.GetSpacing())          # small patch: union costs more
+    g = geometry((16, 32, 32), (3.0, 3.0, 3.0), img.GetSpacing())  # small patch: union costs more
     boxes = [(b.start_xyz, b.stop_xyz) for b in plan.usable]
     crops = fit_boxes(boxes, img.GetSize(), g)
     assert [c["region_boxes"] for c in crops] == [[0], [1]]

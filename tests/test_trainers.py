@@ -1,5 +1,6 @@
 """nnUNetTrainerCTARRAnatomy: the paper's augmentation (Table 5), CT windows, optimiser, and
 lookup through nnU-Net's nnUNet_extTrainer."""
+
 from __future__ import annotations
 
 import os
@@ -88,9 +89,9 @@ def test_ct_windows_and_schedule():
     w = CTWindows()
     x = torch.tensor([-1024.0, -500.0, 0.0, 150.0, 250.0, 1300.0]).view(1, 1, 1, 1, 6)
     y = w(x)[0, :, 0, 0]
-    assert torch.allclose(y[0], torch.tensor([0, 0, 500 / 1800, 650 / 1800, 750 / 1800, 1.0]))   # bone
-    assert torch.allclose(y[1], torch.tensor([0, 524 / 1174, 1024 / 1174, 1, 1, 1]))           # lung
-    assert torch.allclose(y[2], torch.tensor([0, 0, 150 / 400, 300 / 400, 1, 1]))             # soft tissue
+    assert torch.allclose(y[0], torch.tensor([0, 0, 500 / 1800, 650 / 1800, 750 / 1800, 1.0]))  # bone
+    assert torch.allclose(y[1], torch.tensor([0, 524 / 1174, 1024 / 1174, 1, 1, 1]))  # lung
+    assert torch.allclose(y[2], torch.tensor([0, 0, 150 / 400, 300 / 400, 1, 1]))  # soft tissue
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1.6e-3)
     s = WarmupCosine(opt, 1.6e-3, 100, 5)
     lrs = [s.lr_at(e) for e in range(100)]
@@ -107,6 +108,7 @@ def test_shim_reexports_the_installed_classes():
     import pickle
 
     from nnunet_ctarr.training.trainer_path import ensure_ext_trainer_path, ext_trainer_folder
+
     spec = importlib.util.spec_from_file_location("ctarr_trainers", ext_trainer_folder() / "ctarr_trainers.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -126,8 +128,11 @@ def test_trainer_found_through_nnunet_ext_trainer():
     """nnU-Net's own lookup (a fresh interpreter, only nnUNet_extTrainer set) finds the trainer; on a
     CPU torch + CUDA torchvision install this needs nnunet_ctarr.torchvision_compat (torch plug-in)."""
     from nnunet_ctarr.training.trainer_path import ext_trainer_folder
-    code = ("from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as f;"
-            "import pickle; c = f('nnUNetTrainerCTARRAnatomy'); print(c.__module__, len(pickle.dumps(c)) > 0)")
+
+    code = (
+        "from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name as f;"
+        "import pickle; c = f('nnUNetTrainerCTARRAnatomy'); print(c.__module__, len(pickle.dumps(c)) > 0)"
+    )
     env = dict(os.environ, nnUNet_extTrainer=str(ext_trainer_folder()))
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -138,6 +143,7 @@ def test_torchvision_imports_and_compat_is_what_makes_it_work():
     """``import torchvision, timm`` works in a fresh interpreter of this install; where torch is a
     CPU build and torchvision a CUDA build, switching the compat plug-in off brings the crash back."""
     from nnunet_ctarr.training.torchvision_compat import torchvision_build_mismatch
+
     code = "import torchvision, timm; print(torchvision.__version__)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -1,4 +1,5 @@
 """AtlasTransform: points, boxes, both directions."""
+
 from __future__ import annotations
 
 import itertools

@@ -27,10 +27,11 @@ def parse(parser, argv: list[str] | None):
     return args
 
 
-def run_cli(main: Callable[[], int]) -> None:
-    """Run a CLI main; user errors become one line on stderr and exit code 1."""
+def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
+    """Run a CLI main (on ``argv``, default the command line); user errors become one line on
+    stderr and exit code 1."""
     try:
-        code = main()
+        code = main(argv)
     except CTARRError as e:
         print(f"error: {e}", file=sys.stderr)
         code = 1
