@@ -1,6 +1,6 @@
 # The two set-up commands of the README:
 #   make demo   create .venv, install nnunet-ctarr (CPU torch), crop the kidneys from the bundled CT
-#   make test   run the test suite (2 workers; `make test-fast` skips the slow end-to-end tests)
+#   make test   run the test suite (`make test-fast` skips the slow end-to-end tests)
 #   make lint   ruff
 PYTHON ?= python3
 VENV ?= .venv
@@ -22,12 +22,11 @@ demo: install
 		--anatomy_seg examples/data/totalseg_example/example_ct_totalseg_v2.nii.gz \
 		-r kidneys -o demo_out --qc
 
-# one worker per file (--dist loadfile) keeps each file's module fixtures in one process
 test: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q
 
 test-fast: install
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: install
 	$(BIN)/ruff check .

@@ -14,8 +14,7 @@ from nnunet_ctarr.core.atlas import Atlas
 from nnunet_ctarr.core.errors import WarningLog
 from nnunet_ctarr.core.io import read_image
 
-# two pytest-xdist workers share the 2 cores: one torch thread each (2 when run alone)
-torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+torch.set_num_threads(2)
 REPO = Path(__file__).resolve().parents[1]
 # evaluation protocols and the random-model factory live in benchmarks/ (not in the package)
 sys.path.insert(0, str(REPO / "benchmarks"))

@@ -9,7 +9,7 @@ from tqdm import tqdm
 from ..core.atlas import Atlas
 from ..core.crop_writer import CropOptions, crop_case
 from ..core.errors import CTARRError, WarningLog
-from ..core.io import case_id, list_inputs, match_case_file
+from ..core.io import case_id, check_output_folder, list_inputs, match_case_file
 from ..core.regions import builtin_regions, check_region_atlas, load_region
 from ..core.registration import RegistrationSettings
 from .common import run_cli, setup_logging
@@ -38,6 +38,8 @@ def build_parser() -> Parser:
     p.add_argument("--qc", action="store_true", help="write a QC picture <case>_<region>_qc.png")
     add_atlas_arg(p)
     p.add_argument("--no_hu_check", action="store_true", help="accept images that do not look like CT in HU")
+    p.add_argument("--allow_nonfinite", action="store_true",
+                   help="replace NaN/Inf voxels by the image minimum (reported) instead of refusing the image")
     add_device_arg(p)
     p.add_argument("--list_regions", action="store_true", help="list the built-in regions and exit")
     add_verbose_arg(p)
@@ -73,9 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     cases = [case_id(p) for p in inputs]
     anatomy = anatomy_source(args)
     anatomy.prepare({case_id(p): [str(p)] for p in inputs})
-    opts = CropOptions(args.margin, args.z_only, args.pad, args.fill_value, args.qc, not args.no_hu_check)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
+    opts = CropOptions(args.margin, args.z_only, args.pad, args.fill_value, args.qc, not args.no_hu_check,
+                       args.allow_nonfinite)
+    out = check_output_folder(args.output)
     failures = 0
     for src in tqdm(inputs, desc="ctarr crop", disable=len(inputs) == 1, file=sys.stderr):
         case = case_id(src)

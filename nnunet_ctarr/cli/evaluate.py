@@ -20,7 +20,7 @@ from tqdm import tqdm
 from ..core.atlas import Atlas
 from ..core.cropping import crop_scores
 from ..core.errors import CTARRError, WarningLog
-from ..core.io import case_id, list_inputs, match_case_file, match_label_to_image, read_image
+from ..core.io import case_id, check_output_folder, list_inputs, match_case_file, match_label_to_image, read_image
 from ..core.pipeline import locate, plan_region
 from ..core.qc import render_qc
 from ..core.regions import load_region
@@ -102,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = [case_id(p) for p in inputs]
     anatomy = anatomy_source(args)
     anatomy.prepare({c: [str(p)] for c, p in zip(cases, inputs)})
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_folder(args.out)
     rows, keep_for_qc = [], {}
     for img in tqdm(inputs, desc="evaluating", file=sys.stderr, disable=len(inputs) < 2):
         c = case_id(img)

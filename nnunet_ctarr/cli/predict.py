@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..core.atlas import Atlas
 from ..core.errors import CTARRError, WarningLog
-from ..core.io import case_id
+from ..core.io import case_id, check_output_folder
 from ..core.region_settings import config_crops, config_region, read_model_config
 from ..core.regions import check_region_atlas
 from .common import parse, prepare_inputs, run_cli
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     anatomy, device = anatomy_and_device(args)
     atlas = Atlas.load(args.atlas)
     check_region_atlas(region, atlas.atlas_id, WarningLog())
-    os.makedirs(args.o, exist_ok=True)
+    check_output_folder(args.o)
     with tempfile.TemporaryDirectory(prefix="ctarr_inputs_") as tmp:
         source = prepare_inputs(Path(args.i), Path(tmp))
         predictor = nnUNetPredictorCTARR(tile_step_size=args.step_size, use_gaussian=True,

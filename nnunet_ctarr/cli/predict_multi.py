@@ -9,14 +9,13 @@ seconds, warnings and voxels won in overlaps.
 """
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 from pathlib import Path
 
 from ..core.atlas import Atlas
 from ..core.errors import CTARRError, WarningLog
-from ..core.io import case_id
+from ..core.io import case_id, check_output_folder
 from ..core.nnunet_format import group_channels
 from ..core.regions import check_region_atlas
 from .common import parse, prepare_inputs, run_cli
@@ -77,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             if n_ch != 1:
                 raise CTARRError(f"the models take {n_ch} channels; give a folder with CASE_XXXX files")
             lists = {case_id(files[0]): files for files in source}
+        check_output_folder(args.o)
         atlas = Atlas.load(args.atlas)
         for m in spec.models:
             check_region_atlas(m.region, atlas.atlas_id, WarningLog())
@@ -84,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
                                         args.on_miss, args.step_size, not args.disable_tta,
                                         not args.not_on_device, args.verbose, not args.disable_progress_bar,
                                         crops=args.crops)
-        os.makedirs(args.o, exist_ok=True)
         reports = predictor.predict_files(lists, args.o, overwrite=not args.continue_prediction)
     for case, r in reports.items():
         parts = [f"{m['name']} {m['mode']} ({m['voxels_won']} vox)" for m in r["models"]]

@@ -19,6 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import CTARRError, WarningLog
+from .integrity import check_finite
 from .io import canonical, is_image_file, read_image, strip_extension
 
 #: The 19 groups of the CTARR paper (Table 1); label value = index + 1.
@@ -260,6 +261,6 @@ def load_anatomy(path: str | Path, fmt: str = "auto", warnings: WarningLog | Non
         return load_mask_folder(path, warnings)
     if fmt == "mask_folder":
         raise CTARRError(f"--anatomy_format mask_folder needs a folder, got file {path}")
-    img = read_image(path)
+    img, _ = check_finite(read_image(path), f"anatomy map {path.name}", path=path)
     scheme = detect_scheme(img, path, warnings) if fmt == "auto" else LabelScheme.named(fmt)
     return AnatomyMasks.from_label_image(img, scheme, warnings, source=path.name)

@@ -18,6 +18,7 @@ from .atlas import Atlas
 from .cropping import CropPlan, crop_image, crop_scores
 from .errors import CTARRError, WarningLog
 from .geometry import Geometry
+from .integrity import check_finite
 from .io import case_id, check_ct_intensities, match_label_to_image, read_image, write_image, write_json
 from .pipeline import Localisation, groups_present, locate, plan_region
 from .regions import Region
@@ -33,6 +34,7 @@ class CropOptions:
     fill_value: float | None = None        # for pad; None = the image minimum
     qc: bool = False
     hu_check: bool = True
+    allow_nonfinite: bool = False          # replace NaN/Inf voxels by the image minimum instead of refusing
 
 
 def versions(atlas_id: str, region_source: str = "") -> dict:
@@ -49,7 +51,9 @@ def crop_case(src: Path, anatomy_source, label_path: Path | None, out: Path, reg
     written: list[Path] = []
     t = time.perf_counter()
     try:
-        image = read_image(src)
+        image, n_bad = check_finite(read_image(src), f"image {src.name}", opts.allow_nonfinite, src)
+        if n_bad:
+            warnings.warn(f"image {src.name}: {n_bad} NaN/infinite voxel(s) replaced by the image minimum")
         if opts.hu_check:
             check_ct_intensities(image, f"image {src.name}")
         seconds = {"read_image": time.perf_counter() - t}

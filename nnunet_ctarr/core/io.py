@@ -24,6 +24,7 @@ import SimpleITK as sitk
 
 from .errors import CTARRError
 from .geometry import Geometry
+from .integrity import check_complete
 
 IMAGE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 NNUNET_CHANNEL_SUFFIX = re.compile(r"_\d{4}$")
@@ -82,6 +83,7 @@ def read_image(path: str | Path) -> sitk.Image:
             img = reader.Execute()
         else:
             img = sitk.ReadImage(str(path))
+            check_complete(path, img)
     except CTARRError:
         raise
     except RuntimeError as e:
@@ -134,19 +136,52 @@ def match_label_to_image(label: sitk.Image, image: sitk.Image, name: str = "labe
     return sitk.Resample(label, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, label.GetPixelID())
 
 
-def write_image(img: sitk.Image, path: str | Path, compress: bool = True) -> None:
-    """Write atomically: a temporary file in the same folder is renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ext = next((e for e in IMAGE_EXTENSIONS if path.name.lower().endswith(e)), path.suffix)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=ext, dir=path.parent)
-    os.close(fd)
+def _file_mode() -> int:
+    """The mode ``open()`` would give a new file under the current umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _atomic_write(path: Path, suffix: str, write) -> None:
+    """``write(tmp_path)`` into a temporary file beside ``path``, give it the umask's mode, rename
+    it into place. OS and ITK write errors become one :class:`CTARRError` naming the path."""
+    tmp = None
     try:
-        sitk.WriteImage(img, tmp, compress)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=suffix, dir=path.parent)
+        os.close(fd)
+        write(tmp)
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[-1][:120]
+        raise CTARRError(f"cannot write {path}: {detail}") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_image(img: sitk.Image, path: str | Path, compress: bool = True) -> None:
+    """Write atomically (a temporary file in the same folder is renamed into place), with the
+    permissions of the user's umask."""
+    path = Path(path)
+    ext = next((e for e in IMAGE_EXTENSIONS if path.name.lower().endswith(e)), path.suffix)
+    _atomic_write(path, ext, lambda tmp: sitk.WriteImage(img, tmp, compress))
+
+
+def check_output_folder(path: str | Path) -> Path:
+    """Create the output folder and check that files can be written there, before any work."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CTARRError(f"output folder {path} is an existing file; give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".ctarr_write_test_"):
+            pass
+    except OSError as e:
+        raise CTARRError(f"cannot write to the output folder {path}: {e.strerror or e}") from None
+    return path
 
 
 def list_inputs(path: str | Path) -> list[Path]:
@@ -201,13 +236,12 @@ def _has_case_entries(folder: Path, case: str) -> bool:
 
 
 def write_json(path: Path, data: dict) -> None:
-    """Write JSON atomically (numpy values and paths converted)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(_jsonable(data), f, indent=2)
-        f.write("\n")
-    os.replace(tmp, path)
+    """Write JSON atomically (numpy values and paths converted), with the umask's permissions."""
+    def dump(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            json.dump(_jsonable(data), f, indent=2)
+            f.write("\n")
+    _atomic_write(Path(path), ".json", dump)
 
 
 def _jsonable(x):
