@@ -35,6 +35,7 @@ from prealign_protocol import (
     landmark_floor,
     landmarks,
     load_subject,
+    pair_fields,
     same_subject_pairs,
     summarise,
 )
@@ -75,11 +76,7 @@ def run(data: Path, n: int, n_cross: int, seed: int, grid: GridSettings, log=pri
                 row = evaluate_pair(pair, atlas, scheme, grid=grid)
             except CTARRError as e:  # reported as a failure of CTARR, never dropped
                 row = {
-                    "subject": pair.subject,
-                    "kind": pair.kind,
-                    "pair": pair.name,
-                    "moving": pair.moving.info,
-                    "fixed": pair.fixed.info,
+                    **pair_fields(pair),
                     "ctarr": {"z_err_mm": float("inf"), "error": str(e), "seconds": 0.0},
                     "grid": _grid_only(pair, grid),
                 }

@@ -382,6 +382,17 @@ def grid_search(moving: sitk.Image, fixed: sitk.Image, s: GridSettings | None = 
 
 
 # --------------------------------------------------------------------------- one pair, both methods
+def pair_fields(pair: Pair) -> dict:
+    """The columns that name a pair in the result rows."""
+    return {
+        "subject": pair.subject,
+        "kind": pair.kind,
+        "pair": pair.name,
+        "moving": pair.moving.info,
+        "fixed": pair.fixed.info,
+    }
+
+
 def evaluate_pair(
     pair: Pair,
     atlas: Atlas,
@@ -392,11 +403,7 @@ def evaluate_pair(
 ) -> dict:
     ct = ctarr_prealign(pair.moving, pair.fixed, atlas, scheme, settings)
     row = {
-        "subject": pair.subject,
-        "kind": pair.kind,
-        "pair": pair.name,
-        "moving": pair.moving.info,
-        "fixed": pair.fixed.info,
+        **pair_fields(pair),
         "overlap_fraction_z": round(overlap_fraction(pair), 3),
         "ctarr": {
             **{k: round(v, 3) for k, v in z_errors(pair, ct["A"], ct["b"]).items()},

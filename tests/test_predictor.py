@@ -46,6 +46,27 @@ def inputs(tmp_path_factory):
     return d
 
 
+def cli_flags(model) -> list[str]:
+    """nnUNetv2_predict_ctarr flags of the CLI tests: the model (fold 0, CPU), no TTA, the tests'
+    tile step, no worker processes, sidecars written."""
+    return [
+        "-m",
+        str(model),
+        "-f",
+        "0",
+        "-device",
+        "cpu",
+        "--disable_tta",
+        "-step_size",
+        str(TEST_STEP),
+        "-npp",
+        "0",
+        "-nps",
+        "0",
+        "--save_ctarr_json",
+    ]
+
+
 def stock_predictor(model):
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
@@ -165,24 +186,11 @@ def test_dicom_folder_input_keeps_dicom_geometry(tiny_model, tmp_path):
             str(DICOM[0]),
             "-o",
             str(tmp_path / "o"),
-            "-m",
-            str(tiny_model),
-            "-f",
-            "0",
-            "-device",
-            "cpu",
             "-region",
             "liver",
             "-anatomy_seg",
             str(anat),
-            "--disable_tta",
-            "-step_size",
-            str(TEST_STEP),
-            "-npp",
-            "0",
-            "-nps",
-            "0",
-            "--save_ctarr_json",
+            *cli_flags(tiny_model),
         ],
         capture_output=True,
         text=True,
@@ -271,22 +279,9 @@ def test_model_folder_ctarr_json_sets_region(tiny_model, inputs, tmp_path):
             str(inputs / "img"),
             "-o",
             str(tmp_path / "o"),
-            "-m",
-            str(model),
-            "-f",
-            "0",
-            "-device",
-            "cpu",
             "-anatomy_seg",
             str(inputs / "anat"),
-            "--disable_tta",
-            "-step_size",
-            str(TEST_STEP),
-            "-npp",
-            "0",
-            "-nps",
-            "0",
-            "--save_ctarr_json",
+            *cli_flags(model),
         ],
         capture_output=True,
         text=True,
@@ -402,24 +397,11 @@ def test_missing_anatomy_is_an_error_for_that_case_and_untrusted_still_falls_bac
     base = [
         "-o",
         str(out),
-        "-m",
-        str(tiny_model),
-        "-f",
-        "0",
-        "-device",
-        "cpu",
         "-region",
         "liver",
         "-anatomy_seg",
         str(anat),
-        "--disable_tta",
-        "-step_size",
-        str(TEST_STEP),
-        "-npp",
-        "0",
-        "-nps",
-        "0",
-        "--save_ctarr_json",
+        *cli_flags(tiny_model),
         "--disable_progress_bar",
     ]
     assert main(["-i", str(img)] + base) == 1
