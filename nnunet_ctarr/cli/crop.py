@@ -12,7 +12,7 @@ from ..core.errors import CTARRError, WarningLog
 from ..core.io import case_id, check_output_folder, list_inputs, match_case_file
 from ..core.regions import builtin_regions, check_region_atlas, load_region
 from ..core.registration import RegistrationSettings
-from .common import run_cli, setup_logging
+from .common import parse, run_cli
 from .options import Parser, add_anatomy_args, add_atlas_arg, add_device_arg, add_verbose_arg, anatomy_source
 
 EPILOG = """examples:
@@ -58,8 +58,7 @@ def list_regions_text() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    args = parse(parser, argv)
     if args.list_regions:
         print(list_regions_text())
         return 0

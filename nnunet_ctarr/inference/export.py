@@ -5,6 +5,7 @@ import numpy as np
 import SimpleITK as sitk
 from batchgenerators.utilities.file_and_folder_operations import save_pickle
 
+from ..core.geometry import Geometry
 from .plans import CasePlan
 
 
@@ -15,7 +16,6 @@ def merge_box_probabilities(full_shape_zyx, boxes: list[tuple[np.ndarray, list, 
     Each voxel takes the probabilities of the box whose most likely foreground class is most
     probable there; outside all boxes the background probability is 1. Returns (index of the
     winning box, -1 outside all boxes; merged probabilities or None)."""
-    from ..core.geometry import Geometry
     conf = np.full(full_shape_zyx, -1.0, np.float32)
     probs = None
     if keep_probabilities:

@@ -48,7 +48,7 @@ class CasePlan:
     """What to predict for one case; ``report`` is its sidecar (``<case>.ctarr.json``)."""
     case: str
     mode: str
-    geometry: Geometry
+    geometry: Geometry | None                 # None only for an ``error`` plan whose image was unreadable
     crops: tuple[Crop, ...] = ()
     report: dict = field(default_factory=dict, compare=False, hash=False)
 
@@ -140,8 +140,7 @@ def plan_case(case: str, geometry: Geometry, settings: CTARRSettings, tiles: Til
 
 def error_plan(case: str, geometry: Geometry | None, error: CTARRError) -> CasePlan:
     """The plan of a case that cannot be predicted (missing or unreadable anatomy, ...)."""
-    return CasePlan(case, "error", geometry or Geometry((1, 1, 1), (1, 1, 1), (0, 0, 0)), (),
-                    {"case": case, "mode": "error", "error": str(error), "warnings": []})
+    return CasePlan(case, "error", geometry, (), {"case": case, "mode": "error", "error": str(error), "warnings": []})
 
 
 def _finish(plan: CasePlan, warnings: WarningLog, t0: float) -> CasePlan:

@@ -112,8 +112,9 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
         return (seg, probs) if save_probabilities else seg
 
     def _ctarr_empty(self, plan: CasePlan, ofn: str | None, save_probabilities: bool):
+        """Background everywhere: probabilities written as float16 (as before), returned as float32."""
         seg, probs = empty_outputs(self.label_manager.num_segmentation_heads, plan.geometry.shape_zyx)
-        return self._ctarr_emit(seg, probs.astype(np.float32), plan, ofn, save_probabilities)
+        return self._ctarr_emit(seg, probs if ofn else probs.astype(np.float32), plan, ofn, save_probabilities)
 
     # ---- file entry points -----------------------------------------------------------------
     def predict_from_files(self, list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
