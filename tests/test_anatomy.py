@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -132,3 +134,56 @@ def test_float_label_map_with_fractions_is_refused(tmp_path):
     sitk.WriteImage(img, str(tmp_path / "prob.nii.gz"))
     with pytest.raises(CTARRError, match="non-integer"):
         load_anatomy(tmp_path / "prob.nii.gz", fmt="ts_v2")
+
+
+def _folder_copy(ts_root, tmp_path, name: str):
+    dst = tmp_path / name
+    shutil.copytree(ts_root / "s0001" / "segmentations", dst)
+    return dst
+
+
+def test_mask_folder_matched_per_mask_in_world_space(ts_root, tmp_path):
+    """A mask stored with flipped / permuted axes (same world position) is reordered exactly."""
+    ref = load_anatomy(ts_root / "s0001", warnings=WarningLog())
+    folder = _folder_copy(ts_root, tmp_path, "flipped")
+    for name, code in (("liver", "RPS"), ("kidney_left", "LAI"), ("vertebrae_L1", "SPL")):
+        m = sitk.ReadImage(str(folder / f"{name}.nii.gz"))
+        sitk.WriteImage(sitk.DICOMOrient(m, code), str(folder / f"{name}.nii.gz"))
+    w = WarningLog()
+    a = load_anatomy(folder, warnings=w)
+    assert np.array_equal(sitk.GetArrayViewFromImage(a.labels), sitk.GetArrayViewFromImage(ref.labels))
+    assert not w  # same voxels: no resampling warning
+
+
+def test_mask_folder_mask_elsewhere_names_the_file(ts_root, tmp_path):
+    folder = _folder_copy(ts_root, tmp_path, "moved")
+    m = sitk.ReadImage(str(folder / "spleen.nii.gz"))
+    m.SetOrigin([o + 1000.0 for o in m.GetOrigin()])
+    sitk.WriteImage(m, str(folder / "spleen.nii.gz"))
+    with pytest.raises(CTARRError, match="mask spleen.nii.gz does not match"):
+        load_anatomy(folder, warnings=WarningLog())
+
+
+def test_mask_folder_on_another_grid_is_resampled_with_a_warning(ts_root, tmp_path):
+    folder = _folder_copy(ts_root, tmp_path, "regrid")
+    m = sitk.ReadImage(str(folder / "liver.nii.gz"))
+    fine = sitk.Resample(
+        m,
+        [2 * s for s in m.GetSize()],
+        sitk.Transform(),
+        sitk.sitkNearestNeighbor,
+        m.GetOrigin(),
+        [s / 2 for s in m.GetSpacing()],
+        m.GetDirection(),
+        0,
+        m.GetPixelID(),
+    )
+    sitk.WriteImage(fine, str(folder / "liver.nii.gz"))
+    w = WarningLog()
+    a = load_anatomy(folder, warnings=w)
+    assert any("liver.nii.gz is on another grid" in x for x in w)
+    liver = GROUPS.index("liver") + 1
+    n_ref = int(
+        (sitk.GetArrayViewFromImage(load_anatomy(ts_root / "s0001", warnings=WarningLog()).labels) == liver).sum()
+    )
+    assert abs(int((sitk.GetArrayViewFromImage(a.labels) == liver).sum()) - n_ref) < 0.05 * n_ref

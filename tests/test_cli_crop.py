@@ -59,16 +59,18 @@ def test_single_case_with_labels_and_qc(tmp_path):
     assert len(t["scale_xyz"]) == 3
     assert len(t["translation_mm_xyz"]) == 3
     assert 0 < side["registration"]["registration_dice"] <= 1
-    for b in side["boxes"]:
+    kid = side["regions"]["kidneys"]
+    assert kid["trusted"] is True and kid["mode"] == "crop" and not kid["trust"]["reasons"]
+    for b in kid["boxes"]:
         assert len(b["index_start_xyz"]) == 3
         assert len(b["world_min_mm_lps"]) == 3
         assert all(s < e for s, e in zip(b["index_start_xyz"], b["index_stop_xyz"]))
     assert {"read_image", "registration", "crop_write", "qc"} <= set(side["seconds"])
-    assert side["versions"]["atlas_id"] == side["region"]["atlas_id"]
+    assert side["versions"]["atlas_id"] == kid["region"]["atlas_id"]
     # the crops are where the sidecar says
     src = sitk.ReadImage(str(ABDOMEN[0]))
     crop = sitk.ReadImage(str(out / "example_ct_kidneys_box0.nii.gz"))
-    b0 = side["boxes"][0]
+    b0 = kid["boxes"][0]
     assert list(crop.GetSize()) == b0["size_xyz"]
     assert np.allclose(crop.GetOrigin(), src.TransformIndexToPhysicalPoint(b0["index_start_xyz"]))
     # kidneys (TotalSegmentator ids 2, 3) are fully inside; paste-back restores them bit-exactly
@@ -106,7 +108,7 @@ def test_dicom_folder_input(tmp_path):
     lab = sitk.ReadImage(str(out / "example_ct_dicom_liver_labels.nii.gz"))
     assert crop.GetSize() == lab.GetSize()
     assert np.allclose(crop.GetOrigin(), lab.GetOrigin())
-    assert side["label_voxels_preserved_percent"] is not None
+    assert side["regions"]["liver"]["label_voxels_preserved_percent"] is not None
 
 
 def test_list_regions():
@@ -150,24 +152,39 @@ def test_missing_and_corrupt_inputs(tmp_path):
     _one_line_error(r, "cannot read")
 
 
-def test_anatomy_from_another_scan_is_a_grid_mismatch(tmp_path):
+def _untrusted_whole_image(r, out, case: str, needle: str) -> None:
+    """Default --on_untrusted full: exit 1, the reason on one line, the whole image under the crop's name."""
+    assert r.returncode == 1, r.stderr
+    assert "Traceback" not in r.stderr
+    line = r.stdout.strip().splitlines()[-1]
+    assert line.startswith(f"{case}: not trusted") and needle in line and "whole image written" in line, line
+    src = sitk.ReadImage(str(ABDOMEN[0]))
+    whole = sitk.ReadImage(str(out / f"{case}_liver.nii.gz"))
+    assert whole.GetSize() == src.GetSize() and np.allclose(whole.GetOrigin(), src.GetOrigin())
+    side = json.loads((out / f"{case}.ctarr.json").read_text())["regions"]["liver"]
+    assert side["trusted"] is False and side["mode"] == "full" and needle in side["trust"]["reasons"][0]
+
+
+def test_anatomy_from_another_scan_is_untrusted(tmp_path):
     out = tmp_path / "o"
     r = run_cli(["-i", str(ABDOMEN[0]), "--anatomy_seg", str(CHEST[1]), "-r", "liver", "-o", str(out)])
-    _one_line_error(r, "does not match the image")
-    assert not out.exists() or not any(out.iterdir())
+    _untrusted_whole_image(r, out, "example_ct", "does not cover the image")
 
 
-def test_sparse_anatomy_is_refused_and_nothing_written(tmp_path):
+def test_sparse_anatomy_policies(tmp_path):
     lab = sitk.ReadImage(str(ABDOMEN[1]))
     only_liver = sitk.Cast(lab == 5, sitk.sitkUInt8) * 5
     p = tmp_path / "liver_only.nii.gz"
     sitk.WriteImage(only_liver, str(p))
-    out = tmp_path / "o"
-    r = run_cli(
-        ["-i", str(ABDOMEN[0]), "--anatomy_seg", str(p), "--anatomy_format", "ts_v2", "-r", "liver", "-o", str(out)]
-    )
-    _one_line_error(r, "too sparse")
-    assert not any(out.iterdir())
+    args = ["-i", str(ABDOMEN[0]), "--anatomy_seg", str(p), "--anatomy_format", "ts_v2", "-r", "liver"]
+    r = run_cli([*args, "-o", str(tmp_path / "full")])
+    _untrusted_whole_image(r, tmp_path / "full", "example_ct", "too sparse")
+    r = run_cli([*args, "-o", str(tmp_path / "skip"), "--on_untrusted", "skip"])
+    assert r.returncode == 1 and "nothing written" in r.stdout
+    assert not any((tmp_path / "skip").iterdir())
+    r = run_cli([*args, "-o", str(tmp_path / "crop"), "-on_untrusted", "crop"])  # no transform: nothing to crop
+    _one_line_error(r, "cannot crop")
+    assert not any((tmp_path / "crop").iterdir())
 
 
 def test_region_outside_the_field_of_view_writes_nothing(tmp_path):
@@ -190,3 +207,39 @@ def test_missing_required_arguments_is_a_usage_error():
     assert r.returncode == 2
     assert "missing required" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_full_scan_mask_folder_for_a_cropped_ct(ts_root, tmp_path):
+    """TotalSegmentator's folder of the full scan works for a CT cropped from it (world space)."""
+    src = sitk.ReadImage(str(ABDOMEN[0]))
+    part = src[:, :, 20:90]
+    p = tmp_path / "part.nii.gz"
+    sitk.WriteImage(part, str(p))
+    out = tmp_path / "o"
+    r = run_cli(["-i", str(p), "--anatomy_seg", str(ts_root / "s0001"), "-r", "kidneys", "-o", str(out)])
+    assert r.returncode == 0, r.stdout + r.stderr
+    entry = json.loads((out / "part.ctarr.json").read_text())["regions"]["kidneys"]
+    assert entry["trusted"]
+    crop = sitk.ReadImage(str(out / "part_kidneys_box0.nii.gz"))
+    b = entry["boxes"][0]
+    assert np.allclose(crop.GetOrigin(), part.TransformIndexToPhysicalPoint(b["index_start_xyz"]))
+
+
+def test_anatomy_smaller_than_the_image_names_the_coverage(tmp_path):
+    lab = sitk.ReadImage(str(ABDOMEN[1]))[:, :, 40:60]
+    p = tmp_path / "part_anat.nii.gz"
+    sitk.WriteImage(lab, str(p))
+    r = run_cli(["-i", str(ABDOMEN[0]), "--anatomy_seg", str(p), "-r", "liver", "-o", str(tmp_path / "o")])
+    assert r.returncode == 1
+    assert "does not cover the image in world space (it covers 18% of the image's extent" in r.stdout
+
+
+def test_empty_input_folder_is_one_line_without_itk_noise(tmp_path):
+    (tmp_path / "empty").mkdir()
+    r = run_subprocess(
+        ["-i", str(tmp_path / "empty"), "--anatomy_seg", str(ABDOMEN[1]), "-r", "liver", "-o", str(tmp_path / "o")]
+    )
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'empty'} holds no images (.nii.gz, .nii, .nrrd, .mha, .mhd) and no DICOM series"
+    ], r.stderr

@@ -101,7 +101,7 @@ def test_nonfinite_voxels_refused_or_replaced(tmp_path, value, what):
     import json
 
     side = json.loads((tmp_path / "ok" / "bad.ctarr.json").read_text())
-    assert any("NaN/infinite voxel(s) replaced" in w for w in side["warnings"])
+    assert any("NaN/infinite voxel(s) replaced" in w for w in side["regions"]["liver"]["warnings"])
 
 
 def test_output_path_that_is_a_file_fails_before_registration(tmp_path, monkeypatch):

@@ -64,3 +64,14 @@ def test_foreground_preserved(results):
 def test_organ_region_crops_are_small(results):
     frac = [r.crop_voxel_fraction for s, _ in results for r in s.regions if r.region in ORGAN_REGIONS]
     assert np.mean(frac) <= 0.5
+
+
+def test_no_correct_localisation_is_flagged(results):
+    """The trust rule (core.trust) passes every crop of the suite whose organ is in view (all keep it);
+    an organ cut to a sliver by the field of view (< 1 ml) is flagged: it is not in view."""
+    flagged = [
+        (s.case, r.region, r.trust_reasons) for s, _ in results for r in s.regions if not r.trusted and r.fg_ml >= 1
+    ]
+    assert not flagged, flagged[:5]
+    slivers = [r for s, _ in results for r in s.regions if r.fg_ml < 0.5]
+    assert all(not r.trusted for r in slivers)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from ..core.errors import CTARRError
+from ..core.errors import CTARRError, route_itk_messages
 from ..core.io import case_id, is_dicom_dir, read_image
 
 
@@ -18,6 +18,9 @@ def setup_logging(verbose: bool = False) -> None:
         logging.addLevelName(level, name)
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s: %(message)s", stream=sys.stderr)
+    if verbose:
+        logging.getLogger("nnunet_ctarr.itk").setLevel(logging.DEBUG)
+    route_itk_messages()
 
 
 def parse(parser, argv: list[str] | None):

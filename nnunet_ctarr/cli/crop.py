@@ -7,7 +7,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..core.atlas import Atlas
-from ..core.crop_writer import CropOptions, crop_case
+from ..core.crop_writer import ON_UNTRUSTED, CropOptions, crop_case
 from ..core.errors import CTARRError, WarningLog
 from ..core.io import case_id, check_output_folder, list_inputs, match_case_file
 from ..core.regions import builtin_regions, check_region_atlas, load_region
@@ -40,6 +40,10 @@ def build_parser() -> Parser:
     p.add_argument("--no_hu_check", action="store_true", help="accept images that do not look like CT in HU")
     p.add_argument("--allow_nonfinite", action="store_true",
                    help="replace NaN/Inf voxels by the image minimum (reported) instead of refusing the image")
+    p.add_argument("--on_untrusted", choices=ON_UNTRUSTED, default="full",
+                   help="when the trust rule refuses a localisation: write the whole image under the crop's name "
+                        "(full, default: no foreground lost), write nothing (skip), or write the crop anyway (crop); "
+                        "the sidecar says trusted: false with the reasons")
     add_device_arg(p)
     p.add_argument("--list_regions", action="store_true", help="list the built-in regions and exit")
     add_verbose_arg(p)
@@ -75,25 +79,36 @@ def main(argv: list[str] | None = None) -> int:
     anatomy = anatomy_source(args)
     anatomy.prepare({case_id(p): [str(p)] for p in inputs})
     opts = CropOptions(args.margin, args.z_only, args.pad, args.fill_value, args.qc, not args.no_hu_check,
-                       args.allow_nonfinite)
+                       args.allow_nonfinite, args.on_untrusted)
     out = check_output_folder(args.output)
-    failures = 0
+    counts = {"crop": 0, "full": 0, "skip": 0, "crop_untrusted": 0, "error": 0}
     for src in tqdm(inputs, desc="ctarr crop", disable=len(inputs) == 1, file=sys.stderr):
         case = case_id(src)
         try:
             lab = match_case_file(Path(args.labels), case, cases, "label map") if args.labels else None
-            side = crop_case(src, anatomy, lab, out, region, atlas, opts, settings)
+            entry = crop_case(src, anatomy, lab, out, region, atlas, opts, settings)
+            counts[entry["mode"] + ("" if entry["trusted"] or entry["mode"] != "crop" else "_untrusted")] += 1
             if len(inputs) == 1:
-                print(f"{case}: {len(side['outputs'])} crop(s), "
-                      f"{100 * side['voxel_fraction_kept']:.1f}% of the voxels, "
-                      f"orientation {side['registration']['transform']['orientation']}, "
-                      f"Dice {side['registration']['registration_dice']:.2f} -> {out}")
+                print(case_line(case, entry, out))
         except CTARRError as e:
-            failures += 1
+            counts["error"] += 1
             print(f"error: {case}: {e}", file=sys.stderr)
     if len(inputs) > 1:
-        print(f"{len(inputs) - failures} of {len(inputs)} case(s) cropped -> {out}")
-    return 1 if failures else 0
+        print(f"{counts['crop']} of {len(inputs)} case(s) cropped; untrusted: {counts['full']} written whole, "
+              f"{counts['skip']} skipped, {counts['crop_untrusted']} cropped anyway; {counts['error']} failed -> {out}")
+    return 0 if counts["crop"] == len(inputs) else 1
+
+
+def case_line(case: str, entry: dict, out: Path) -> str:
+    """The one-line result of a single case."""
+    if entry["mode"] == "skip":
+        return f"{case}: not trusted ({'; '.join(entry['trust']['reasons'])}); nothing written"
+    if entry["mode"] == "full":
+        return f"{case}: not trusted ({'; '.join(entry['trust']['reasons'])}); whole image written -> {out}"
+    t = entry["transform"]
+    return (f"{case}: {len(entry['outputs'])} crop(s), {100 * entry['voxel_fraction_kept']:.1f}% of the voxels, "
+            f"orientation {t['orientation']}, Dice {entry['trust']['registration_dice']:.2f}, "
+            + ("trusted" if entry["trusted"] else "NOT TRUSTED (cropped anyway)") + f" -> {out}")
 
 
 def entry() -> None:

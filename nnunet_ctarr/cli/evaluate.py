@@ -19,31 +19,37 @@ from tqdm import tqdm
 
 from ..core.atlas import Atlas
 from ..core.cropping import crop_scores
-from ..core.errors import CTARRError, WarningLog
+from ..core.errors import CTARRError, LocalisationUntrusted, WarningLog
 from ..core.io import case_id, check_output_folder, list_inputs, match_case_file, match_label_to_image, read_image
 from ..core.pipeline import locate, plan_region
 from ..core.qc import render_qc
 from ..core.regions import load_region
 from ..core.registration import RegistrationSettings
+from ..core.trust import assess
 from ..evaluation.scores import load_perturbations, orientation_check
 from .common import parse, run_cli
 from .options import Parser, add_anatomy_args, add_atlas_arg, add_device_arg, add_verbose_arg, anatomy_source
 
 FIELDS = ["case", "preserved_fg_percent", "fg_voxels", "fg_share_before_percent", "fg_share_after_percent",
           "voxel_reduction", "ctarr_seconds", "orientation", "known_perturbation", "expected_orientation",
-          "orientation_correct", "registration_dice", "status", "warnings"]
+          "orientation_correct", "registration_dice", "trusted", "trust_reasons", "status", "warnings"]
 
 
 def evaluate_case(img_path: Path, lab_path: Path, anatomy_source, region, atlas, args, known: dict | None = None):
-    warnings = WarningLog()
+    warnings = WarningLog(case=case_id(img_path))
     image = read_image(img_path)
     labels = match_label_to_image(read_image(lab_path), image, f"labels {lab_path.name}")
     lab = sitk.GetArrayViewFromImage(labels)
     fg = np.isin(lab, args.label_ids) if args.label_ids else lab > 0
     t0 = time.perf_counter()
     anatomy = anatomy_source.load(case_id(img_path), warnings)
-    loc = locate(image, anatomy, atlas, RegistrationSettings(device=args.device), warnings)
+    try:
+        loc = locate(image, anatomy, atlas, RegistrationSettings(device=args.device), warnings)
+    except LocalisationUntrusted as e:    # no localisation: a writer falls back to the full volume
+        return {"case": case_id(img_path), "trusted": False, "trust_reasons": str(e),
+                "status": "untrusted: nothing to crop"}, None
     plan = plan_region(image, loc, region, args.margin, warnings=warnings)
+    trust = assess(loc, atlas, region, plan, image)
     secs = time.perf_counter() - t0
     sc = crop_scores(fg, plan.union_mask_zyx())
     row = {
@@ -57,7 +63,9 @@ def evaluate_case(img_path: Path, lab_path: Path, anatomy_source, region, atlas,
         "orientation": loc.transform.orientation_text,
         **orientation_check(loc.transform.M, known),
         "registration_dice": round(loc.registration.dice, 3),
-        "status": "ok" if plan.usable else "region outside the field of view",
+        "trusted": trust.trusted,
+        "trust_reasons": trust.text(),
+        "status": ("ok" if trust.trusted else "untrusted") if plan.usable else "region outside the field of view",
         "warnings": " | ".join(warnings),
     }
     return row, (img_path, loc, plan)
@@ -109,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             lab = match_case_file(labels_dir, c, cases, "label map")
             row, extra = evaluate_case(img, lab, anatomy, region, atlas, args, known.get(c))
-            keep_for_qc[c] = extra
+            if extra is not None:
+                keep_for_qc[c] = extra
         except CTARRError as e:
             row = {"case": c, "status": f"error: {e}"}
         rows.append(row)
@@ -149,15 +158,19 @@ def _summary(rows: list[dict], region: str, images: str) -> list[str]:
            f"| {col('preserved_fg_percent').mean():.2f}% (min {col('preserved_fg_percent').min():.2f}%) | "
            f"{col('fg_share_before_percent').mean():.3f}% | {col('fg_share_after_percent').mean():.3f}% | "
            f"{col('voxel_reduction').mean():.2f}x | {np.median(col('ctarr_seconds')):.2f} |", ""]
+    untrusted = [r for r in rows if r.get("trusted") is False]
+    lossy = [r for r in ok if r.get("trusted") and float(r["preserved_fg_percent"]) < 97.0]
+    md += [f"Untrusted (a writer falls back to the full volume): {len(untrusted)}; trusted crops losing > 3% of the "
+           f"foreground: {len(lossy)}" + (f" ({', '.join(r['case'] for r in lossy)})" if lossy else ""), ""]
     checked = [r for r in ok if r.get("orientation_correct") != ""]
     if checked:
         right = sum(r["orientation_correct"] is True for r in checked)
         md += [f"Known perturbations: orientation right in {right} of {len(checked)} scans", ""]
-    md += ["Worst cases:", "", "| case | preserved | orientation found | known perturbation | right | Dice | status |",
-           "|---|---|---|---|---|---|---|"]
+    md += ["Worst cases:", "", "| case | preserved | orientation found | known perturbation | right | Dice | trusted "
+           "| status |", "|---|---|---|---|---|---|---|---|"]
     md += [f"| {r['case']} | {r['preserved_fg_percent']}% | {r['orientation']} | {r.get('known_perturbation', '')} | "
            f"{ {True: 'yes', False: '**NO**', '': ''}[r.get('orientation_correct', '')] } | "
-           f"{r['registration_dice']} | {r['status']} |" for r in ok[:10]]
+           f"{r['registration_dice']} | {'yes' if r['trusted'] else '**no**'} | {r['status']} |" for r in ok[:10]]
     return md
 
 

@@ -17,24 +17,38 @@ import SimpleITK as sitk
 
 from ..core.anatomy import ANATOMY_FORMATS, load_anatomy
 from ..core.atlas import Atlas
-from ..core.errors import WarningLog
+from ..core.errors import CTARRError, WarningLog
 from ..core.io import read_image, write_json
 from ..core.pipeline import locate
 from ..core.prealign import body_height, itk_transform, moving_to_fixed
 from ..core.registration import RegistrationSettings
+from ..core.trust import assess
 from .common import parse, run_cli
 from .options import Parser, add_anatomy_args, add_atlas_arg, add_device_arg, add_verbose_arg
 
 
-def _locate(image_path: str, anatomy_path: str, fmt: str, atlas: Atlas, device: str):
+def _locate(image_path: str, anatomy_path: str, fmt: str, atlas: Atlas, device: str, on_untrusted: str,
+            what: str = "the scan"):
+    """Image, localisation and trust verdict; an untrusted localisation is refused (one line) unless
+    ``on_untrusted`` is ``mark``."""
     warnings = WarningLog()
     image = read_image(image_path)
     anat = load_anatomy(anatomy_path, fmt, warnings)
-    return image, locate(image, anat, atlas, RegistrationSettings(device=device), warnings)
+    loc = locate(image, anat, atlas, RegistrationSettings(device=device), warnings)
+    trust = assess(loc, atlas)
+    if not trust.trusted:
+        if on_untrusted == "refuse":
+            raise CTARRError(f"the localisation of {what} is not trusted ({trust.text()}); nothing written "
+                             "(--on_untrusted mark writes the result marked as untrusted)")
+        warnings.warn(f"the localisation of {what} is not trusted ({trust.text()}); result marked")
+    return image, loc, trust
 
 
 def _add_common(ap: Parser) -> Parser:
     """Options shared by both commands."""
+    ap.add_argument("--on_untrusted", choices=("refuse", "mark"), default="refuse",
+                    help="an untrusted localisation (core.trust): refuse with one line (default), or write the "
+                         "result with trusted: false and the reasons")
     add_atlas_arg(ap)
     add_device_arg(ap)
     add_verbose_arg(ap)
@@ -65,8 +79,10 @@ def prealign_main(argv: list[str] | None = None) -> int:
     args = parse(build_prealign_parser(), argv)
     t0 = time.perf_counter()
     atlas = Atlas.load(args.atlas)
-    _, fixed = _locate(args.fixed, args.fixed_anatomy, args.anatomy_format, atlas, args.device)
-    _, moving = _locate(args.moving, args.moving_anatomy, args.anatomy_format, atlas, args.device)
+    _, fixed, f_trust = _locate(args.fixed, args.fixed_anatomy, args.anatomy_format, atlas, args.device,
+                                args.on_untrusted, "the fixed scan")
+    _, moving, m_trust = _locate(args.moving, args.moving_anatomy, args.anatomy_format, atlas, args.device,
+                                 args.on_untrusted, "the moving scan")
     A, b = moving_to_fixed(fixed.transform, moving.transform)
     tx = itk_transform(fixed.transform, moving.transform)
     out = Path(args.out)
@@ -77,6 +93,8 @@ def prealign_main(argv: list[str] | None = None) -> int:
                             "formula": "p_fixed = matrix @ p_moving + translation (world LPS mm)"},
         "itk_transform_file": out.with_suffix(".tfm").name,
         "itk_convention": "maps fixed points to moving points: sitk.Resample(moving, fixed, transform)",
+        "trusted": f_trust.trusted and m_trust.trusted,
+        "trust": {"fixed": f_trust.to_dict(), "moving": m_trust.to_dict()},
         "fixed_registration": fixed.registration.to_dict(),
         "moving_registration": moving.registration.to_dict(),
         "warnings": list(fixed.warnings) + list(moving.warnings),
@@ -90,9 +108,10 @@ def prealign_main(argv: list[str] | None = None) -> int:
 def body_height_main(argv: list[str] | None = None) -> int:
     args = parse(build_body_height_parser(), argv)
     atlas = Atlas.load(args.atlas)
-    image, loc = _locate(args.image, args.anatomy_seg, args.anatomy_format, atlas, args.device)
+    image, loc, trust = _locate(args.image, args.anatomy_seg, args.anatomy_format, atlas, args.device,
+                                args.on_untrusted)
     lo, hi = atlas.extent()
-    res = body_height(image, loc.transform, (float(lo[2]), float(hi[2])))
+    res = trust.record(body_height(image, loc.transform, (float(lo[2]), float(hi[2]))))
     res["registration"] = loc.registration.to_dict()
     res["warnings"] = list(loc.warnings)
     write_json(Path(args.out), res)

@@ -19,8 +19,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import CTARRError, WarningLog
+from .geometry import Geometry
 from .integrity import check_finite
-from .io import canonical, is_image_file, read_image, strip_extension
+from .io import canonical, is_image_file, match_label_to_image, read_image, strip_extension
 
 #: The 19 groups of the CTARR paper (Table 1); label value = index + 1.
 GROUPS: tuple[str, ...] = (
@@ -237,15 +238,26 @@ def load_mask_folder(folder: Path, warnings: WarningLog) -> AnatomyMasks:
     observed = np.zeros(N_GROUPS, bool)
     # write larger group ids first so that organs win over bones where masks overlap
     for n, p in sorted(known.items(), key=lambda kv: GROUPS.index(group_of(kv[0]))):
-        m = read_image(p)
-        if m.GetSize() != ref.GetSize():
-            raise CTARRError(f"mask {p.name} has size {m.GetSize()}, other masks {ref.GetSize()}")
+        m = _mask_on_grid(read_image(p), ref, p.name, warnings)
         gi = GROUPS.index(group_of(n))
         observed[gi] = True
         groups[sitk.GetArrayViewFromImage(m) > 0] = gi + 1
     out = sitk.GetImageFromArray(groups)
     out.CopyInformation(ref)
     return AnatomyMasks(out, observed, f"{folder} (per-structure masks, {len(known)} mapped)")
+
+
+def _mask_on_grid(mask: sitk.Image, ref: sitk.Image, name: str, warnings: WarningLog) -> sitk.Image:
+    """One mask of a folder on the first mask's grid, matched in world space like a label map: the
+    same voxels stored in another order are reordered exactly, another grid that covers it is
+    resampled nearest-neighbour (with a warning), a mask elsewhere is an error naming the file."""
+    mg, rg = Geometry.of(mask), Geometry.of(ref)
+    if mg.same_grid(rg):
+        return mask
+    if not Geometry.of(canonical(mask)).same_grid(Geometry.of(canonical(ref))):
+        warnings.warn(f"mask {name} is on another grid ({mg.describe()}) than the first mask ({rg.describe()}); "
+                      "resampled nearest-neighbour")
+    return match_label_to_image(mask, ref, f"mask {name}")
 
 
 def load_anatomy(path: str | Path, fmt: str = "auto", warnings: WarningLog | None = None) -> AnatomyMasks:

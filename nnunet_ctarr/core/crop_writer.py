@@ -16,13 +16,18 @@ import SimpleITK as sitk
 from .. import __version__
 from .atlas import Atlas
 from .cropping import CropPlan, crop_image, crop_scores
-from .errors import CTARRError, WarningLog
+from .errors import CTARRError, LocalisationUntrusted, WarningLog
 from .geometry import Geometry
 from .integrity import check_finite
-from .io import case_id, check_ct_intensities, match_label_to_image, read_image, write_image, write_json
+from .io import case_id, check_ct_intensities, match_label_to_image, read_image, write_image
 from .pipeline import Localisation, groups_present, locate, plan_region
 from .regions import Region
 from .registration import RegistrationSettings
+from .sidecar import write_sidecar
+from .trust import Trust, assess
+
+#: what ``--on_untrusted`` may say: the whole image under the crop's name, nothing, or the crop anyway
+ON_UNTRUSTED = ("full", "skip", "crop")
 
 
 @dataclass(frozen=True)
@@ -35,59 +40,99 @@ class CropOptions:
     qc: bool = False
     hu_check: bool = True
     allow_nonfinite: bool = False          # replace NaN/Inf voxels by the image minimum instead of refusing
+    on_untrusted: str = "full"             # one of ON_UNTRUSTED
 
 
 def versions(atlas_id: str, region_source: str = "") -> dict:
     import torch
-    return {"nnunet_ctarr": __version__, "atlas_id": atlas_id, "region_source": region_source,
-            "torch": torch.__version__, "SimpleITK": sitk.Version_VersionString()}
+    out = {"nnunet_ctarr": __version__, "atlas_id": atlas_id, "region_source": region_source,
+           "torch": torch.__version__, "SimpleITK": sitk.Version_VersionString()}
+    return out if region_source else {k: v for k, v in out.items() if k != "region_source"}
+
+
+@dataclass
+class _Case:
+    """What one case has read and found."""
+    image: sitk.Image
+    anatomy_name: str
+    labels: sitk.Image | None
+    loc: Localisation | None
+    plan: CropPlan | None
+    trust: Trust
+    seconds: dict
 
 
 def crop_case(src: Path, anatomy_source, label_path: Path | None, out: Path, region: Region, atlas: Atlas,
               opts: CropOptions, settings: RegistrationSettings) -> dict:
-    """Crop one case; returns its sidecar. On error, removes whatever it wrote and re-raises."""
+    """Crop one case; returns its sidecar entry (``mode`` crop, full or skip). On error, removes
+    whatever it wrote and re-raises."""
     case = case_id(src)
-    warnings = WarningLog()
+    warnings = WarningLog(case=case)
     written: list[Path] = []
-    t = time.perf_counter()
     try:
-        image, n_bad = check_finite(read_image(src), f"image {src.name}", opts.allow_nonfinite, src)
-        if n_bad:
-            warnings.warn(f"image {src.name}: {n_bad} NaN/infinite voxel(s) replaced by the image minimum")
-        if opts.hu_check:
-            check_ct_intensities(image, f"image {src.name}")
-        seconds = {"read_image": time.perf_counter() - t}
+        c = _localise(src, case, anatomy_source, label_path, region, atlas, opts, settings, warnings)
+        mode = "crop" if c.trust.trusted else opts.on_untrusted
+        if mode == "crop" and c.plan is None:
+            raise CTARRError(f"cannot crop {src.name}: {c.trust.text()}")
+        if not c.trust.trusted:
+            warnings.warn(f"localisation not trusted ({c.trust.text()}); "
+                          + {"full": "wrote the whole image", "skip": "nothing written",
+                             "crop": "wrote the crop anyway (--on_untrusted crop)"}[mode])
+        entry = {"mode": mode, **c.trust.record({})}
+        if mode == "skip":
+            return _entry(entry, region, opts, c, [], warnings)
         t = time.perf_counter()
-        anatomy = anatomy_source.load(case, warnings)
-        labels = None
-        if label_path is not None:
-            labels = match_label_to_image(read_image(label_path), image, f"label map {label_path.name}")
-        seconds["read_anatomy_labels"] = time.perf_counter() - t
-        t = time.perf_counter()
-        loc = locate(image, anatomy, atlas, settings, warnings)
-        seconds["registration"] = time.perf_counter() - t
-        t = time.perf_counter()
-        plan = plan_region(image, loc, region, opts.margin_mm, opts.z_only, warnings)
-        if not plan.usable:
-            raise CTARRError(f"region '{region.name}' lies entirely outside the field of view of {src.name}; "
-                             "nothing written")
-        outputs = _write_crops(image, labels, plan, f"{case}_{region.name}", out, opts, written)
-        preserved = _label_loss(labels, plan, warnings)
-        seconds["crop_write"] = time.perf_counter() - t
-        if opts.qc:
+        stem = f"{case}_{region.name}"
+        outputs = (_write_crops(c.image, c.labels, c.plan, stem, out, opts, written) if mode == "crop"
+                   else _write_full(c.image, c.labels, stem, out, written))
+        preserved = _label_loss(c.labels, c.plan, warnings) if mode == "crop" else (100.0 if c.labels else None)
+        c.seconds["crop_write"] = time.perf_counter() - t
+        if opts.qc and c.loc is not None:
             t = time.perf_counter()
-            written.append(_qc(out / f"{case}_{region.name}_qc.png", case, image, loc, plan, region))
-            seconds["qc"] = time.perf_counter() - t
-        sidecar = _sidecar(case, src, anatomy.source, image, loc, plan, region, opts, atlas, outputs, warnings,
-                           seconds)
-        if labels is not None:
-            sidecar["label_voxels_preserved_percent"] = None if preserved is None else round(preserved, 4)
-        write_json(out / f"{case}.ctarr.json", sidecar)
-        return sidecar
+            written.append(_qc(out / f"{stem}_qc.png", case, c, region))
+            c.seconds["qc"] = time.perf_counter() - t
+        if c.labels is not None:
+            entry["label_voxels_preserved_percent"] = None if preserved is None else round(preserved, 4)
+        entry = _entry(entry, region, opts, c, outputs, warnings)
+        write_sidecar(out / f"{case}.ctarr.json", _case_fields(case, src, c, atlas, warnings), region.name, entry)
+        return entry
     except BaseException:
         for p in written:
             p.unlink(missing_ok=True)
         raise
+
+
+def _localise(src: Path, case: str, anatomy_source, label_path: Path | None, region: Region, atlas: Atlas,
+              opts: CropOptions, settings: RegistrationSettings, warnings: WarningLog) -> _Case:
+    """Read the case, register it and ask the trust rule (user errors raise)."""
+    t = time.perf_counter()
+    image, n_bad = check_finite(read_image(src), f"image {src.name}", opts.allow_nonfinite, src)
+    if n_bad:
+        warnings.warn(f"image {src.name}: {n_bad} NaN/infinite voxel(s) replaced by the image minimum")
+    if opts.hu_check:
+        check_ct_intensities(image, f"image {src.name}")
+    seconds = {"read_image": time.perf_counter() - t}
+    t = time.perf_counter()
+    anatomy = anatomy_source.load(case, warnings)
+    labels = None
+    if label_path is not None:
+        labels = match_label_to_image(read_image(label_path), image, f"label map {label_path.name}")
+    seconds["read_anatomy_labels"] = time.perf_counter() - t
+    t = time.perf_counter()
+    loc = plan = None
+    try:
+        loc = locate(image, anatomy, atlas, settings, warnings)
+        plan = plan_region(image, loc, region, opts.margin_mm, opts.z_only, warnings)
+        trust = assess(loc, atlas, region, plan, image)
+    except LocalisationUntrusted as e:
+        trust = Trust.refused(e)
+    seconds["registration"] = time.perf_counter() - t
+    if trust.trusted and not plan.usable:
+        raise CTARRError(f"region '{region.name}' lies entirely outside the field of view of {src.name}; "
+                         "nothing written")
+    if plan is not None and not plan.usable:
+        plan = None
+    return _Case(image, anatomy.source, labels, loc, plan, trust, seconds)
 
 
 def _write_crops(image: sitk.Image, labels: sitk.Image | None, plan: CropPlan, stem: str, out: Path,
@@ -124,31 +169,60 @@ def _label_loss(labels: sitk.Image | None, plan: CropPlan, warnings: WarningLog)
     return preserved
 
 
-def _qc(path: Path, case: str, image: sitk.Image, loc: Localisation, plan: CropPlan, region: Region) -> Path:
+def _write_full(image: sitk.Image, labels: sitk.Image | None, stem: str, out: Path, written: list[Path]) -> list[dict]:
+    """The whole image (and label map) under the crop's name: an untrusted case loses nothing."""
+    img_path = out / f"{stem}.nii.gz"
+    write_image(image, img_path)
+    written.append(img_path)
+    entry = {"box": None, "image": img_path.name, "full_volume": True}
+    if labels is not None:
+        lab_path = out / f"{stem}_labels.nii.gz"
+        write_image(labels, lab_path)
+        written.append(lab_path)
+        entry["labels"] = lab_path.name
+    return [entry]
+
+
+def _qc(path: Path, case: str, c: _Case, region: Region) -> Path:
     from .qc import render_qc
+    loc = c.loc
     title = (f"{case} | region {region.name} | orientation: {loc.transform.orientation_text} | "
-             f"scale {np.round(loc.transform.scale, 2).tolist()} | Dice {loc.registration.dice:.2f}")
-    render_qc(path, image, loc.anatomy_volume, plan, title)
+             f"scale {np.round(loc.transform.scale, 2).tolist()} | Dice {loc.registration.dice:.2f}"
+             + ("" if c.trust.trusted else " | NOT TRUSTED"))
+    plan = c.plan if c.plan is not None else CropPlan(np.array(c.image.GetSize()))
+    render_qc(path, c.image, loc.anatomy_volume, plan, title)
     return path
 
 
-def _sidecar(case: str, src: Path, anatomy: str, image: sitk.Image, loc: Localisation, plan: CropPlan,
-             region: Region, opts: CropOptions, atlas: Atlas, outputs: list[dict], warnings: WarningLog,
-             seconds: dict[str, float]) -> dict:
-    seconds = {**seconds, **{f"registration_{k}": v for k, v in loc.seconds.items()}}
+def _entry(entry: dict, region: Region, opts: CropOptions, c: _Case, outputs: list[dict],
+           warnings: WarningLog) -> dict:
+    """The region's part of the sidecar."""
+    plan = c.plan
+    return {
+        "region": {"name": region.name, "margin_mm": region.margin_mm, "extra_margin_mm": opts.margin_mm,
+                   "z_only": opts.z_only, "atlas_id": region.atlas_id,
+                   "source": region.provenance.get("source", "")},
+        **entry,
+        "transform": c.loc.transform.to_dict() if c.loc is not None else None,
+        "boxes": [b.to_dict() for b in plan.boxes] if plan is not None else [],
+        "voxel_fraction_kept": (1.0 if entry["mode"] == "full" else 0.0 if entry["mode"] == "skip"
+                                else round(float(plan.union_mask_zyx().mean()), 5)),
+        "outputs": outputs,
+        "warnings": list(warnings),
+    }
+
+
+def _case_fields(case: str, src: Path, c: _Case, atlas: Atlas, warnings: WarningLog) -> dict:
+    """The case's part of the sidecar (shared by every region cropped into the folder)."""
+    loc = c.loc
+    seconds = {**c.seconds, **({f"registration_{k}": v for k, v in loc.seconds.items()} if loc else {})}
     return {
         "case": case,
         "input": str(src),
-        "anatomy": anatomy,
-        "anatomy_groups_present": groups_present(loc.anatomy_volume),
-        "image": Geometry.of(image).to_dict(),
-        "region": {"name": region.name, "margin_mm": region.margin_mm, "extra_margin_mm": opts.margin_mm,
-                   "z_only": opts.z_only, "atlas_id": region.atlas_id},
-        "registration": loc.registration.to_dict(),
-        "boxes": [b.to_dict() for b in plan.boxes],
-        "voxel_fraction_kept": round(float(plan.union_mask_zyx().mean()), 5),
-        "outputs": outputs,
-        "warnings": list(warnings),
+        "anatomy": c.anatomy_name,
+        "anatomy_groups_present": groups_present(loc.anatomy_volume) if loc else None,
+        "image": Geometry.of(c.image).to_dict(),
+        "registration": loc.registration.to_dict() if loc else None,
         "seconds": {k: round(v, 4) for k, v in seconds.items()},
-        "versions": versions(atlas.atlas_id, region.provenance.get("source", "")),
+        "versions": versions(atlas.atlas_id),
     }

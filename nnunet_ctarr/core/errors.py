@@ -18,8 +18,39 @@ class LocalisationUntrusted(CTARRError):
 
 
 class WarningLog(list):
-    """A list of warning strings that also forwards each entry to the logger."""
+    """A list of warning strings that also forwards each entry to the logger; with ``case`` the
+    logged line starts with the case id (the stored entry does not: it lives in the case's sidecar)."""
+
+    def __init__(self, items=(), case: str | None = None):
+        super().__init__(items)
+        self.case = case
 
     def warn(self, msg: str) -> None:
-        logger.warning(msg)
+        logger.warning(f"{self.case}: {msg}" if self.case else msg)
         self.append(msg)
+
+
+_itk_logger = None
+
+
+def route_itk_messages() -> None:
+    """Send ITK's console warnings (GDCM's "No Series were found", NIfTI orientation notes, ...)
+    to the ``nnunet_ctarr.itk`` logger at debug level (shown with ``--verbose``), one line each,
+    instead of raw multi-line text on stderr. Real read errors still raise and are reported."""
+    global _itk_logger
+    import SimpleITK as sitk
+    if _itk_logger is not None:
+        return
+    log = logging.getLogger("nnunet_ctarr.itk")
+
+    class _ToLogging(sitk.LoggerBase):
+        def _line(self, text: str) -> str:
+            return " ".join(ln.strip() for ln in text.strip().splitlines()[1:] if ln.strip()) or text.strip()
+
+        def DisplayText(self, text):                  # noqa: N802 (ITK's names)
+            log.debug(self._line(text))
+
+        DisplayErrorText = DisplayWarningText = DisplayGenericOutputText = DisplayDebugText = DisplayText
+
+    _itk_logger = _ToLogging()
+    _itk_logger.SetAsGlobalITKLogger()

@@ -16,9 +16,6 @@ from .regions import Region
 from .registration import RegistrationResult, RegistrationSettings, register
 from .volume import MaskVolume, anatomy_to_volume
 
-#: below this mean soft Dice (6 mm level) the registration is reported as implausible
-MIN_PLAUSIBLE_DICE = 0.25
-
 
 @dataclass
 class Localisation:
@@ -34,18 +31,20 @@ class Localisation:
 
 
 def check_anatomy_matches_image(anatomy: AnatomyMasks, image: Geometry | sitk.Image) -> None:
-    """Anatomy and image must cover the same world region (grids may differ)."""
+    """The anatomy must cover the image in world space (grids may differ; an anatomy of a larger
+    scan, e.g. of the full scan a CT was cropped from, is fine: the transform is in world mm)."""
     anat, img = Geometry.of(anatomy.labels), as_geometry(image)
-    frac_anat, frac_img = anat.overlap(img)
-    if frac_img < 0.9 or frac_anat < 0.9:
+    _, frac_img = anat.overlap(img)
+    if frac_img < 0.9:
         raise LocalisationUntrusted(
-            f"anatomy segmentation does not match the image in world space (they share {100 * frac_img:.0f}% of "
-            f"the image's extent); image {img.describe()}, anatomy {anat.describe()}")
+            f"anatomy segmentation does not cover the image in world space (it covers {100 * frac_img:.0f}% of the "
+            f"image's extent, 90% needed); image {img.describe()}, anatomy {anat.describe()}")
 
 
 def locate(image: Geometry | sitk.Image | None, anatomy: AnatomyMasks, atlas: Atlas,
            settings: RegistrationSettings | None = None, warnings: WarningLog | None = None) -> Localisation:
-    """Register a scan's anatomy to the atlas (paper 3.2) and collect plausibility warnings."""
+    """Register a scan's anatomy to the atlas (paper 3.2); whether the result may place a crop is
+    :func:`nnunet_ctarr.core.trust.assess`'s decision."""
     warnings = warnings if warnings is not None else WarningLog()
     t0 = time.perf_counter()
     if image is not None:
@@ -55,21 +54,7 @@ def locate(image: Geometry | sitk.Image | None, anatomy: AnatomyMasks, atlas: At
     res = register(vol, atlas, settings)
     for w in res.warnings:
         warnings.warn(w)
-    if res.dice < MIN_PLAUSIBLE_DICE:
-        warnings.warn(f"registration Dice {res.dice:.2f} is below {MIN_PLAUSIBLE_DICE}: the anatomy looks "
-                      "implausible or does not match the atlas; check the QC picture")
     return Localisation(res, vol, warnings, {"anatomy_to_grid": t1 - t0, **res.seconds})
-
-
-def check_trusted(loc: Localisation) -> None:
-    """Raise :class:`LocalisationUntrusted` for a localisation that must not drive a crop (the
-    writers then fall back to the full volume): registration Dice below :data:`MIN_PLAUSIBLE_DICE`,
-    or an ambiguous orientation."""
-    if loc.registration.dice < MIN_PLAUSIBLE_DICE:
-        raise LocalisationUntrusted(f"registration Dice {loc.registration.dice:.2f} < {MIN_PLAUSIBLE_DICE}: "
-                                    "anatomy implausible")
-    if loc.registration.orientation_ambiguous:
-        raise LocalisationUntrusted("orientation ambiguous")
 
 
 def plan_region(image: Geometry | sitk.Image, loc: Localisation, region: Region, extra_margin_mm: float = 0.0,

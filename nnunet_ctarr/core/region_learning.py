@@ -22,6 +22,7 @@ from .geometry import Geometry
 from .pipeline import locate
 from .regions import Region, boxes_from_heatmap
 from .registration import RegistrationSettings
+from .trust import assess
 from .warp import warp_to_atlas
 
 
@@ -61,6 +62,10 @@ def learn_region(cases: Iterable[tuple[str, AnatomyMasks, sitk.Image]], atlas: A
             loc = locate(None, anatomy, atlas, settings, WarningLog())
         except CTARRError as e:
             skipped.append(f"{case}: {e}")
+            continue
+        trust = assess(loc, atlas)
+        if not trust.trusted:                 # an untrusted scan does not vote
+            skipped.append(f"{case}: localisation not trusted ({trust.text()})")
             continue
         frac, inside = roi_to_atlas(roi, loc.transform, grid)
         acc += frac

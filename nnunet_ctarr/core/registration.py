@@ -97,6 +97,17 @@ def landmark_weights(moving: MaskVolume, fixed: MaskVolume) -> tuple[np.ndarray,
     return ratio, usable
 
 
+def _too_sparse(moving: MaskVolume, fixed: MaskVolume, usable: np.ndarray, need: int) -> str:
+    """The message for too few usable groups, naming the groups the atlas does not contain."""
+    present = moving.volumes_mm3() > 0
+    lacking = [GROUPS[i] for i in np.nonzero(present & ~(fixed.observed & (fixed.volumes_mm3() > 0)))[0]]
+    used = [GROUPS[i] for i in np.nonzero(usable)[0]]
+    msg = f"anatomy too sparse to register: {len(used)} usable group(s) ({', '.join(used) or 'none'})"
+    if lacking:
+        msg += f"; the scan also shows {', '.join(lacking)}, which the atlas does not contain"
+    return msg + f"; at least {need} groups the atlas has are needed"
+
+
 def _candidates(s: RegistrationSettings) -> list[tuple[int, tuple[bool, bool, bool]]]:
     ks = range(4) if s.allow_xy_rotation else [0]
     fx = (False, True) if s.allow_x_flip else (False,)
@@ -148,9 +159,7 @@ def register(moving: MaskVolume, fixed: MaskVolume, settings: RegistrationSettin
     warnings: list[str] = []
     ratio, usable = landmark_weights(moving, fixed)
     if usable.sum() < s.min_groups:
-        present = [GROUPS[i] for i in np.nonzero(moving.volumes_mm3() > 0)[0]]
-        raise LocalisationUntrusted(f"anatomy too sparse to register: {int(usable.sum())} usable group(s) "
-                         f"({', '.join(present) or 'none'}); at least {s.min_groups} of the 19 groups are needed")
+        raise LocalisationUntrusted(_too_sparse(moving, fixed, usable, s.min_groups))
     w = ratio / ratio.sum()
     x = moving.centres_of_mass()
     y = fixed.centres_of_mass()

@@ -21,6 +21,7 @@ from ..core.pipeline import locate, plan_region
 from ..core.regions import Region
 from ..core.registration import RegistrationSettings
 from ..core.transform import describe_orientation, orientation_from_matrix
+from ..core.trust import assess
 
 
 @dataclass
@@ -33,6 +34,9 @@ class RegionScore:
     crop_voxel_fraction: float      # crop voxels / image voxels
     fg_share_before: float          # foreground share of the image (%)
     fg_share_after: float           # foreground share of the crop(s) (%)
+    fg_ml: float = 0.0              # foreground volume (ml)
+    trusted: bool = True            # the trust rule's verdict on this region's crop
+    trust_reasons: tuple[str, ...] = ()
 
 
 @dataclass
@@ -72,8 +76,11 @@ def score_case(case: str, image: sitk.Image, anatomy: AnatomyMasks, labels: sitk
         if not roi.any():
             continue
         plan = plan_region(image, loc, region, extra_margin_mm, warnings=WarningLog())
+        trust = assess(loc, atlas, region, plan, image)
         out.regions.append(RegionScore(region.name, n_boxes_used=len(plan.usable),
-                                       **crop_scores(roi, plan.union_mask_zyx())))
+                                       **crop_scores(roi, plan.union_mask_zyx()), trusted=trust.trusted,
+                                       fg_ml=float(roi.sum()) * float(np.prod(image.GetSpacing())) / 1000.0,
+                                       trust_reasons=trust.reasons))
     out.warnings = list(warnings)
     return out
 

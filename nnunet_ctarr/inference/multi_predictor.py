@@ -95,7 +95,7 @@ class MultiModelPredictor:
         (missing or unreadable anatomy) raises :class:`CTARRError`; an untrusted localisation is
         returned, so that every model falls back as it would alone."""
         t0 = time.perf_counter()
-        warnings = WarningLog()
+        warnings = WarningLog(case=case)
         info: dict = {"registrations": 1}
         anatomy = self.anatomy.load(case, warnings)
         try:

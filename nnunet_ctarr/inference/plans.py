@@ -21,9 +21,10 @@ from ..core.atlas import Atlas
 from ..core.cropping import CropPlan, index_union_mask
 from ..core.errors import CTARRError, LocalisationUntrusted, WarningLog
 from ..core.geometry import Geometry
-from ..core.pipeline import Localisation, check_trusted, plan_region
+from ..core.pipeline import Localisation, plan_region
 from ..core.regions import Region
 from ..core.registration import RegistrationSettings
+from ..core.trust import Trust, assess
 from .tiling import TileGeometry, fit_boxes
 
 MODES = ("crop", "full", "empty", "error")
@@ -107,16 +108,18 @@ def plan_case(case: str, geometry: Geometry, settings: CTARRSettings, tiles: Til
     """Localise one case (``locate_case``) and decide what to predict. An untrusted localisation
     gives the full volume with a warning; any other :class:`CTARRError` propagates (user error)."""
     t0 = time.perf_counter()
-    warnings = WarningLog()
+    warnings = WarningLog(case=case)
     report: dict = {"case": case, "region": settings.region.name}
     try:
         loc = locate_case(warnings)
         report["registration"] = loc.registration.to_dict()
-        check_trusted(loc)
     except LocalisationUntrusted as e:
-        warnings.warn(f"{case}: CTARR localisation not trusted ({e}); predicting the full volume")
-        return _finish(CasePlan(case, "full", geometry, (), report), warnings, t0)
+        return _untrusted(CasePlan(case, "full", geometry, (), report), Trust.refused(e), warnings, t0)
     region_plan = plan_region(geometry, loc, settings.region, settings.margin_mm, warnings=warnings)
+    trust = assess(loc, settings.atlas, settings.region, region_plan, geometry)
+    if not trust.trusted:
+        return _untrusted(CasePlan(case, "full", geometry, (), report), trust, warnings, t0)
+    trust.record(report)
     report["boxes"] = [b.to_dict() for b in region_plan.boxes]
     crops = fitted_crops(region_plan, geometry, tiles, settings.fit_tiles)
     report["crops"] = [c.to_dict() for c in crops]
@@ -141,6 +144,13 @@ def plan_case(case: str, geometry: Geometry, settings: CTARRSettings, tiles: Til
 def error_plan(case: str, geometry: Geometry | None, error: CTARRError) -> CasePlan:
     """The plan of a case that cannot be predicted (missing or unreadable anatomy, ...)."""
     return CasePlan(case, "error", geometry, (), {"case": case, "mode": "error", "error": str(error), "warnings": []})
+
+
+def _untrusted(plan: CasePlan, trust: Trust, warnings: WarningLog, t0: float) -> CasePlan:
+    """The full volume for an untrusted localisation; the sidecar and the log say why."""
+    trust.record(plan.report)
+    warnings.warn(f"CTARR localisation not trusted ({trust.text()}); predicting the full volume")
+    return _finish(plan, warnings, t0)
 
 
 def _finish(plan: CasePlan, warnings: WarningLog, t0: float) -> CasePlan:

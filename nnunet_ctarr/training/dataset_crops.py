@@ -20,8 +20,9 @@ from ..core.errors import CTARRError, LocalisationUntrusted, WarningLog
 from ..core.geometry import Geometry
 from ..core.io import read_image, write_image
 from ..core.nnunet_format import RawCase
-from ..core.pipeline import check_trusted, locate, plan_region
+from ..core.pipeline import locate, plan_region
 from ..core.regions import Region
+from ..core.trust import Trust, assess
 
 
 @dataclass
@@ -46,7 +47,7 @@ def crop_case(job: CropJob, anatomy_source, atlas: Atlas) -> dict:
     """Crop one case; returns its report row (never raises for a case-level problem)."""
     t0 = time.perf_counter()
     case = job.case
-    warnings = WarningLog()
+    warnings = WarningLog(case=case.case)
     row: dict = {"case": case.case, "split": job.split, "outputs": [], "warnings": warnings}
     try:
         images = [read_image(f) for f in case.images]
@@ -67,12 +68,15 @@ def crop_case(job: CropJob, anatomy_source, atlas: Atlas) -> dict:
         return _finish(row, warnings, t0)
     try:
         loc = locate(images[0], anatomy, atlas, warnings=warnings)
-        check_trusted(loc)
         plan = plan_region(images[0], loc, job.region, job.margin_mm, warnings=warnings)
         if not plan.usable:
             raise LocalisationUntrusted(f"region '{job.region.name}' lies outside the field of view")
+        trust = assess(loc, atlas, job.region, plan, images[0])
     except LocalisationUntrusted as e:
-        return _fallback(job, row, warnings, t0, f"localisation not trusted ({e})", images, label, fg)
+        trust = Trust.refused(e)
+    trust.record(row)
+    if not trust.trusted:
+        return _fallback(job, row, warnings, t0, f"localisation not trusted ({trust.text()})", images, label, fg)
     multi = len(job.region.boxes_mm) > 1
     kept = 0
     for box in plan.usable:
@@ -89,7 +93,7 @@ def crop_case(job: CropJob, anatomy_source, atlas: Atlas) -> dict:
         row["lost_foreground_voxels"] = lost
         row["lost_foreground_pct"] = round(100.0 * lost / max(sc["fg_voxels"], 1), 4)
         if lost:
-            warnings.warn(f"{case.case}: {lost} label voxels ({row['lost_foreground_pct']:.2f}%) lie outside the "
+            warnings.warn(f"{lost} label voxels ({row['lost_foreground_pct']:.2f}%) lie outside the "
                           f"crop(s); raise --train_margin or check the QC of this case")
     row["registration_dice"] = round(loc.registration.dice, 4)
     row["orientation"] = loc.transform.orientation_text
