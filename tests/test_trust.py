@@ -103,3 +103,43 @@ def test_anatomy_errors_that_hide_the_organ_are_flagged(error_suite):
     assert len(missed) >= 4
     assert all(not r.trusted for _, r in missed), [c for c, r in missed if r.trusted]
     assert np.mean([r.trusted for c, r in error_suite if "vertebrae" in c]) == 1.0
+
+
+def test_anatomy_only_of_groups_the_atlas_lacks_says_so(head_neck_files, tmp_path):
+    img, anat = head_neck_files
+    lab = sitk.ReadImage(str(anat))
+    a = sitk.GetArrayFromImage(lab)
+    only = np.where(np.isin(a, [90, 91]), a, 0).astype(np.uint8)  # TotalSegmentator v2: brain, skull
+    head = sitk.GetImageFromArray(only)
+    head.CopyInformation(lab)
+    sitk.WriteImage(head, str(tmp_path / "head_anat.nii.gz"))
+    r = run_in_process(
+        main,
+        [
+            "-i",
+            str(img),
+            "--anatomy_seg",
+            str(tmp_path / "head_anat.nii.gz"),
+            "--anatomy_format",
+            "ts_v2",
+            "-r",
+            "liver",
+            "-o",
+            str(tmp_path / "o"),
+        ],
+    )
+    assert r.returncode == 1
+    assert "0 usable group(s) (none); the scan also shows skull, brain, which the atlas does not contain" in r.stdout
+
+
+def test_region_about_a_group_the_atlas_lacks_is_never_trusted(atlas, ts_v2, abdomen):
+    from nnunet_ctarr.core.pipeline import locate, plan_region
+    from nnunet_ctarr.core.regions import Region
+    from nnunet_ctarr.core.trust import assess
+
+    image, labels = abdomen
+    loc = locate(image, anatomy_of(labels, ts_v2), atlas)
+    liver = load_region("liver")
+    brain = Region("brain", liver.boxes_mm, 10.0, atlas.atlas_id, {"roi_structures_totalsegmentator_v2": ["brain"]})
+    trust = assess(loc, atlas, brain, plan_region(image, loc, brain), image)
+    assert not trust.trusted and "is about brain, which the atlas does not contain" in trust.text()

@@ -180,7 +180,11 @@ def region_reasons(loc, atlas: Atlas, plan: CropPlan, region: Region, image: Geo
         reasons.append(f"inside region '{region.name}' the anatomy does not match the atlas (Dice {dice:.2f} < "
                        f"{MIN_REGION_DICE})")
     measures = {"region_dice": dice if np.isfinite(dice) else None}
-    groups = [t for t in target_groups(region) if loc.anatomy_volume.observed[t]]
+    lacking = [GROUPS[t] for t in target_groups(region) if not atlas.observed[t]]
+    if lacking:
+        reasons.append(f"region '{region.name}' is about {', '.join(lacking)}, which the atlas does not contain "
+                       f"(it covers {atlas_span(atlas)})")
+    groups = [t for t in target_groups(region) if loc.anatomy_volume.observed[t] and atlas.observed[t]]
     if groups:
         organs = ", ".join(GROUPS[t] for t in groups)
         ml, share = organ_in_crop(loc, plan, image, groups)
