@@ -52,8 +52,8 @@ class DiceProblem:
         hi = np.ceil((self.a_c + (1 + padding) * self.h_q - f_origin) / f_spacing).astype(int) + 1
         lo, hi = np.clip(lo, 0, f_size), np.clip(hi, 0, f_size)
         if np.any(hi - lo < 2):
-            raise LocalisationUntrusted("the scan's anatomy falls outside the atlas after landmark alignment; "
-                             "registration impossible")
+            raise LocalisationUntrusted("the scan's anatomy falls outside the atlas after landmark alignment "
+                                        f"(the atlas covers {fixed.group_span()}); registration impossible")
         sl = (slice(lo[2], hi[2]), slice(lo[1], hi[1]), slice(lo[0], hi[0]))
         atlas = np.concatenate([fprob[(groups,) + sl], fcov[sl][None]], 0)
         self.A = torch.from_numpy(np.ascontiguousarray(atlas)).to(device, dt)     # (G+1, Z, Y, X)

@@ -104,7 +104,7 @@ def _too_sparse(moving: MaskVolume, fixed: MaskVolume, usable: np.ndarray, need:
     used = [GROUPS[i] for i in np.nonzero(usable)[0]]
     msg = f"anatomy too sparse to register: {len(used)} usable group(s) ({', '.join(used) or 'none'})"
     if lacking:
-        msg += f"; the scan also shows {', '.join(lacking)}, which the atlas does not contain"
+        msg += f"; the scan also shows {', '.join(lacking)}, which the atlas (covering {fixed.group_span()}) lacks"
     return msg + f"; at least {need} groups the atlas has are needed"
 
 

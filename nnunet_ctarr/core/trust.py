@@ -67,14 +67,6 @@ class Trust:
         return "; ".join(self.reasons)
 
 
-def atlas_span(atlas: Atlas) -> str:
-    """The atlas' groups from top to bottom, e.g. ``vertebrae_C to urinary_bladder``."""
-    com = atlas.centres_of_mass()
-    have = [i for i in range(len(GROUPS)) if atlas.observed[i] and np.isfinite(com[i, 2])]
-    order = sorted(have, key=lambda i: -com[i, 2])
-    return f"{GROUPS[order[0]]} to {GROUPS[order[-1]]}" if order else "no groups"
-
-
 def outside_atlas(loc, atlas: Atlas) -> tuple[float, list[str], str]:
     """(share of the scan's anatomy volume outside the atlas, the groups concerned, above/below)."""
     vol = loc.anatomy_volume
@@ -106,7 +98,7 @@ def scan_reasons(loc, atlas: Atlas) -> tuple[list[str], dict]:
         reasons.append("orientation ambiguous")
     share, names, where = outside_atlas(loc, atlas)
     if share > MAX_OUTSIDE_ATLAS:
-        reasons.append(f"the atlas covers {atlas_span(atlas)}; {100 * share:.0f}% of this scan's anatomy "
+        reasons.append(f"the atlas covers {atlas.group_span()}; {100 * share:.0f}% of this scan's anatomy "
                        f"({', '.join(names)}) lies {where} it")
     return reasons, {"registration_dice": float(reg.dice), "share_outside_atlas": share}
 
@@ -183,7 +175,7 @@ def region_reasons(loc, atlas: Atlas, plan: CropPlan, region: Region, image: Geo
     lacking = [GROUPS[t] for t in target_groups(region) if not atlas.observed[t]]
     if lacking:
         reasons.append(f"region '{region.name}' is about {', '.join(lacking)}, which the atlas does not contain "
-                       f"(it covers {atlas_span(atlas)})")
+                       f"(it covers {atlas.group_span()})")
     groups = [t for t in target_groups(region) if loc.anatomy_volume.observed[t] and atlas.observed[t]]
     if groups:
         organs = ", ".join(GROUPS[t] for t in groups)

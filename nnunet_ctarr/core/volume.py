@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import SimpleITK as sitk
 
-from .anatomy import N_GROUPS, AnatomyMasks
+from .anatomy import GROUPS, N_GROUPS, AnatomyMasks
 from .geometry import Geometry
 
 
@@ -81,6 +81,13 @@ class MaskVolume:
                 com[ok, ax_xyz] = (marg[ok] @ c) / mass[ok]
         self._cache["com"] = com
         return com
+
+    def group_span(self) -> str:
+        """The groups present, top to bottom by centre of mass: ``vertebrae_C to urinary_bladder``."""
+        com = self.centres_of_mass()
+        have = [i for i in range(N_GROUPS) if self.observed[i] and np.isfinite(com[i, 2])]
+        order = sorted(have, key=lambda i: -com[i, 2])
+        return f"{GROUPS[order[0]]} to {GROUPS[order[-1]]}" if order else "no groups"
 
     def pooled(self, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Average-pooled (prob (19,z,y,x), coverage (z,y,x), origin, spacing) by factor ``f``.
