@@ -65,7 +65,8 @@ def test_single_case_with_labels_and_qc(tmp_path):
         assert len(b["index_start_xyz"]) == 3
         assert len(b["world_min_mm_lps"]) == 3
         assert all(s < e for s, e in zip(b["index_start_xyz"], b["index_stop_xyz"]))
-    assert {"read_image", "registration", "crop_write", "qc"} <= set(side["seconds"])
+    assert {"read_image", "read_anatomy_labels", "registration"} <= set(side["seconds"])
+    assert kid["seconds"] > 0
     assert side["versions"]["atlas_id"] == kid["region"]["atlas_id"]
     # the crops are where the sidecar says
     src = sitk.ReadImage(str(ABDOMEN[0]))
@@ -243,3 +244,43 @@ def test_empty_input_folder_is_one_line_without_itk_noise(tmp_path):
     assert r.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'empty'} holds no images (.nii.gz, .nii, .nrrd, .mha, .mhd) and no DICOM series"
     ], r.stderr
+
+
+def test_several_regions_share_one_registration(tmp_path, monkeypatch):
+    """-r liver kidneys urinary_bladder: one registration per scan, one sidecar with every region;
+    the crops equal those of one-region runs."""
+    from nnunet_ctarr.core import crop_writer
+
+    calls = []
+    real = crop_writer.locate
+    monkeypatch.setattr(crop_writer, "locate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = tmp_path / "multi"
+    abdomen = ["-i", str(ABDOMEN[0]), "--anatomy_seg", str(ABDOMEN[1])]
+    code = main([*abdomen, "-r", "liver", "kidneys", "urinary_bladder", "-o", str(out)])
+    assert code == 0 and len(calls) == 1
+    side = json.loads((out / "example_ct.ctarr.json").read_text())
+    assert sorted(side["regions"]) == ["kidneys", "liver", "urinary_bladder"]
+    assert all(e["trusted"] and e["mode"] == "crop" for e in side["regions"].values())
+    single = tmp_path / "single"
+    assert main([*abdomen, "-r", "kidneys", "-o", str(single)]) == 0
+    for k in (0, 1):
+        a = sitk.ReadImage(str(out / f"example_ct_kidneys_box{k}.nii.gz"))
+        b = sitk.ReadImage(str(single / f"example_ct_kidneys_box{k}.nii.gz"))
+        assert a.GetSize() == b.GetSize() and a.GetOrigin() == b.GetOrigin()
+        assert np.array_equal(sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b))
+
+
+def test_all_regions_with_one_outside_the_field_of_view(tmp_path):
+    """-r all on the chest CT: the bladder (outside) is one error line, every other region is written."""
+    out = tmp_path / "o"
+    r = run_cli(["-i", str(CHEST[0]), "--anatomy_seg", str(CHEST[1]), "-r", "all", "-o", str(out)])
+    assert r.returncode == 1
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error")]
+    assert errors == [
+        "error: chest_ct_3mm/urinary_bladder: region 'urinary_bladder' lies entirely outside the field of view; "
+        "nothing written"
+    ]
+    side = json.loads((out / "chest_ct_3mm.ctarr.json").read_text())["regions"]
+    assert len(side) == 11 and side["urinary_bladder"]["mode"] == "outside"
+    assert side["liver"]["mode"] == "crop" and side["liver"]["trusted"]
+    assert (out / "chest_ct_3mm_heart.nii.gz").exists() and not (out / "chest_ct_3mm_urinary_bladder.nii.gz").exists()

@@ -10,7 +10,7 @@ from ..core.atlas import Atlas
 from ..core.crop_writer import ON_UNTRUSTED, CropOptions, crop_case
 from ..core.errors import CTARRError, WarningLog
 from ..core.io import case_id, check_output_folder, list_inputs, match_case_file
-from ..core.regions import builtin_regions, check_region_atlas, load_region
+from ..core.regions import Region, builtin_regions, check_region_atlas, load_region
 from ..core.registration import RegistrationSettings
 from .common import parse, run_cli
 from .options import Parser, add_anatomy_args, add_atlas_arg, add_device_arg, add_verbose_arg, anatomy_source
@@ -19,6 +19,7 @@ EPILOG = """examples:
   nnUNetv2_ctarr_crop -i examples/data/totalseg_example/example_ct.nii.gz \\
       --anatomy_seg examples/data/totalseg_example/example_ct_totalseg_v2.nii.gz -r kidneys -o out --qc
   nnUNetv2_ctarr_crop -i scans/ --anatomy_seg totalseg_out/ --labels gt/ -r liver -o crops/
+  nnUNetv2_ctarr_crop -i scans/ --anatomy_seg totalseg_out/ -r liver spleen kidneys -o crops/   # one registration
 
 """
 
@@ -27,7 +28,9 @@ def build_parser() -> Parser:
     p = Parser(prog="nnUNetv2_ctarr_crop", description=__doc__, epilog=EPILOG)
     p.add_argument("-i", dest="input", help="image file, DICOM folder, or folder of images/DICOM folders (batch)")
     p.add_argument("-o", dest="output", help="output folder")
-    p.add_argument("-r", dest="region", help="region name (see --list_regions) or region .json file")
+    p.add_argument("-r", dest="region", nargs="+",
+                   help="region name(s) (see --list_regions), region .json file(s), or 'all' (every built-in "
+                        "region); several regions share one registration per scan")
     add_anatomy_args(p, model=False)
     p.add_argument("--labels", help="label map(s) to crop alongside (file, or folder matched by case id)")
     p.add_argument("--margin", type=float, default=0.0, help="extra margin in mm on top of the region's own")
@@ -70,9 +73,10 @@ def main(argv: list[str] | None = None) -> int:
                               ("-anatomy_seg", args.anatomy_seg)) if not v]
     if missing:
         parser.error(f"missing required argument(s): {' '.join(missing)}")
-    region = load_region(args.region)
+    regions = load_regions(args.region)
     atlas = Atlas.load(args.atlas)
-    check_region_atlas(region, atlas.atlas_id, WarningLog())
+    for region in regions:
+        check_region_atlas(region, atlas.atlas_id, WarningLog())
     settings = RegistrationSettings(device=args.device)
     inputs = list_inputs(args.input)
     cases = [case_id(p) for p in inputs]
@@ -81,22 +85,40 @@ def main(argv: list[str] | None = None) -> int:
     opts = CropOptions(args.margin, args.z_only, args.pad, args.fill_value, args.qc, not args.no_hu_check,
                        args.allow_nonfinite, args.on_untrusted)
     out = check_output_folder(args.output)
-    counts = {"crop": 0, "full": 0, "skip": 0, "crop_untrusted": 0, "error": 0}
+    counts = dict.fromkeys(("crop", "full", "skip", "crop_untrusted", "outside", "error"), 0)
     for src in tqdm(inputs, desc="ctarr crop", disable=len(inputs) == 1, file=sys.stderr):
         case = case_id(src)
         try:
             lab = match_case_file(Path(args.labels), case, cases, "label map") if args.labels else None
-            entry = crop_case(src, anatomy, lab, out, region, atlas, opts, settings)
-            counts[entry["mode"] + ("" if entry["trusted"] or entry["mode"] != "crop" else "_untrusted")] += 1
-            if len(inputs) == 1:
-                print(case_line(case, entry, out))
+            entries = crop_case(src, anatomy, lab, out, regions, atlas, opts, settings)
         except CTARRError as e:
-            counts["error"] += 1
+            counts["error"] += len(regions)
             print(f"error: {case}: {e}", file=sys.stderr)
-    if len(inputs) > 1:
-        print(f"{counts['crop']} of {len(inputs)} case(s) cropped; untrusted: {counts['full']} written whole, "
-              f"{counts['skip']} skipped, {counts['crop_untrusted']} cropped anyway; {counts['error']} failed -> {out}")
-    return 0 if counts["crop"] == len(inputs) else 1
+            continue
+        for name, entry in entries.items():
+            counts[entry["mode"] + ("_untrusted" if entry["mode"] == "crop" and not entry["trusted"] else "")] += 1
+            who = case if len(regions) == 1 else f"{case}/{name}"
+            if entry["mode"] == "outside":
+                print(f"error: {who}: {entry['error']}", file=sys.stderr)
+            elif len(inputs) == 1:
+                print(case_line(who, entry, out))
+    n = len(inputs) * len(regions)
+    if n > 1:
+        what = "case(s)" if len(regions) == 1 else "case-region pair(s)"
+        print(f"{counts['crop']} of {n} {what} cropped; untrusted: {counts['full']} written whole, "
+              f"{counts['skip']} skipped, {counts['crop_untrusted']} cropped anyway; {counts['outside']} outside the "
+              f"field of view; {counts['error']} failed -> {out}")
+    return 0 if counts["crop"] == n else 1
+
+
+def load_regions(names: list[str]) -> list[Region]:
+    """The regions of ``-r`` (``all``: every built-in one); a name given twice counts once."""
+    names = list(builtin_regions()) if names == ["all"] else list(dict.fromkeys(names))
+    regions = [load_region(n) for n in names]
+    dup = {r.name for r in regions if sum(q.name == r.name for q in regions) > 1}
+    if dup:
+        raise CTARRError(f"two regions share the name {', '.join(sorted(dup))}: their crops would collide")
+    return regions
 
 
 def case_line(case: str, entry: dict, out: Path) -> str:

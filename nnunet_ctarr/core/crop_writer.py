@@ -52,59 +52,78 @@ def versions(atlas_id: str, region_source: str = "") -> dict:
 
 @dataclass
 class _Case:
-    """What one case has read and found."""
+    """What one case has read and found (``loc`` None: refused before registration, see ``refused``)."""
     image: sitk.Image
     anatomy_name: str
     labels: sitk.Image | None
     loc: Localisation | None
-    plan: CropPlan | None
-    trust: Trust
+    refused: Trust | None
     seconds: dict
 
 
-def crop_case(src: Path, anatomy_source, label_path: Path | None, out: Path, region: Region, atlas: Atlas,
-              opts: CropOptions, settings: RegistrationSettings) -> dict:
-    """Crop one case; returns its sidecar entry (``mode`` crop, full or skip). On error, removes
-    whatever it wrote and re-raises."""
+def crop_case(src: Path, anatomy_source, label_path: Path | None, out: Path, regions: list[Region], atlas: Atlas,
+              opts: CropOptions, settings: RegistrationSettings) -> dict[str, dict]:
+    """Crop one case into every region (one image read, one anatomy load, one registration);
+    returns the sidecar entries by region name (``mode`` crop, full, skip or outside). On error,
+    removes whatever it wrote and re-raises."""
     case = case_id(src)
     warnings = WarningLog(case=case)
     written: list[Path] = []
     try:
-        c = _localise(src, case, anatomy_source, label_path, region, atlas, opts, settings, warnings)
-        mode = "crop" if c.trust.trusted else opts.on_untrusted
-        if mode == "crop" and c.plan is None:
-            raise CTARRError(f"cannot crop {src.name}: {c.trust.text()}")
-        if not c.trust.trusted:
-            warnings.warn(f"localisation not trusted ({c.trust.text()}); "
-                          + {"full": "wrote the whole image", "skip": "nothing written",
-                             "crop": "wrote the crop anyway (--on_untrusted crop)"}[mode])
-        entry = {"mode": mode, **c.trust.record({})}
-        if mode == "skip":
-            return _entry(entry, region, opts, c, [], warnings)
-        t = time.perf_counter()
-        stem = f"{case}_{region.name}"
-        outputs = (_write_crops(c.image, c.labels, c.plan, stem, out, opts, written) if mode == "crop"
-                   else _write_full(c.image, c.labels, stem, out, written))
-        preserved = _label_loss(c.labels, c.plan, warnings) if mode == "crop" else (100.0 if c.labels else None)
-        c.seconds["crop_write"] = time.perf_counter() - t
-        if opts.qc and c.loc is not None:
-            t = time.perf_counter()
-            written.append(_qc(out / f"{stem}_qc.png", case, c, region))
-            c.seconds["qc"] = time.perf_counter() - t
-        if c.labels is not None:
-            entry["label_voxels_preserved_percent"] = None if preserved is None else round(preserved, 4)
-        entry = _entry(entry, region, opts, c, outputs, warnings)
-        write_sidecar(out / f"{case}.ctarr.json", _case_fields(case, src, c, atlas, warnings), region.name, entry)
-        return entry
+        c = _localise(src, case, anatomy_source, label_path, atlas, opts, settings, warnings)
+        if c.loc is None and opts.on_untrusted == "crop":
+            raise CTARRError(f"cannot crop {src.name}: {c.refused.text()}")
+        entries = {r.name: _crop_region(c, case, r, out, atlas, opts, warnings, written) for r in regions}
+        if written:
+            write_sidecar(out / f"{case}.ctarr.json", _case_fields(case, src, c, atlas, warnings), entries)
+        return entries
     except BaseException:
         for p in written:
             p.unlink(missing_ok=True)
         raise
 
 
-def _localise(src: Path, case: str, anatomy_source, label_path: Path | None, region: Region, atlas: Atlas,
+def _crop_region(c: _Case, case: str, region: Region, out: Path, atlas: Atlas, opts: CropOptions,
+                 case_warnings: WarningLog, written: list[Path]) -> dict:
+    """Plan, judge and write one region of a localised case; returns its sidecar entry."""
+    warnings = WarningLog(case_warnings, case=f"{case}/{region.name}")
+    t = time.perf_counter()
+    plan = None
+    if c.loc is None:
+        trust = c.refused
+    else:
+        plan = plan_region(c.image, c.loc, region, opts.margin_mm, opts.z_only, warnings)
+        trust = assess(c.loc, atlas, region, plan, c.image)
+        if not plan.usable:
+            plan = None
+    entry = {"mode": "crop" if trust.trusted else opts.on_untrusted, **trust.record({})}
+    if trust.trusted and plan is None:
+        entry.update(mode="outside", error=f"region '{region.name}' lies entirely outside the field of view; "
+                                          "nothing written")
+    elif entry["mode"] == "crop" and plan is None:
+        entry.update(mode="outside", error=f"not trusted ({trust.text()}) and no crop to write; nothing written")
+    elif not trust.trusted:
+        warnings.warn(f"localisation not trusted ({trust.text()}); "
+                      + {"full": "wrote the whole image", "skip": "nothing written",
+                         "crop": "wrote the crop anyway (--on_untrusted crop)"}[entry["mode"]])
+    if entry["mode"] in ("skip", "outside"):
+        return _entry(entry, region, opts, c, plan, [], warnings)
+    stem = f"{case}_{region.name}"
+    outputs = (_write_crops(c.image, c.labels, plan, stem, out, opts, written) if entry["mode"] == "crop"
+               else _write_full(c.image, c.labels, stem, out, written))
+    if c.labels is not None:
+        preserved = _label_loss(c.labels, plan, warnings) if entry["mode"] == "crop" else 100.0
+        entry["label_voxels_preserved_percent"] = None if preserved is None else round(preserved, 4)
+    if opts.qc and c.loc is not None:
+        written.append(_qc(out / f"{stem}_qc.png", case, c, plan, trust, region))
+    entry["seconds"] = round(time.perf_counter() - t, 4)
+    return _entry(entry, region, opts, c, plan, outputs, warnings)
+
+
+def _localise(src: Path, case: str, anatomy_source, label_path: Path | None, atlas: Atlas,
               opts: CropOptions, settings: RegistrationSettings, warnings: WarningLog) -> _Case:
-    """Read the case, register it and ask the trust rule (user errors raise)."""
+    """Read the case and register it (user errors raise; an anatomy refused before registration
+    gives ``loc`` None with the verdict)."""
     t = time.perf_counter()
     image, n_bad = check_finite(read_image(src), f"image {src.name}", opts.allow_nonfinite, src)
     if n_bad:
@@ -119,20 +138,13 @@ def _localise(src: Path, case: str, anatomy_source, label_path: Path | None, reg
         labels = match_label_to_image(read_image(label_path), image, f"label map {label_path.name}")
     seconds["read_anatomy_labels"] = time.perf_counter() - t
     t = time.perf_counter()
-    loc = plan = None
+    loc = refused = None
     try:
         loc = locate(image, anatomy, atlas, settings, warnings)
-        plan = plan_region(image, loc, region, opts.margin_mm, opts.z_only, warnings)
-        trust = assess(loc, atlas, region, plan, image)
     except LocalisationUntrusted as e:
-        trust = Trust.refused(e)
+        refused = Trust.refused(e)
     seconds["registration"] = time.perf_counter() - t
-    if trust.trusted and not plan.usable:
-        raise CTARRError(f"region '{region.name}' lies entirely outside the field of view of {src.name}; "
-                         "nothing written")
-    if plan is not None and not plan.usable:
-        plan = None
-    return _Case(image, anatomy.source, labels, loc, plan, trust, seconds)
+    return _Case(image, anatomy.source, labels, loc, refused, seconds)
 
 
 def _write_crops(image: sitk.Image, labels: sitk.Image | None, plan: CropPlan, stem: str, out: Path,
@@ -183,21 +195,21 @@ def _write_full(image: sitk.Image, labels: sitk.Image | None, stem: str, out: Pa
     return [entry]
 
 
-def _qc(path: Path, case: str, c: _Case, region: Region) -> Path:
+def _qc(path: Path, case: str, c: _Case, plan: CropPlan | None, trust: Trust, region: Region) -> Path:
     from .qc import render_qc
     loc = c.loc
     title = (f"{case} | region {region.name} | orientation: {loc.transform.orientation_text} | "
              f"scale {np.round(loc.transform.scale, 2).tolist()} | Dice {loc.registration.dice:.2f}"
-             + ("" if c.trust.trusted else " | NOT TRUSTED"))
-    plan = c.plan if c.plan is not None else CropPlan(np.array(c.image.GetSize()))
-    render_qc(path, c.image, loc.anatomy_volume, plan, title)
+             + ("" if trust.trusted else " | NOT TRUSTED"))
+    render_qc(path, c.image, loc.anatomy_volume, plan if plan is not None else CropPlan(np.array(c.image.GetSize())),
+              title)
     return path
 
 
-def _entry(entry: dict, region: Region, opts: CropOptions, c: _Case, outputs: list[dict],
+def _entry(entry: dict, region: Region, opts: CropOptions, c: _Case, plan: CropPlan | None, outputs: list[dict],
            warnings: WarningLog) -> dict:
     """The region's part of the sidecar."""
-    plan = c.plan
+    kept = {"full": 1.0, "skip": 0.0, "outside": 0.0}.get(entry["mode"])
     return {
         "region": {"name": region.name, "margin_mm": region.margin_mm, "extra_margin_mm": opts.margin_mm,
                    "z_only": opts.z_only, "atlas_id": region.atlas_id,
@@ -205,8 +217,7 @@ def _entry(entry: dict, region: Region, opts: CropOptions, c: _Case, outputs: li
         **entry,
         "transform": c.loc.transform.to_dict() if c.loc is not None else None,
         "boxes": [b.to_dict() for b in plan.boxes] if plan is not None else [],
-        "voxel_fraction_kept": (1.0 if entry["mode"] == "full" else 0.0 if entry["mode"] == "skip"
-                                else round(float(plan.union_mask_zyx().mean()), 5)),
+        "voxel_fraction_kept": kept if kept is not None else round(float(plan.union_mask_zyx().mean()), 5),
         "outputs": outputs,
         "warnings": list(warnings),
     }

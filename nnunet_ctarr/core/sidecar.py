@@ -23,12 +23,12 @@ def read_sidecar(path: Path) -> dict | None:
     return side if isinstance(side, dict) and isinstance(side.get("regions"), dict) else None
 
 
-def write_sidecar(path: Path, case_fields: dict, region: str, entry: dict) -> dict:
-    """Write (atomically) the case's sidecar with ``entry`` for ``region``, keeping the entries of
-    other regions cropped from the same input; returns what was written."""
+def write_sidecar(path: Path, case_fields: dict, entries: dict[str, dict]) -> dict:
+    """Write (atomically) the case's sidecar with ``entries`` (region name -> entry), keeping the
+    entries of other regions cropped from the same input; returns what was written."""
     old = read_sidecar(path)
     regions = dict(old["regions"]) if old is not None and old.get("input") == case_fields.get("input") else {}
-    regions[region] = entry
+    regions.update(entries)
     side = {**case_fields, "regions": regions}
     write_json(path, side)
     return side
