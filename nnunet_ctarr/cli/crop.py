@@ -7,13 +7,24 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..core.atlas import Atlas
-from ..core.crop_writer import ON_UNTRUSTED, CropOptions, crop_case
+from ..core.batch_report import BatchReport
+from ..core.crop_writer import ON_UNTRUSTED, CropOptions, already_done, crop_case
 from ..core.errors import CTARRError, WarningLog
 from ..core.io import case_id, check_output_folder, list_inputs, match_case_file
 from ..core.regions import Region, builtin_regions, check_region_atlas, load_region
 from ..core.registration import RegistrationSettings
 from .common import parse, run_cli
-from .options import Parser, add_anatomy_args, add_atlas_arg, add_device_arg, add_verbose_arg, anatomy_source
+from .options import (
+    Parser,
+    add_anatomy_args,
+    add_atlas_arg,
+    add_device_arg,
+    add_parts_args,
+    add_verbose_arg,
+    anatomy_source,
+    part_suffix,
+    select_part,
+)
 
 EPILOG = """examples:
   nnUNetv2_ctarr_crop -i examples/data/totalseg_example/example_ct.nii.gz \\
@@ -48,6 +59,7 @@ def build_parser() -> Parser:
                         "(full, default: no foreground lost), write nothing (skip), or write the crop anyway (crop); "
                         "the sidecar says trusted: false with the reasons")
     add_device_arg(p)
+    add_parts_args(p)
     p.add_argument("--list_regions", action="store_true", help="list the built-in regions and exit")
     add_verbose_arg(p)
     return p
@@ -77,38 +89,46 @@ def main(argv: list[str] | None = None) -> int:
     atlas = Atlas.load(args.atlas)
     for region in regions:
         check_region_atlas(region, atlas.atlas_id, WarningLog())
-    settings = RegistrationSettings(device=args.device)
-    inputs = list_inputs(args.input)
-    cases = [case_id(p) for p in inputs]
+    all_inputs = list_inputs(args.input)
+    cases = [case_id(p) for p in all_inputs]
+    inputs = select_part(all_inputs, args)
     anatomy = anatomy_source(args)
     anatomy.prepare({case_id(p): [str(p)] for p in inputs})
     opts = CropOptions(args.margin, args.z_only, args.pad, args.fill_value, args.qc, not args.no_hu_check,
                        args.allow_nonfinite, args.on_untrusted)
     out = check_output_folder(args.output)
-    counts = dict.fromkeys(("crop", "full", "skip", "crop_untrusted", "outside", "error"), 0)
-    for src in tqdm(inputs, desc="ctarr crop", disable=len(inputs) == 1, file=sys.stderr):
-        case = case_id(src)
-        try:
-            lab = match_case_file(Path(args.labels), case, cases, "label map") if args.labels else None
-            entries = crop_case(src, anatomy, lab, out, regions, atlas, opts, settings)
-        except CTARRError as e:
-            counts["error"] += len(regions)
-            print(f"error: {case}: {e}", file=sys.stderr)
-            continue
-        for name, entry in entries.items():
-            counts[entry["mode"] + ("_untrusted" if entry["mode"] == "crop" and not entry["trusted"] else "")] += 1
-            who = case if len(regions) == 1 else f"{case}/{name}"
-            if entry["mode"] == "outside":
-                print(f"error: {who}: {entry['error']}", file=sys.stderr)
-            elif len(inputs) == 1:
-                print(case_line(who, entry, out))
-    n = len(inputs) * len(regions)
-    if n > 1:
-        what = "case(s)" if len(regions) == 1 else "case-region pair(s)"
-        print(f"{counts['crop']} of {n} {what} cropped; untrusted: {counts['full']} written whole, "
-              f"{counts['skip']} skipped, {counts['crop_untrusted']} cropped anyway; {counts['outside']} outside the "
-              f"field of view; {counts['error']} failed -> {out}")
-    return 0 if counts["crop"] == n else 1
+    report = BatchReport()
+    for src in tqdm(inputs, desc="ctarr crop", disable=len(inputs) < 2, file=sys.stderr):
+        _crop_one(src, args, cases, anatomy, out, regions, atlas, opts, report)
+    if len(all_inputs) > 1:                    # a batch; a one-scan run has its sidecar
+        report.write(out, part_suffix(args))
+    if len(report.rows) == 1:
+        print(case_line(report.rows[0], out) if report.rows[0]["status"] != "failed" else "", end="")
+    else:
+        print("\n".join(report.summary_lines(out, len(regions) == 1)))
+    return 0 if report.all_clean else 1
+
+
+def _crop_one(src: Path, args, cases: list[str], anatomy, out: Path, regions: list[Region], atlas: Atlas,
+              opts: CropOptions, report: BatchReport) -> None:
+    """One case into the report; a user error is one line and the batch goes on."""
+    case = case_id(src)
+    try:
+        lab = match_case_file(Path(args.labels), case, cases, "label map") if args.labels else None
+        done = already_done(src, out, regions, atlas, opts, lab is not None) if args.resume else None
+        if done is not None:
+            report.add(case, done, done_before=True)
+            return
+        entries = crop_case(src, anatomy, lab, out, regions, atlas, opts,
+                            RegistrationSettings(device=args.device))
+    except CTARRError as e:
+        report.add_error(case, [r.name for r in regions], str(e))
+        print(f"error: {case}: {e}", file=sys.stderr)
+        return
+    report.add(case, entries)
+    for name, entry in entries.items():
+        if entry["mode"] == "outside":
+            print(f"error: {case if len(regions) == 1 else case + '/' + name}: {entry['error']}", file=sys.stderr)
 
 
 def load_regions(names: list[str]) -> list[Region]:
@@ -121,16 +141,17 @@ def load_regions(names: list[str]) -> list[Region]:
     return regions
 
 
-def case_line(case: str, entry: dict, out: Path) -> str:
-    """The one-line result of a single case."""
-    if entry["mode"] == "skip":
-        return f"{case}: not trusted ({'; '.join(entry['trust']['reasons'])}); nothing written"
-    if entry["mode"] == "full":
-        return f"{case}: not trusted ({'; '.join(entry['trust']['reasons'])}); whole image written -> {out}"
-    t = entry["transform"]
-    return (f"{case}: {len(entry['outputs'])} crop(s), {100 * entry['voxel_fraction_kept']:.1f}% of the voxels, "
-            f"orientation {t['orientation']}, Dice {entry['trust']['registration_dice']:.2f}, "
-            + ("trusted" if entry["trusted"] else "NOT TRUSTED (cropped anyway)") + f" -> {out}")
+def case_line(row: dict, out: Path) -> str:
+    """The one-line result of a single case and region (a report row)."""
+    who, status = row["case"], row["status"]
+    if status == "outside the field of view":
+        return ""                                          # already an error line
+    if status.startswith("untrusted") and status != "untrusted: cropped anyway":
+        what = "nothing written" if status == "untrusted: skipped" else f"whole image written -> {out}"
+        return f"{who}: not trusted ({row['reasons']}); {what}\n"
+    return (f"{who}: {row['n_outputs']} crop(s), {100 * row['voxel_fraction_kept']:.1f}% of the voxels, "
+            f"orientation {row['orientation']}, Dice {row['registration_dice']:.2f}, "
+            + ("trusted" if row["trusted"] else "NOT TRUSTED (cropped anyway)") + f" -> {out}\n")
 
 
 def entry() -> None:

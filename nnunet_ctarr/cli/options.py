@@ -66,6 +66,26 @@ def add_device_arg(p: argparse.ArgumentParser, default: str = "cpu", what: str =
     p.add_argument("-device", default=default, help=f"torch device for {what} (cpu, cuda, cuda:1, mps)")
 
 
+def add_parts_args(p: argparse.ArgumentParser) -> None:
+    """nnU-Net's sharding: part ``k`` of ``N`` takes every N-th case from the k-th (sorted order)."""
+    p.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts (default 1)")
+    p.add_argument("-part_id", type=int, default=0, help="which part this run does (0 .. num_parts-1)")
+    p.add_argument("--continue", dest="resume", action="store_true",
+                   help="skip cases already done in the output folder with the same input, settings and version")
+
+
+def select_part(items: list, args) -> list:
+    """The items of part ``args.part_id`` of ``args.num_parts`` (every case in exactly one part)."""
+    if args.num_parts < 1 or not 0 <= args.part_id < args.num_parts:
+        raise CTARRError(f"-part_id must be in 0 .. {args.num_parts - 1} and -num_parts >= 1 "
+                         f"(got -part_id {args.part_id} -num_parts {args.num_parts})")
+    return items[args.part_id::args.num_parts]
+
+
+def part_suffix(args) -> str:
+    return f".part{args.part_id}of{args.num_parts}" if args.num_parts > 1 else ""
+
+
 def add_verbose_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="more log output")
 

@@ -7,7 +7,7 @@ wrote is removed before the error is raised again.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +23,7 @@ from .io import case_id, check_ct_intensities, match_label_to_image, read_image,
 from .pipeline import Localisation, groups_present, locate, plan_region
 from .regions import Region
 from .registration import RegistrationSettings
-from .sidecar import write_sidecar
+from .sidecar import finished_entries, input_stamp, write_sidecar
 from .trust import Trust, assess
 
 #: what ``--on_untrusted`` may say: the whole image under the crop's name, nothing, or the crop anyway
@@ -75,7 +75,7 @@ def crop_case(src: Path, anatomy_source, label_path: Path | None, out: Path, reg
             raise CTARRError(f"cannot crop {src.name}: {c.refused.text()}")
         entries = {r.name: _crop_region(c, case, r, out, atlas, opts, warnings, written) for r in regions}
         if written:
-            write_sidecar(out / f"{case}.ctarr.json", _case_fields(case, src, c, atlas, warnings), entries)
+            write_sidecar(out / f"{case}.ctarr.json", _case_fields(case, src, c, atlas, opts, warnings), entries)
         return entries
     except BaseException:
         for p in written:
@@ -176,7 +176,7 @@ def _label_loss(labels: sitk.Image | None, plan: CropPlan, warnings: WarningLog)
     sc = crop_scores(sitk.GetArrayViewFromImage(labels) > 0, plan.union_mask_zyx())
     preserved, n_all = sc["preserved_percent"], sc["fg_voxels"]
     if sc["fg_kept"] < n_all:
-        warnings.warn(f"{n_all - sc['fg_kept']} of {n_all} label voxels ({100 - preserved:.2f}%) lie outside "
+        warnings.note(f"{n_all - sc['fg_kept']} of {n_all} label voxels ({100 - preserved:.2f}%) lie outside "
                       "the crop(s)")
     return preserved
 
@@ -211,9 +211,7 @@ def _entry(entry: dict, region: Region, opts: CropOptions, c: _Case, plan: CropP
     """The region's part of the sidecar."""
     kept = {"full": 1.0, "skip": 0.0, "outside": 0.0}.get(entry["mode"])
     return {
-        "region": {"name": region.name, "margin_mm": region.margin_mm, "extra_margin_mm": opts.margin_mm,
-                   "z_only": opts.z_only, "atlas_id": region.atlas_id,
-                   "source": region.provenance.get("source", "")},
+        "region": _region_fields(region, opts),
         **entry,
         "transform": c.loc.transform.to_dict() if c.loc is not None else None,
         "boxes": [b.to_dict() for b in plan.boxes] if plan is not None else [],
@@ -223,17 +221,40 @@ def _entry(entry: dict, region: Region, opts: CropOptions, c: _Case, plan: CropP
     }
 
 
-def _case_fields(case: str, src: Path, c: _Case, atlas: Atlas, warnings: WarningLog) -> dict:
+def _stamp(src: Path, atlas: Atlas, opts: CropOptions, with_labels: bool) -> dict:
+    """What ``--continue`` compares: the input, its size and time, the settings, the versions."""
+    return {"input": str(src), "input_stamp": input_stamp(src),
+            "settings": {**asdict(opts), "labels": with_labels, "atlas_id": atlas.atlas_id},
+            "versions": versions(atlas.atlas_id)}
+
+
+def already_done(src: Path, out: Path, regions: list[Region], atlas: Atlas, opts: CropOptions,
+                 with_labels: bool) -> dict[str, dict] | None:
+    """The sidecar entries of a case cropped before into ``out`` with the same input, settings,
+    regions and version (``--continue``), or None."""
+    entries = finished_entries(out / f"{case_id(src)}.ctarr.json", _stamp(src, atlas, opts, with_labels),
+                               [r.name for r in regions])
+    if entries is None or any(entries[r.name]["region"] != _region_fields(r, opts) for r in regions):
+        return None
+    return entries
+
+
+def _region_fields(region: Region, opts: CropOptions) -> dict:
+    return {"name": region.name, "margin_mm": region.margin_mm, "extra_margin_mm": opts.margin_mm,
+            "z_only": opts.z_only, "atlas_id": region.atlas_id, "source": region.provenance.get("source", ""),
+            "boxes_mm": np.round(region.boxes_mm, 3).tolist()}
+
+
+def _case_fields(case: str, src: Path, c: _Case, atlas: Atlas, opts: CropOptions, warnings: WarningLog) -> dict:
     """The case's part of the sidecar (shared by every region cropped into the folder)."""
     loc = c.loc
     seconds = {**c.seconds, **({f"registration_{k}": v for k, v in loc.seconds.items()} if loc else {})}
     return {
         "case": case,
-        "input": str(src),
+        **_stamp(src, atlas, opts, c.labels is not None),
         "anatomy": c.anatomy_name,
         "anatomy_groups_present": groups_present(loc.anatomy_volume) if loc else None,
         "image": Geometry.of(c.image).to_dict(),
         "registration": loc.registration.to_dict() if loc else None,
         "seconds": {k: round(v, 4) for k, v in seconds.items()},
-        "versions": versions(atlas.atlas_id),
     }

@@ -29,6 +29,12 @@ class WarningLog(list):
         logger.warning(f"{self.case}: {msg}" if self.case else msg)
         self.append(msg)
 
+    def note(self, msg: str) -> None:
+        """Per-case detail (a box cut by the field of view, ...): kept for the sidecar and the
+        report, logged at info level (shown with ``--verbose``), not as a console warning."""
+        logger.info(f"{self.case}: {msg}" if self.case else msg)
+        self.append(msg)
+
 
 _itk_logger = None
 

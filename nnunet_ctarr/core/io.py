@@ -244,6 +244,11 @@ def write_json(path: Path, data: dict) -> None:
     _atomic_write(Path(path), ".json", dump)
 
 
+def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically, with the umask's permissions."""
+    _atomic_write(Path(path), Path(path).suffix or ".txt", lambda tmp: Path(tmp).write_text(text))
+
+
 def _jsonable(x):
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}

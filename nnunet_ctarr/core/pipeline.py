@@ -64,10 +64,10 @@ def plan_region(image: Geometry | sitk.Image, loc: Localisation, region: Region,
     plan = plan_crops(image, loc.transform, region.boxes_with_margin(extra_margin_mm), z_only=z_only)
     for b in plan.boxes:
         if b.status == "partial":
-            warnings.warn(f"region '{region.name}' box {b.index}: only {100 * b.fraction_inside:.0f}% of the box "
+            warnings.note(f"region '{region.name}' box {b.index}: only {100 * b.fraction_inside:.0f}% of the box "
                           "lies inside the image; cropped to the intersection")
         elif b.status == "outside":
-            warnings.warn(f"region '{region.name}' box {b.index} lies entirely outside the image")
+            warnings.note(f"region '{region.name}' box {b.index} lies entirely outside the image")
     return plan
 
 

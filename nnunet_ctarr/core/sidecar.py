@@ -32,3 +32,26 @@ def write_sidecar(path: Path, case_fields: dict, entries: dict[str, dict]) -> di
     side = {**case_fields, "regions": regions}
     write_json(path, side)
     return side
+
+
+def input_stamp(src: Path) -> list[int]:
+    """(size, mtime_ns) of an input file, or summed over a DICOM folder's files."""
+    files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
+    stats = [p.stat() for p in files]
+    return [sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0)]
+
+
+def finished_entries(path: Path, case_fields: dict, regions: list[str]) -> dict[str, dict] | None:
+    """The entries of ``regions`` when the sidecar at ``path`` records them for the same input
+    (path, size, mtime), settings and package version, and every output it names exists; else None.
+    A case interrupted mid-write has no sidecar (it is written last, atomically): never done."""
+    side = read_sidecar(path)
+    keys = ("input", "input_stamp", "settings")
+    if side is None or any(side.get(k) != case_fields[k] for k in keys) \
+            or side.get("versions", {}).get("nnunet_ctarr") != case_fields["versions"]["nnunet_ctarr"]:
+        return None
+    entries = {r: side["regions"].get(r) for r in regions}
+    if any(e is None or e.get("mode") == "skip" for e in entries.values()):
+        return None
+    names = [o[k] for e in entries.values() for o in e.get("outputs", []) for k in ("image", "labels") if k in o]
+    return entries if all((path.parent / n).is_file() for n in names) else None
