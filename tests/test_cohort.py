@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+import SimpleITK as sitk
 from conftest import ABDOMEN, CHEST, SMALL, run_in_process
 
 from nnunet_ctarr.cli.crop import main
@@ -72,3 +73,17 @@ def test_report_and_summary_name_every_unclean_case(cohort, tmp_path):
     assert liver["abd"]["status"] == "cropped" and liver["abd"]["trusted"] == "True"
     assert float(liver["abd"]["registration_dice"]) > 0.25 and liver["abd"]["orientation"] == "as in header"
     assert "box 0: only" in liver["abd"]["warnings"]
+
+
+def test_workers_give_the_same_results(cohort, tmp_path):
+    one, two = tmp_path / "np1", tmp_path / "np2"
+    assert _run(cohort, one, "-r", "kidneys").returncode == 0
+    r = _run(cohort, two, "-r", "kidneys", "-np", "2")
+    assert r.returncode == 0, r.stderr
+    for name in sorted(p.name for p in one.glob("*.nii.gz")):
+        a, b = (sitk.ReadImage(str(d / name)) for d in (one, two))
+        assert a.GetOrigin() == b.GetOrigin() and a.GetSize() == b.GetSize(), name
+    rows = [json.loads((d / "ctarr_report.json").read_text())["rows"] for d in (one, two)]
+    assert [(r["case"], r["status"], r["registration_dice"]) for r in rows[0]] == [
+        (r["case"], r["status"], r["registration_dice"]) for r in rows[1]
+    ]

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import sys
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import SimpleITK as sitk
+from tqdm import tqdm
 
 from ..core.errors import CTARRError, route_itk_messages
 from ..core.io import case_id, is_dicom_dir, read_image
@@ -28,6 +32,19 @@ def parse(parser, argv: list[str] | None):
     args = parser.parse_args(argv)
     setup_logging(getattr(args, "verbose", False))
     return args
+
+
+def map_cases(fn: Callable, items: list, n_workers: int, init: Callable, initargs: tuple, desc: str) -> list:
+    """``[fn(x) for x in items]`` with a progress bar: in this process (``n_workers <= 1``, after
+    ``init(*initargs, threads=None)``) or in ``n_workers`` spawned processes, each with
+    ``cores // n_workers`` torch threads so that workers x threads <= cores. Order is kept."""
+    if n_workers <= 1:
+        init(*initargs, threads=None)
+        return [fn(x) for x in tqdm(items, desc=desc, disable=len(items) < 2, file=sys.stderr)]
+    threads = max(1, (os.cpu_count() or 1) // n_workers)
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=init, initargs=(*initargs, threads)) as ex:
+        return list(tqdm(ex.map(fn, items), total=len(items), desc=desc, file=sys.stderr))
 
 
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-
-from tqdm import tqdm
 
 from ..core.atlas import Atlas
 from ..core.batch_report import BatchReport
@@ -13,7 +12,7 @@ from ..core.errors import CTARRError, WarningLog
 from ..core.io import case_id, check_output_folder, list_inputs, match_case_file
 from ..core.regions import Region, builtin_regions, check_region_atlas, load_region
 from ..core.registration import RegistrationSettings
-from .common import parse, run_cli
+from .common import map_cases, parse, run_cli
 from .options import (
     Parser,
     add_anatomy_args,
@@ -21,6 +20,7 @@ from .options import (
     add_device_arg,
     add_parts_args,
     add_verbose_arg,
+    add_workers_arg,
     anatomy_source,
     part_suffix,
     select_part,
@@ -59,6 +59,7 @@ def build_parser() -> Parser:
                         "(full, default: no foreground lost), write nothing (skip), or write the crop anyway (crop); "
                         "the sidecar says trusted: false with the reasons")
     add_device_arg(p)
+    add_workers_arg(p)
     add_parts_args(p)
     p.add_argument("--list_regions", action="store_true", help="list the built-in regions and exit")
     add_verbose_arg(p)
@@ -97,9 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     opts = CropOptions(args.margin, args.z_only, args.pad, args.fill_value, args.qc, not args.no_hu_check,
                        args.allow_nonfinite, args.on_untrusted)
     out = check_output_folder(args.output)
+    job = _CropJob(args.labels, cases, out, regions, opts, args.device, args.resume, len(regions) == 1)
     report = BatchReport()
-    for src in tqdm(inputs, desc="ctarr crop", disable=len(inputs) < 2, file=sys.stderr):
-        _crop_one(src, args, cases, anatomy, out, regions, atlas, opts, report)
+    for case, entries, done_before, error in map_cases(_crop_one, inputs, args.np, _init_worker,
+                                                        (job, anatomy, atlas if args.np <= 1 else args.atlas),
+                                                        "ctarr crop"):
+        if error is not None:
+            report.add_error(case, [r.name for r in regions], error)
+        else:
+            report.add(case, entries, done_before)
     if len(all_inputs) > 1:                    # a batch; a one-scan run has its sidecar
         report.write(out, part_suffix(args))
     if len(report.rows) == 1:
@@ -109,26 +116,49 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if report.all_clean else 1
 
 
-def _crop_one(src: Path, args, cases: list[str], anatomy, out: Path, regions: list[Region], atlas: Atlas,
-              opts: CropOptions, report: BatchReport) -> None:
-    """One case into the report; a user error is one line and the batch goes on."""
-    case = case_id(src)
+@dataclass(frozen=True)
+class _CropJob:
+    """What every case of a run shares (sent once to each worker)."""
+    labels: str | None
+    cases: list[str]
+    out: Path
+    regions: list[Region]
+    opts: CropOptions
+    device: str
+    resume: bool
+    one_region: bool
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(job: _CropJob, anatomy, atlas: Atlas | str | None, threads: int | None) -> None:
+    """The shared state of a worker (``atlas``: loaded here in this process, a path in a worker)."""
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+    _WORKER.update(job=job, anatomy=anatomy, atlas=atlas if isinstance(atlas, Atlas) else Atlas.load(atlas))
+
+
+def _crop_one(src: Path) -> tuple[str, dict | None, bool, str | None]:
+    """One case: (case, sidecar entries, found done by --continue, error). A user error is one line
+    and the batch goes on."""
+    job, case = _WORKER["job"], case_id(src)
     try:
-        lab = match_case_file(Path(args.labels), case, cases, "label map") if args.labels else None
-        done = already_done(src, out, regions, atlas, opts, lab is not None) if args.resume else None
+        lab = match_case_file(Path(job.labels), case, job.cases, "label map") if job.labels else None
+        done = already_done(src, job.out, job.regions, _WORKER["atlas"], job.opts, lab is not None) \
+            if job.resume else None
         if done is not None:
-            report.add(case, done, done_before=True)
-            return
-        entries = crop_case(src, anatomy, lab, out, regions, atlas, opts,
-                            RegistrationSettings(device=args.device))
+            return case, done, True, None
+        entries = crop_case(src, _WORKER["anatomy"], lab, job.out, job.regions, _WORKER["atlas"], job.opts,
+                            RegistrationSettings(device=job.device))
     except CTARRError as e:
-        report.add_error(case, [r.name for r in regions], str(e))
         print(f"error: {case}: {e}", file=sys.stderr)
-        return
-    report.add(case, entries)
+        return case, None, False, str(e)
     for name, entry in entries.items():
         if entry["mode"] == "outside":
-            print(f"error: {case if len(regions) == 1 else case + '/' + name}: {entry['error']}", file=sys.stderr)
+            print(f"error: {case if job.one_region else case + '/' + name}: {entry['error']}", file=sys.stderr)
+    return case, entries, False, None
 
 
 def load_regions(names: list[str]) -> list[Region]:

@@ -9,11 +9,8 @@ foreground per case (``ctarr_crop_report.json``).
 from __future__ import annotations
 
 import logging
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
+import os
 from pathlib import Path
-
-from tqdm import tqdm
 
 from ..core.atlas import Atlas
 from ..core.crop_writer import versions
@@ -23,8 +20,8 @@ from ..core.nnunet_format import load_raw_dataset, raw_root
 from ..core.region_settings import CONFIG_NAME, make_config
 from ..core.regions import check_region_atlas, load_region
 from ..training.dataset_crops import CropJob, crop_case
-from .common import parse, run_cli
-from .options import Parser, add_anatomy_args, add_atlas_arg, add_device_arg, anatomy_source
+from .common import map_cases, parse, run_cli
+from .options import Parser, add_anatomy_args, add_atlas_arg, add_device_arg, add_workers_arg, anatomy_source
 
 EPILOG = """example:
   nnUNetv2_ctarr_crop_dataset -d 3 -r liver -o 503 --train_margin 10 -anatomy_seg totalseg_maps/
@@ -47,7 +44,7 @@ def build_parser() -> Parser:
                    help="case whose localisation fails or misses the region: copy it uncropped (default) or "
                         "leave it out")
     p.add_argument("--no_test", action="store_true", help="do not crop imagesTs")
-    p.add_argument("-np", type=int, default=max(1, min(4, multiprocessing.cpu_count() - 1)), help="worker processes")
+    add_workers_arg(p, default=max(1, min(4, (os.cpu_count() or 1) - 1)))
     add_device_arg(p, what="the anatomy model (-anatomy_model)")
     add_atlas_arg(p)
     p.add_argument("--verbose", action="store_true")
@@ -88,16 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = [(c, "Tr") for c in src.training] + ([] if args.no_test else [(c, "Ts") for c in src.test])
     anatomy.prepare({c.case: [str(f) for f in c.images] for c, _ in cases})
     jobs = [CropJob(c, split, dst, src.file_ending, region, args.train_margin, args.on_fail) for c, split in cases]
-    rows = []
-    if args.np <= 1:
-        _init_worker(anatomy, args.atlas, threads=None)
-        for job in tqdm(jobs, desc=f"cropping {region.name}"):
-            rows.append(_run(job))
-    else:
-        ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(args.np, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(anatomy, args.atlas)) as ex:
-            rows = list(tqdm(ex.map(_run, jobs), total=len(jobs), desc=f"cropping {region.name}"))
+    rows = map_cases(_run, jobs, args.np, _init_worker, (anatomy, args.atlas), f"cropping {region.name}")
     n_train = sum(len(r["outputs"]) for r in rows if r["split"] == "Tr")
     if n_train == 0:
         raise CTARRError("no training case could be cropped: " + "; ".join(r.get("error", "") for r in rows[:3]))

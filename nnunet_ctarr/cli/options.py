@@ -66,6 +66,12 @@ def add_device_arg(p: argparse.ArgumentParser, default: str = "cpu", what: str =
     p.add_argument("-device", default=default, help=f"torch device for {what} (cpu, cuda, cuda:1, mps)")
 
 
+def add_workers_arg(p: argparse.ArgumentParser, default: int = 1) -> None:
+    p.add_argument("-np", type=int, default=default,
+                   help=f"worker processes (default {default}); torch threads per worker = cores // np; "
+                        "results are identical to -np 1")
+
+
 def add_parts_args(p: argparse.ArgumentParser) -> None:
     """nnU-Net's sharding: part ``k`` of ``N`` takes every N-th case from the k-th (sorted order)."""
     p.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts (default 1)")
