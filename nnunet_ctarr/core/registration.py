@@ -20,7 +20,6 @@ import numpy as np
 
 from .anatomy import GROUPS
 from .errors import LocalisationUntrusted
-from .refinement import DiceProblem, refine
 from .transform import AtlasTransform, describe_orientation, orientation_matrix
 from .volume import MaskVolume
 
@@ -154,6 +153,8 @@ def register(moving: MaskVolume, fixed: MaskVolume, settings: RegistrationSettin
 
     ``orientation`` forces (k_rot, flip) and skips the search.
     """
+    from .refinement import DiceProblem, refine  # torch: imported when a registration runs, not at start-up
+
     s = settings or RegistrationSettings()
     t_start = time.perf_counter()
     warnings: list[str] = []
