@@ -110,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     if len(all_inputs) > 1:                    # a batch; a one-scan run has its sidecar
         report.write(out, part_suffix(args))
     if len(report.rows) == 1:
-        print(case_line(report.rows[0], out) if report.rows[0]["status"] != "failed" else "", end="")
+        line = case_line(report.rows[0], out)
+        if line:                               # failed / outside: their error line is printed already
+            print(line)
     else:
         print("\n".join(report.summary_lines(out, len(regions) == 1)))
     return 0 if report.all_clean else 1
@@ -172,16 +174,17 @@ def load_regions(names: list[str]) -> list[Region]:
 
 
 def case_line(row: dict, out: Path) -> str:
-    """The one-line result of a single case and region (a report row)."""
+    """The one-line result of a single case and region (a report row); empty when it failed or
+    lies outside the field of view (its error line says so)."""
     who, status = row["case"], row["status"]
-    if status == "outside the field of view":
-        return ""                                          # already an error line
+    if status in ("failed", "outside the field of view"):
+        return ""
     if status.startswith("untrusted") and status != "untrusted: cropped anyway":
         what = "nothing written" if status == "untrusted: skipped" else f"whole image written -> {out}"
-        return f"{who}: not trusted ({row['reasons']}); {what}\n"
+        return f"{who}: not trusted ({row['reasons']}); {what}"
     return (f"{who}: {row['n_outputs']} crop(s), {100 * row['voxel_fraction_kept']:.1f}% of the voxels, "
             f"orientation {row['orientation']}, Dice {row['registration_dice']:.2f}, "
-            + ("trusted" if row["trusted"] else "NOT TRUSTED (cropped anyway)") + f" -> {out}\n")
+            + ("trusted" if row["trusted"] else "NOT TRUSTED (cropped anyway)") + f" -> {out}")
 
 
 def entry() -> None:

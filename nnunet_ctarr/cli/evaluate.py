@@ -8,7 +8,6 @@ The input may be an nnU-Net raw dataset folder (imagesTr + labelsTr) or image/la
 """
 from __future__ import annotations
 
-import csv
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,15 @@ from tqdm import tqdm
 from ..core.atlas import Atlas
 from ..core.cropping import crop_scores
 from ..core.errors import CTARRError, LocalisationUntrusted, WarningLog
-from ..core.io import case_id, check_output_folder, list_inputs, match_case_file, match_label_to_image, read_image
+from ..core.io import (
+    case_id,
+    check_output_folder,
+    list_inputs,
+    match_case_file,
+    match_label_to_image,
+    read_image,
+    write_csv,
+)
 from ..core.pipeline import locate, plan_region
 from ..core.qc import render_qc
 from ..core.regions import load_region
@@ -125,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     # worst first: wrong orientation, then least foreground preserved; failed/empty cases last
     rows.sort(key=lambda r: (r.get("preserved_fg_percent") in ("", None), r.get("orientation_correct") is not False,
                              r.get("preserved_fg_percent", 101)))
-    _write_csv(out / "evaluation.csv", rows)
+    write_csv(out / "evaluation.csv", rows, FIELDS)
     md = _summary(rows, region.name, args.images)
     (out / "summary.md").write_text("\n".join(md) + "\n")
     ok = [r for r in rows if r.get("preserved_fg_percent") not in ("", None)]
@@ -135,14 +142,6 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['case']} | {region.name} | preserved {r['preserved_fg_percent']}%")
     print("\n".join(md[2:10]))
     return 0
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, FIELDS)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in FIELDS})
 
 
 def _summary(rows: list[dict], region: str, images: str) -> list[str]:

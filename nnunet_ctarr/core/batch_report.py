@@ -7,12 +7,10 @@ parallel never write the same file.
 """
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .io import write_json, write_text
+from .io import write_csv, write_json
 
 #: every status a case-region pair can end in, clean first
 STATUSES = ("cropped", "done before", "untrusted: written whole", "untrusted: skipped",
@@ -84,9 +82,4 @@ class BatchReport:
         """``ctarr_report[part].json`` and ``.csv`` in ``folder`` (atomic, umask permissions)."""
         stem = f"ctarr_report{part}"
         write_json(folder / f"{stem}.json", {"counts": self.counts(), "rows": self.rows})
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, FIELDS, extrasaction="ignore")
-        w.writeheader()
-        for r in self.rows:
-            w.writerow({k: r.get(k) for k in FIELDS})
-        write_text(folder / f"{stem}.csv", buf.getvalue())
+        write_csv(folder / f"{stem}.csv", self.rows, FIELDS)

@@ -13,6 +13,8 @@ Conventions used throughout the package:
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import re
@@ -247,6 +249,16 @@ def write_json(path: Path, data: dict) -> None:
 def write_text(path: Path, text: str) -> None:
     """Write a text file atomically, with the umask's permissions."""
     _atomic_write(Path(path), Path(path).suffix or ".txt", lambda tmp: Path(tmp).write_text(text))
+
+
+def write_csv(path: Path, rows: list[dict], fields) -> None:
+    """Rows as CSV with the header ``fields`` (missing or None values empty), atomically."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, list(fields), extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: r.get(k) for k in fields})
+    write_text(path, buf.getvalue())
 
 
 def _jsonable(x):

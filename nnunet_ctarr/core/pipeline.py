@@ -24,6 +24,8 @@ class Localisation:
     anatomy_volume: MaskVolume
     warnings: WarningLog = field(default_factory=WarningLog)
     seconds: dict[str, float] = field(default_factory=dict)
+    #: results derived from this localisation alone (e.g. the scan-level trust verdict per atlas)
+    cache: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def transform(self):

@@ -88,7 +88,16 @@ def outside_atlas(loc, atlas: Atlas) -> tuple[float, list[str], str]:
 
 
 def scan_reasons(loc, atlas: Atlas) -> tuple[list[str], dict]:
-    """Reasons against the scan's localisation as a whole, and its measures."""
+    """Reasons against the scan's localisation as a whole, and its measures; computed once per
+    localisation and atlas (every region of a scan, every model of a multi-model run asks)."""
+    key = ("scan_reasons", atlas.atlas_id)
+    if key not in loc.cache:
+        loc.cache[key] = _scan_reasons(loc, atlas)
+    reasons, measures = loc.cache[key]
+    return list(reasons), dict(measures)
+
+
+def _scan_reasons(loc, atlas: Atlas) -> tuple[list[str], dict]:
     reg = loc.registration
     reasons = []
     if reg.dice < MIN_PLAUSIBLE_DICE:
