@@ -7,6 +7,8 @@ import json
 import tempfile
 from pathlib import Path
 
+import SimpleITK as sitk
+
 from ..core.anatomy import AnatomyMasks
 from ..core.anatomy_sources import scheme_from_dataset_json
 from ..core.errors import CTARRError, WarningLog
@@ -16,16 +18,20 @@ from ..core.nnunet_format import n_channels
 
 class ModelAnatomy:
     """Any nnU-Net model folder whose labels are CTARR groups or TotalSegmentator structure
-    names. Runs a plain ``nnUNetPredictor`` at the model's own resolution."""
+    names. Runs a plain ``nnUNetPredictor`` at the model's own resolution. ``name``: how the
+    anatomy's source is labelled (default: the folder's name; with a name, e.g. the keyword
+    ``totalsegmentator:3mm``, the label scheme names the dataset folder above the model folder)."""
 
     def __init__(self, model_folder: str | Path, folds=None, checkpoint: str = "checkpoint_final.pth",
                  device: str = "cpu", step_size: float = 0.5, disable_tta: bool = False,
-                 npp: int = 2, nps: int = 2, verbose: bool = False):
+                 npp: int = 2, nps: int = 2, verbose: bool = False, name: str | None = None):
         self.model_folder = Path(model_folder)
+        self.name = name or self.model_folder.name
         if not (self.model_folder / "dataset.json").is_file() or not (self.model_folder / "plans.json").is_file():
             raise CTARRError(f"{self.model_folder} is not an nnU-Net model folder (dataset.json/plans.json missing)")
         self.dataset_json = json.loads((self.model_folder / "dataset.json").read_text())
-        self.scheme = scheme_from_dataset_json(self.dataset_json, self.model_folder.name)
+        folder_name = self.model_folder.name if name is None else self.model_folder.parent.name
+        self.scheme = scheme_from_dataset_json(self.dataset_json, folder_name)
         if not self.scheme.observed.any():
             raise CTARRError(f"anatomy model {self.model_folder}: none of its labels is a CTARR group or a "
                              "TotalSegmentator structure name")
@@ -44,9 +50,9 @@ class ModelAnatomy:
         todo = {c: f for c, f in cases.items() if not self.label_file(c).exists()}
         if not todo:
             return
-        lists = [files[:n_channels(self.dataset_json)] for files in todo.values()]
+        lists = [self._model_inputs(c, files[:n_channels(self.dataset_json)]) for c, files in todo.items()]
         outs = [str(self.out / c) for c in todo]
-        if self.npp == 0 and self.nps == 0:
+        if (self.npp == 0 and self.nps == 0) or len(todo) == 1:   # one scan: no worker processes
             predictor.predict_from_files_sequential(lists, outs, False, True, None)
         else:
             predictor.predict_from_files(lists, outs, False, True, max(self.npp, 1), max(self.nps, 1))
@@ -55,10 +61,28 @@ class ModelAnatomy:
         p = self.label_file(case)
         if not p.exists():
             raise CTARRError(f"anatomy model produced no output for {case}")
-        return AnatomyMasks.from_label_image(read_image(p), self.scheme, warnings, f"{self.model_folder.name}:{case}")
+        return AnatomyMasks.from_label_image(read_image(p), self.scheme, warnings, f"{self.name}:{case}")
 
     def label_file(self, case: str) -> Path:
-        return self.out / f"{case}.nii.gz"
+        return self.out / f"{case}{self.file_ending}"
+
+    @property
+    def file_ending(self) -> str:
+        return self.dataset_json.get("file_ending", ".nii.gz")
+
+    def _model_inputs(self, case: str, files: list[str]) -> list[str]:
+        """The case's channel files as the model reads them: a DICOM folder or another image
+        format is written once as ``file_ending`` (the model's reader may not know it)."""
+        out = []
+        for k, f in enumerate(files):
+            if Path(f).is_file() and f.lower().endswith(self.file_ending):
+                out.append(f)
+                continue
+            dst = self.out / "inputs" / f"{case}_{k:04d}{self.file_ending}"
+            dst.parent.mkdir(exist_ok=True)
+            sitk.WriteImage(read_image(f), str(dst), True)
+            out.append(str(dst))
+        return out
 
     def __getstate__(self) -> dict:
         """Workers get the predicted maps' folder; the owner keeps the temporary folder alive."""
