@@ -67,3 +67,34 @@ def test_no_abbreviations():
     """``--anat`` is not silently taken for ``--anatomy_seg`` (argparse's default)."""
     with pytest.raises(SystemExit):
         PARSERS["crop.build_parser"].parse_args(["-i", str(ABDOMEN[0]), "--anat", "x"])
+
+
+#: every command that locates a region (registers a scan's anatomy to the atlas)
+LOCATING = [
+    "crop.build_parser",
+    "crop_dataset.build_parser",
+    "evaluate.build_parser",
+    "learn_region.build_parser",
+    "prealign.build_body_height_parser",
+    "prealign.build_prealign_parser",
+    "predict.build_parser",
+    "predict_multi.build_parser",
+]
+
+
+@pytest.mark.parametrize("name", LOCATING)
+def test_every_locating_command_takes_both_anatomy_sources(name):
+    parser = PARSERS[name]
+    for opt in ("-anatomy_seg", "--anatomy_seg", "-anatomy_model", "--anatomy_model", "-anatomy_folds",
+                "--anatomy_chk", "-device"):
+        assert opt in parser._option_string_actions, f"{name}: {opt} missing"
+    assert parser._option_string_actions["-anatomy_model"] is parser._option_string_actions["--anatomy_model"]
+    help_text = parser._option_string_actions["-anatomy_model"].help
+    assert all(k in help_text for k in ("totalsegmentator", "totalsegmentator:6mm", "hu"))
+
+
+def test_no_command_has_anatomy_maps_without_the_model_source():
+    """A command that takes -anatomy_seg takes -anatomy_model too (one set of anatomy options)."""
+    with_seg = {n for n, p in PARSERS.items() if "-anatomy_seg" in p._option_string_actions}
+    assert with_seg == set(LOCATING)
+    assert all("-anatomy_model" in PARSERS[n]._option_string_actions for n in with_seg)

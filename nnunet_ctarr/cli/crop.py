@@ -31,6 +31,7 @@ EPILOG = """examples:
       --anatomy_seg examples/data/totalseg_example/example_ct_totalseg_v2.nii.gz -r kidneys -o out --qc
   nnUNetv2_ctarr_crop -i scans/ --anatomy_seg totalseg_out/ --labels gt/ -r liver -o crops/
   nnUNetv2_ctarr_crop -i scans/ --anatomy_seg totalseg_out/ -r liver spleen kidneys -o crops/   # one registration
+  nnUNetv2_ctarr_crop -i scans/ -anatomy_model totalsegmentator -device cuda -r liver -o crops/  # TS's 3 mm model
 
 """
 
@@ -42,7 +43,7 @@ def build_parser() -> Parser:
     p.add_argument("-r", dest="region", nargs="+",
                    help="region name(s) (see --list_regions), region .json file(s), or 'all' (every built-in "
                         "region); several regions share one registration per scan")
-    add_anatomy_args(p, model=False)
+    add_anatomy_args(p)
     p.add_argument("--labels", help="label map(s) to crop alongside (file, or folder matched by case id)")
     p.add_argument("--margin", type=float, default=0.0, help="extra margin in mm on top of the region's own")
     p.add_argument("--z_only", action="store_true", help="crop only along the head-feet axis")
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         print(list_regions_text())
         return 0
     missing = [f for f, v in (("-i", args.input), ("-o", args.output), ("-r", args.region),
-                              ("-anatomy_seg", args.anatomy_seg)) if not v]
+                              ("-anatomy_seg or -anatomy_model", args.anatomy_seg or args.anatomy_model)) if not v]
     if missing:
         parser.error(f"missing required argument(s): {' '.join(missing)}")
     regions = load_regions(args.region)
@@ -93,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     all_inputs = list_inputs(args.input)
     cases = [case_id(p) for p in all_inputs]
     inputs = select_part(all_inputs, args)
-    anatomy = anatomy_source(args)
-    anatomy.prepare({case_id(p): [str(p)] for p in inputs})
+    anatomy = anatomy_source(args, device=args.device, verbose=args.verbose)
+    anatomy.prepare({case_id(p): [str(p)] for p in inputs})   # a model predicts here, once, before any worker
     opts = CropOptions(args.margin, args.z_only, args.pad, args.fill_value, args.qc, not args.no_hu_check,
                        args.allow_nonfinite, args.on_untrusted)
     out = check_output_folder(args.output)

@@ -82,7 +82,7 @@ def build_parser() -> Parser:
     ap = Parser(prog="nnUNetv2_ctarr_evaluate", description=__doc__)
     ap.add_argument("-i", dest="images", required=True, help="image folder, or an nnU-Net raw dataset folder")
     ap.add_argument("--labels", default=None, help="label folder (default: labelsTr of the dataset)")
-    add_anatomy_args(ap, model=False, required=True)
+    add_anatomy_args(ap)
     ap.add_argument("-r", dest="region", required=True)
     ap.add_argument("-o", dest="out", required=True)
     ap.add_argument("--label_ids", type=int, nargs="+", default=None, help="foreground label ids (default: all > 0)")
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     known = load_perturbations(args.perturbations)
     inputs = list_inputs(src)
     cases = [case_id(p) for p in inputs]
-    anatomy = anatomy_source(args)
+    anatomy = anatomy_source(args, device=args.device, verbose=args.verbose)
     anatomy.prepare({c: [str(p)] for c, p in zip(cases, inputs)})
     out = check_output_folder(args.out)
     rows, keep_for_qc = [], {}

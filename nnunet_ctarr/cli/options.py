@@ -2,15 +2,16 @@
 
 * Every option is accepted with one dash (nnU-Net's habit: ``-anatomy_seg``) and with two
   (``--anatomy_seg``); :class:`Parser` adds the other spelling to every option it is given.
-* The anatomy options (``-anatomy_seg``, ``-anatomy_format``, and for the nnU-Net commands
-  ``-anatomy_model`` with its folds and checkpoint), the atlas and the device are defined here
-  once and used by every command.
+* The anatomy options (``-anatomy_seg``, ``-anatomy_format``, ``-anatomy_model`` (a model
+  folder, ``totalsegmentator[:3mm|:6mm]`` or ``hu``) with its folds and checkpoint), the atlas and
+  the device are defined here once and used by every command that locates.
 """
 from __future__ import annotations
 
 import argparse
 import os
 
+from ..core import totalseg_weights
 from ..core.anatomy import ANATOMY_FORMATS
 from ..core.anatomy_sources import PrecomputedAnatomy
 from ..core.errors import CTARRError
@@ -43,9 +44,14 @@ class Parser(argparse.ArgumentParser):
         return super().add_argument(*names, **kwargs)
 
 
+#: ``-anatomy_model`` keywords besides a model folder (help texts; ``core.totalseg_weights``, ``core.hu_anatomy``)
+ANATOMY_MODEL_KEYWORDS = ("totalsegmentator", "totalsegmentator:3mm", "totalsegmentator:6mm", "hu")
+
+
 def add_anatomy_args(p: argparse.ArgumentParser, model: bool = True, required: bool = False) -> None:
-    """``-anatomy_seg`` and ``-anatomy_format``; with ``model`` also ``-anatomy_model`` and its
-    ``-anatomy_folds`` / ``-anatomy_chk`` (commands that run nnU-Net)."""
+    """``-anatomy_seg`` and ``-anatomy_format``; with ``model`` (every command that locates) also
+    ``-anatomy_model`` and its ``-anatomy_folds`` / ``-anatomy_chk``. ``required`` (only without
+    ``model``): argparse demands ``-anatomy_seg``; otherwise :func:`anatomy_source` demands one."""
     p.add_argument("-anatomy_seg", default=None, required=required and not model,
                    help="anatomy label file or folder (TotalSegmentator v1/v2 map, its per-structure mask "
                         "folder, or a 19-class map); a folder is matched by case id")
@@ -53,8 +59,13 @@ def add_anatomy_args(p: argparse.ArgumentParser, model: bool = True, required: b
                    help="format of -anatomy_seg (default: detected)")
     if model:
         p.add_argument("-anatomy_model", default=None,
-                       help="nnU-Net model folder predicting the anatomy (CTARR groups or TotalSegmentator names)")
-        p.add_argument("-anatomy_folds", nargs="+", default=None, help="folds of -anatomy_model")
+                       help="instead of -anatomy_seg: predict the anatomy with an nnU-Net model folder (labels: "
+                            "CTARR groups or TotalSegmentator names), or a keyword: totalsegmentator (= "
+                            "totalsegmentator:3mm, TotalSegmentator's 3 mm total model), totalsegmentator:6mm (its "
+                            "6 mm model; both from TotalSegmentator's weights folder, docs/anatomy.md), hu (HU "
+                            "thresholds, no model); runs on -device")
+        p.add_argument("-anatomy_folds", nargs="+", default=None,
+                       help="folds of -anatomy_model (default: all found; 0 for totalsegmentator)")
         p.add_argument("-anatomy_chk", default="checkpoint_final.pth", help="checkpoint of -anatomy_model")
 
 
@@ -62,7 +73,8 @@ def add_atlas_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("-atlas", default=None, help="atlas .npz (default: the shipped starter atlas)")
 
 
-def add_device_arg(p: argparse.ArgumentParser, default: str = "cpu", what: str = "the registration") -> None:
+def add_device_arg(p: argparse.ArgumentParser, default: str = "cpu",
+                   what: str = "the registration and an anatomy model") -> None:
     p.add_argument("-device", default=default, help=f"torch device for {what} (cpu, cuda, cuda:1, mps)")
 
 
@@ -98,16 +110,26 @@ def add_verbose_arg(p: argparse.ArgumentParser) -> None:
 
 def anatomy_source(args, device: str = "cpu", step_size: float = 0.5, disable_tta: bool = False,
                    npp: int = 2, nps: int = 2, verbose: bool = False):
-    """A PrecomputedAnatomy or ModelAnatomy from parsed arguments (exactly one must be given)."""
+    """The anatomy source of parsed arguments (exactly one of ``-anatomy_seg`` / ``-anatomy_model``):
+    precomputed maps, an nnU-Net model folder, TotalSegmentator's model (found as TotalSegmentator
+    finds it) or the HU anatomy. nnU-Net is imported only when a model is used."""
     model = getattr(args, "anatomy_model", None)
     if bool(args.anatomy_seg) == bool(model):
-        raise CTARRError("give exactly one anatomy source: -anatomy_seg FOLDER or -anatomy_model MODEL_FOLDER"
+        raise CTARRError("give exactly one anatomy source: -anatomy_seg FILE_OR_FOLDER or -anatomy_model "
+                         f"MODEL_FOLDER|{'|'.join(ANATOMY_MODEL_KEYWORDS)}"
                          if hasattr(args, "anatomy_model") else "give the anatomy: -anatomy_seg FILE_OR_FOLDER")
     if args.anatomy_seg:
         return PrecomputedAnatomy(args.anatomy_seg, args.anatomy_format)
-    from ..inference.anatomy_model import ModelAnatomy
+    if model.strip().lower() == "hu":
+        from ..core.hu_anatomy import HUAnatomy
+        return HUAnatomy()
     folds = None if args.anatomy_folds is None else [f if f == "all" else int(f) for f in args.anatomy_folds]
-    return ModelAnatomy(model, folds, args.anatomy_chk, device, step_size, disable_tta, npp, nps, verbose)
+    name = None
+    if totalseg_weights.model_for(model) is not None:
+        folder, folds, ts = totalseg_weights.resolve(model, folds, args.anatomy_chk)
+        model, name = folder, ts.keyword
+    from ..inference.anatomy_model import ModelAnatomy
+    return ModelAnatomy(model, folds, args.anatomy_chk, device, step_size, disable_tta, npp, nps, verbose, name=name)
 
 
 # ---------------------------------------------------------------------- nnU-Net inference flags

@@ -15,25 +15,25 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..core.anatomy import ANATOMY_FORMATS, load_anatomy
+from ..core.anatomy_sources import PrecomputedAnatomy
 from ..core.atlas import Atlas
 from ..core.errors import CTARRError, WarningLog
-from ..core.io import read_image, write_json
+from ..core.io import case_id, read_image, write_json
 from ..core.pipeline import locate
 from ..core.prealign import body_height, itk_transform, moving_to_fixed
 from ..core.registration import RegistrationSettings
 from ..core.trust import assess
 from .common import parse, run_cli
-from .options import Parser, add_anatomy_args, add_atlas_arg, add_device_arg, add_verbose_arg
+from .options import Parser, add_anatomy_args, add_atlas_arg, add_device_arg, add_verbose_arg, anatomy_source
 
 
-def _locate(image_path: str, anatomy_path: str, fmt: str, atlas: Atlas, device: str, on_untrusted: str,
-            what: str = "the scan"):
-    """Image, localisation and trust verdict; an untrusted localisation is refused (one line) unless
-    ``on_untrusted`` is ``mark``."""
+def _locate(image_path: str, anatomy: tuple, atlas: Atlas, device: str, on_untrusted: str, what: str = "the scan"):
+    """Image, localisation and trust verdict (``anatomy``: a prepared source and the scan's key in
+    it); an untrusted localisation is refused (one line) unless ``on_untrusted`` is ``mark``."""
     warnings = WarningLog()
     image = read_image(image_path)
-    anat = load_anatomy(anatomy_path, fmt, warnings)
+    source, key = anatomy
+    anat = source.load(key, warnings)
     loc = locate(image, anat, atlas, RegistrationSettings(device=device), warnings)
     trust = assess(loc, atlas)
     if not trust.trusted:
@@ -60,29 +60,58 @@ def build_prealign_parser() -> Parser:
     ap.add_argument("fixed", help="fixed image (file or DICOM folder)")
     ap.add_argument("moving", help="moving image (file or DICOM folder)")
     ap.add_argument("-o", dest="out", required=True, help="output prefix: OUT.tfm and OUT.json")
-    ap.add_argument("--fixed_anatomy", required=True, help="anatomy of the fixed image (as -anatomy_seg)")
-    ap.add_argument("--moving_anatomy", required=True, help="anatomy of the moving image (as -anatomy_seg)")
-    ap.add_argument("-anatomy_format", default="auto", choices=ANATOMY_FORMATS, help="format of both anatomies")
+    ap.add_argument("--fixed_anatomy", default=None, help="anatomy map of the fixed image (with --moving_anatomy)")
+    ap.add_argument("--moving_anatomy", default=None, help="anatomy map of the moving image (with --fixed_anatomy)")
+    add_anatomy_args(ap)    # -anatomy_seg FOLDER (both maps, by case id) or -anatomy_model (both scans)
     return _add_common(ap)
 
 
 def build_body_height_parser() -> Parser:
     ap = Parser(prog="nnUNetv2_ctarr_body_height", description=__doc__)
     ap.add_argument("-i", dest="image", required=True)
-    add_anatomy_args(ap, model=False, required=True)
+    add_anatomy_args(ap)
     ap.add_argument("-o", dest="out", required=True, help="JSON file")
     ap.add_argument("--plot", default=None, help="PNG of the score curve")
     return _add_common(ap)
+
+
+def _pair_anatomy(args) -> dict[str, tuple]:
+    """``fixed``/``moving`` -> (prepared anatomy source, key): the two maps of ``--fixed_anatomy``
+    / ``--moving_anatomy``, or one source for both scans (``-anatomy_seg FOLDER`` matched by case
+    id, ``-anatomy_model`` predicting both)."""
+    images = {"fixed": args.fixed, "moving": args.moving}
+    maps = {"fixed": args.fixed_anatomy, "moving": args.moving_anatomy}
+    if any(maps.values()):
+        if args.anatomy_seg or args.anatomy_model:
+            raise CTARRError("give the anatomy once: --fixed_anatomy and --moving_anatomy, or -anatomy_seg FOLDER, "
+                             "or -anatomy_model MODEL")
+        if not all(maps.values()):
+            raise CTARRError("--fixed_anatomy and --moving_anatomy go together (or use -anatomy_seg FOLDER / "
+                             "-anatomy_model MODEL for both scans)")
+        out = {r: (PrecomputedAnatomy(maps[r], args.anatomy_format), case_id(images[r])) for r in images}
+        for r, (src, key) in out.items():
+            src.prepare({key: [images[r]]})
+        return out
+    if not (args.anatomy_seg or args.anatomy_model):
+        raise CTARRError("give the anatomy: --fixed_anatomy MAP --moving_anatomy MAP, -anatomy_seg FOLDER or "
+                         "-anatomy_model MODEL")
+    source = anatomy_source(args, device=args.device, verbose=args.verbose)
+    keys = {r: case_id(images[r]) for r in images} if args.anatomy_seg else {r: r for r in images}
+    if keys["fixed"] == keys["moving"]:
+        raise CTARRError(f"both scans have the case id {keys['fixed']}: a folder of anatomy maps cannot tell them "
+                         "apart; give --fixed_anatomy and --moving_anatomy")
+    source.prepare({keys[r]: [images[r]] for r in images})
+    return {r: (source, keys[r]) for r in images}
 
 
 def prealign_main(argv: list[str] | None = None) -> int:
     args = parse(build_prealign_parser(), argv)
     t0 = time.perf_counter()
     atlas = Atlas.load(args.atlas)
-    _, fixed, f_trust = _locate(args.fixed, args.fixed_anatomy, args.anatomy_format, atlas, args.device,
-                                args.on_untrusted, "the fixed scan")
-    _, moving, m_trust = _locate(args.moving, args.moving_anatomy, args.anatomy_format, atlas, args.device,
-                                 args.on_untrusted, "the moving scan")
+    anatomy = _pair_anatomy(args)
+    _, fixed, f_trust = _locate(args.fixed, anatomy["fixed"], atlas, args.device, args.on_untrusted, "the fixed scan")
+    _, moving, m_trust = _locate(args.moving, anatomy["moving"], atlas, args.device, args.on_untrusted,
+                                 "the moving scan")
     A, b = moving_to_fixed(fixed.transform, moving.transform)
     tx = itk_transform(fixed.transform, moving.transform)
     out = Path(args.out)
@@ -108,8 +137,9 @@ def prealign_main(argv: list[str] | None = None) -> int:
 def body_height_main(argv: list[str] | None = None) -> int:
     args = parse(build_body_height_parser(), argv)
     atlas = Atlas.load(args.atlas)
-    image, loc, trust = _locate(args.image, args.anatomy_seg, args.anatomy_format, atlas, args.device,
-                                args.on_untrusted)
+    source = anatomy_source(args, device=args.device, verbose=args.verbose)
+    source.prepare({case_id(args.image): [args.image]})
+    image, loc, trust = _locate(args.image, (source, case_id(args.image)), atlas, args.device, args.on_untrusted)
     lo, hi = atlas.extent()
     res = trust.record(body_height(image, loc.transform, (float(lo[2]), float(hi[2]))))
     res["registration"] = loc.registration.to_dict()
