@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import SMALL, TEST_STEP, run_in_process
+from conftest import DICOM, SMALL, TEST_STEP, run_in_process
 
 from nnunet_ctarr.core import totalseg_weights as tsw
 from nnunet_ctarr.core.anatomy import totalsegmentator_scheme
@@ -117,6 +117,23 @@ def test_anatomy_source_maps_the_117_names_to_every_group(env, tmp_path):
     assert src.scheme.observed.all()  # v2 names: all 19 CTARR groups
     assert src.name == "totalsegmentator:3mm"
     assert DS_3MM in src.scheme.name
+
+
+def test_dicom_and_other_formats_are_converted_for_the_model(env, tmp_path):
+    """A crop input the model's reader may not know (DICOM folder, .mha) reaches it as NIfTI with
+    the scan's geometry; a NIfTI goes as it is."""
+    from nnunet_ctarr.core.io import read_image
+    from nnunet_ctarr.inference.anatomy_model import ModelAnatomy
+
+    src = ModelAnatomy(fake_weights(tmp_path / "w"), name="totalsegmentator:3mm")
+    assert src._model_inputs("sm", [str(SMALL[0])]) == [str(SMALL[0])]
+    sitk.WriteImage(sitk.ReadImage(str(SMALL[0])), str(tmp_path / "sm.mha"))
+    for case, given in (("dcm", DICOM[0]), ("mha", tmp_path / "sm.mha")):
+        (conv,) = src._model_inputs(case, [str(given)])
+        assert conv.endswith(f"{case}_0000.nii.gz")
+        a, b = read_image(given), sitk.ReadImage(conv)
+        assert a.GetSize() == b.GetSize() and np.allclose(a.GetDirection(), b.GetDirection())
+        assert np.array_equal(sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b))
 
 
 @pytest.mark.parametrize("command", ["crop", "evaluate", "body_height", "prealign"])
