@@ -88,7 +88,8 @@ def qc_batch(tmp_path_factory):
 def test_gallery_shows_every_row_worst_first(qc_batch):
     out, rows, page = qc_batch
     assert sorted((c["h2"], c["status"]) for c in page.cards) == sorted(
-        (f"{r['case']} / {r['region']}", r["status"]) for r in rows)
+        (f"{r['case']} / {r['region']}", r["status"]) for r in rows
+    )
     assert [c["status"] for c in page.cards] == ["failed", "untrusted: written whole", "cropped", "cropped"]
     assert page.cards[0]["h2"] == "bad / liver" and page.cards[1]["h2"] == "hn / liver"
     dice = [float(c["facts"]["registration Dice"]) for c in page.cards[2:]]
@@ -110,7 +111,7 @@ def test_gallery_embeds_the_qc_pictures(qc_batch):
     for c in page.cards[1:]:
         prefix = "data:image/png;base64,"
         assert c["img"].startswith(prefix), c["h2"]
-        png = base64.b64decode(c["img"][len(prefix):], validate=True)
+        png = base64.b64decode(c["img"][len(prefix) :], validate=True)
         case, region = c["h2"].split(" / ")
         assert png.startswith(b"\x89PNG") and png == (out / f"{case}_{region}_qc.png").read_bytes()
     assert page.external == []  # self-contained: nothing fetched
@@ -128,12 +129,23 @@ def test_gallery_filter_and_file(qc_batch):
 def _rows():
     return [
         {"case": "ok_high", "region": "liver", "status": "cropped", "trusted": True, "registration_dice": 0.9},
-        {"case": "a<b&c", "region": "liv\"er", "status": "failed", "error": "cannot read <x> & 'y'"},
+        {"case": "a<b&c", "region": 'liv"er', "status": "failed", "error": "cannot read <x> & 'y'"},
         {"case": "ok_low", "region": "liver", "status": "done before", "trusted": True, "registration_dice": 0.4},
-        {"case": "skip", "region": "liver", "status": "untrusted: skipped", "trusted": False,
-         "reasons": "Dice < 0.25", "warnings": "w1 | <w2>"},
-        {"case": "out", "region": "liver", "status": "outside the field of view", "trusted": True,
-         "registration_dice": 0.2},
+        {
+            "case": "skip",
+            "region": "liver",
+            "status": "untrusted: skipped",
+            "trusted": False,
+            "reasons": "Dice < 0.25",
+            "warnings": "w1 | <w2>",
+        },
+        {
+            "case": "out",
+            "region": "liver",
+            "status": "outside the field of view",
+            "trusted": True,
+            "registration_dice": 0.2,
+        },
     ]
 
 
@@ -142,16 +154,23 @@ def test_renderer_escapes_data_and_orders_rows():
     assert "a<b&c" not in text and "<x>" not in text and "<w2>" not in text and "batch <&>" not in text
     assert "a&lt;b&amp;c / liv&quot;er" in text and "cannot read &lt;x&gt; &amp; &#x27;y&#x27;" in text
     page = Page(text)
-    assert [c["h2"] for c in page.cards] == ['a<b&c / liv"er', "skip / liver", "out / liver",
-                                              "ok_low / liver", "ok_high / liver"]
+    assert [c["h2"] for c in page.cards] == [
+        'a<b&c / liv"er',
+        "skip / liver",
+        "out / liver",
+        "ok_low / liver",
+        "ok_high / liver",
+    ]
     assert page.cards[0]["facts"]["error"] == "cannot read <x> & 'y'"
     assert all(c["nopic"] == "no picture (run without --qc)" for c in page.cards)
     assert page.filters == ["failed", "untrusted: skipped", "outside the field of view", "cropped", "done before"]
 
 
 def test_pictures_past_the_limit_are_linked(tmp_path):
-    rows = [{"case": c, "region": "liver", "status": "cropped", "orientation": "as in header",
-             "registration_dice": d} for c, d in (("good", 0.9), ("worse", 0.5), ("worst", 0.3))]
+    rows = [
+        {"case": c, "region": "liver", "status": "cropped", "orientation": "as in header", "registration_dice": d}
+        for c, d in (("good", 0.9), ("worse", 0.5), ("worst", 0.3))
+    ]
     for r in rows:
         (tmp_path / f"{r['case']}_liver_qc.png").write_bytes(b"\x89PNG" + b"x" * 100)
     rows.append({"case": "whole", "region": "liver", "status": "untrusted: skipped", "orientation": "as in header"})

@@ -5,8 +5,8 @@ filter by status.
 One file: pictures embedded as base64 data URIs, CSS and JS inline, nothing fetched. Order:
 failed, untrusted, outside the field of view, then the clean rows by registration Dice (lowest
 first). Rows without a picture (failed, skipped, run without ``--qc``) show their numbers and a
-placeholder. Pictures are embedded worst first up to :data:`EMBED_LIMIT_BYTES` (about 60-100 KB
-each: some 3000 pictures); beyond it a picture is linked by its file name, which works while the
+placeholder. Pictures are embedded worst first up to :data:`EMBED_LIMIT_BYTES` (50-170 KB each:
+some 2000 pictures); beyond it a picture is linked by its file name, which works while the
 page sits beside the pictures. ``#status=untrusted,failed`` in the address shows only statuses
 starting with those words. Every text from the data is HTML-escaped.
 """
