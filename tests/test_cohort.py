@@ -36,6 +36,7 @@ def test_parts_split_the_cohort_exactly_once(cohort, tmp_path):
         r = _run(cohort, out, "-r", "liver", "-num_parts", "2", "-part_id", str(k))
         assert r.returncode == 0, r.stderr
         rows = json.loads((out / f"ctarr_report.part{k}of2.json").read_text())["rows"]
+        assert (out / f"ctarr_report.part{k}of2.html").read_text().count('class="card') == len(rows)
         done += [row["case"] for row in rows]
     assert sorted(done) == ["abd", "chest", "sm"]
     r = _run(cohort, out, "-r", "liver", "-num_parts", "2", "-part_id", "2")
@@ -73,6 +74,9 @@ def test_report_and_summary_name_every_unclean_case(cohort, tmp_path):
     assert liver["abd"]["status"] == "cropped" and liver["abd"]["trusted"] == "True"
     assert float(liver["abd"]["registration_dice"]) > 0.25 and liver["abd"]["orientation"] == "as in header"
     assert "box 0: only" in liver["abd"]["warnings"]
+    page = (out / "ctarr_report.html").read_text()  # without --qc: every row, none with a picture
+    assert page.count('class="card') == 6 and page.count("no picture (run without --qc)") == 6
+    assert "<img" not in page
 
 
 def test_workers_give_the_same_results(cohort, tmp_path):

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             report.add(case, entries, done_before)
     if len(all_inputs) > 1:                    # a batch; a one-scan run has its sidecar
-        report.write(out, part_suffix(args))
+        report.write(out, part_suffix(args), qc=args.qc)
     if len(report.rows) == 1:
         line = case_line(report.rows[0], out)
         if line:                               # failed / outside: their error line is printed already

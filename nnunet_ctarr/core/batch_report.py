@@ -1,8 +1,9 @@
 """The batch report of the crop command: one row per case and region, counts per status, and the
 console summary that names every case that did not end clean.
 
-Written as ``ctarr_report.json`` (summary + rows) and ``ctarr_report.csv`` (rows) in the output
-folder; with ``-num_parts N -part_id k`` as ``ctarr_report.part<k>of<N>.*`` so that parts run in
+Written as ``ctarr_report.json`` (summary + rows), ``ctarr_report.csv`` (rows) and
+``ctarr_report.html`` (the QC pictures worst first with the numbers, :mod:`.report_html`) in the
+output folder; with ``-num_parts N -part_id k`` as ``ctarr_report.part<k>of<N>.*`` so that parts run in
 parallel never write the same file.
 """
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .io import write_csv, write_json
+from .report_html import write_report_html
 
 #: every status a case-region pair can end in, clean first
 STATUSES = ("cropped", "done before", "untrusted: written whole", "untrusted: skipped",
@@ -78,8 +80,10 @@ class BatchReport:
                           f"{(r.get('reasons') or r.get('error') or '')[:160]}" for r in rows]
         return lines
 
-    def write(self, folder: Path, part: str = "") -> None:
-        """``ctarr_report[part].json`` and ``.csv`` in ``folder`` (atomic, umask permissions)."""
+    def write(self, folder: Path, part: str = "", qc: bool = False) -> None:
+        """``ctarr_report[part].json``, ``.csv`` and ``.html`` in ``folder`` (atomic, umask
+        permissions); ``qc``: the run drew QC pictures into ``folder`` (the page embeds them)."""
         stem = f"ctarr_report{part}"
         write_json(folder / f"{stem}.json", {"counts": self.counts(), "rows": self.rows})
         write_csv(folder / f"{stem}.csv", self.rows, FIELDS)
+        write_report_html(folder / f"{stem}.html", self.rows, folder if qc else None)

@@ -21,6 +21,7 @@ from .geometry import Geometry
 from .integrity import check_finite
 from .io import case_id, check_ct_intensities, match_label_to_image, read_image, write_image
 from .pipeline import Localisation, groups_present, locate, plan_region
+from .qc import picture_name
 from .regions import Region
 from .registration import RegistrationSettings
 from .sidecar import finished_entries, input_stamp, write_sidecar
@@ -115,7 +116,7 @@ def _crop_region(c: _Case, case: str, region: Region, out: Path, atlas: Atlas, o
         preserved = _label_loss(c.labels, plan, warnings) if entry["mode"] == "crop" else 100.0
         entry["label_voxels_preserved_percent"] = None if preserved is None else round(preserved, 4)
     if opts.qc and c.loc is not None:
-        written.append(_qc(out / f"{stem}_qc.png", case, c, plan, trust, region))
+        written.append(_qc(out / picture_name(case, region.name), case, c, plan, trust, region))
     entry["seconds"] = round(time.perf_counter() - t, 4)
     return _entry(entry, region, opts, c, plan, outputs, warnings)
 

@@ -17,6 +17,11 @@ def _colors() -> np.ndarray:
     return matplotlib.colormaps["tab20"](np.arange(len(GROUPS)))[:, :3]
 
 
+def picture_name(case: str, region: str) -> str:
+    """The crop command's QC picture of a case and region (``--qc``), found by the batch report."""
+    return f"{case}_{region}_qc.png"
+
+
 def render_qc(path: str | Path, image: sitk.Image, vol: MaskVolume, plan: CropPlan | None,
               title: str = "") -> None:
     import matplotlib
@@ -48,10 +53,11 @@ def render_qc(path: str | Path, image: sitk.Image, vol: MaskVolume, plan: CropPl
                 color = "yellow" if b.status == "inside" else ("orange" if b.status == "partial" else "red")
                 ax.add_patch(Rectangle((w0[hx], w0[2]), w1[hx] - w0[hx], w1[2] - w0[2], fill=False,
                                        edgecolor=color, linewidth=2))
-        ax.set_xlim(min(lo[hx], *(b.world_mm[0][hx] for b in (plan.boxes if plan else []))) - 10,
-                    max(hi[hx], *(b.world_mm[1][hx] for b in (plan.boxes if plan else []))) + 10)
-        ax.set_ylim(min(lo[2], *(b.world_mm[0][2] for b in (plan.boxes if plan else []))) - 10,
-                    max(hi[2], *(b.world_mm[1][2] for b in (plan.boxes if plan else []))) + 10)
+        boxes = plan.boxes if plan is not None else []          # a plan without boxes: the anatomy's extent
+        ax.set_xlim(min([lo[hx], *(b.world_mm[0][hx] for b in boxes)]) - 10,
+                    max([hi[hx], *(b.world_mm[1][hx] for b in boxes)]) + 10)
+        ax.set_ylim(min([lo[2], *(b.world_mm[0][2] for b in boxes)]) - 10,
+                    max([hi[2], *(b.world_mm[1][2] for b in boxes)]) + 10)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("mm")
     axes[0].set_ylabel("z (mm, superior up)")
