@@ -122,7 +122,7 @@ def anatomy_source(args, device: str = "cpu", step_size: float = 0.5, disable_tt
         return PrecomputedAnatomy(args.anatomy_seg, args.anatomy_format)
     if model.strip().lower() == "hu":
         from ..core.hu_anatomy import HUAnatomy
-        return HUAnatomy()
+        return HUAnatomy(getattr(args, "atlas", None))
     folds = None if args.anatomy_folds is None else [f if f == "all" else int(f) for f in args.anatomy_folds]
     name = None
     if totalseg_weights.model_for(model) is not None:

@@ -1,0 +1,157 @@
+"""The HU anatomy (``-anatomy_model hu``): masks against TotalSegmentator's, the coarse pose on
+rotated and flipped copies, groups, the crop command with nothing but the CT, and the trust
+rule on a case the HU anatomy cannot place."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import ABDOMEN, anatomy_of, run_in_process
+
+from nnunet_ctarr.cli import crop
+from nnunet_ctarr.core.anatomy import GROUPS, LabelScheme
+from nnunet_ctarr.core.errors import CTARRError
+from nnunet_ctarr.core.hu_anatomy import coarse_pose, hu_anatomy, hu_masks
+from nnunet_ctarr.core.io import canonical
+from nnunet_ctarr.core.pipeline import locate
+from nnunet_ctarr.core.trust import assess
+from nnunet_ctarr.core.volume import anatomy_to_volume
+from nnunet_ctarr.evaluation.perturbations import array_op, cut_box
+
+BONES = [
+    GROUPS.index(g) + 1
+    for g in (
+        "vertebrae_C",
+        "ribs_left",
+        "ribs_right",
+        "sternum",
+        "vertebrae_T",
+        "vertebrae_L",
+        "sacrum",
+        "hip_left",
+        "hip_right",
+    )
+]
+LUNGS = [GROUPS.index("lung_left") + 1, GROUPS.index("lung_right") + 1]
+
+
+def ts_groups_3mm(labels, ts_v2) -> np.ndarray:
+    return anatomy_to_volume(anatomy_of(labels, ts_v2)).labels
+
+
+def ts_groups_native(path, groups: tuple[str, ...]) -> np.ndarray:
+    """Mask of TotalSegmentator structures of these groups on the label file's own grid."""
+    anat = anatomy_of(sitk.ReadImage(str(path)), LabelScheme.named("ts_v2"))
+    return np.isin(sitk.GetArrayFromImage(anat.labels), [GROUPS.index(g) + 1 for g in groups])
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float((a & b).sum()) / max(float(a.sum() + b.sum()), 1.0)
+
+
+@pytest.fixture(scope="module")
+def chest_masks(chest):
+    return hu_masks(chest[0])
+
+
+def test_masks_match_totalsegmentator(chest, chest_masks, ts_v2):
+    """Lungs and bone by HU agree with TotalSegmentator's lungs and bones (3 mm group maps)."""
+    ts = ts_groups_3mm(chest[1], ts_v2)
+    assert chest_masks.lungs.shape == ts.shape
+    assert dice(chest_masks.lungs, np.isin(ts, LUNGS)) > 0.9
+    assert dice(chest_masks.bone, np.isin(ts, BONES)) > 0.5
+    assert chest_masks.body[ts > 0].mean() > 0.97 or (chest_masks.body | chest_masks.lungs)[ts > 0].mean() > 0.97
+
+
+def test_bowel_gas_is_not_lung(abdomen, ts_v2):
+    """The abdomen holds more bowel gas than lung; only the lung bases are taken as lung."""
+    m = hu_masks(abdomen[0])
+    ts_lung = np.isin(ts_groups_3mm(abdomen[1], ts_v2), LUNGS)
+    assert m.lungs.sum() > 0.8 * ts_lung.sum()
+    assert (m.lungs & ts_lung).sum() > 0.9 * m.lungs.sum()
+
+
+@pytest.mark.parametrize("k,flip", [(1, False), (2, False), (0, True), (3, True)])
+def test_coarse_pose_recovers_turns_and_flips(chest, chest_masks, atlas, k, flip):
+    """The array turned by k quarter turns (and flipped in z), header kept: the coarse pose finds
+    the orientation the TotalSegmentator-map registration finds, and lands within 15 mm of it."""
+
+    def op(a):
+        a = np.rot90(a, k, axes=(1, 2))
+        return a[::-1] if flip else a
+
+    img, lab = array_op(canonical(chest[0]), op), array_op(canonical(chest[1]), op)
+    tf, info = coarse_pose(hu_masks(img), atlas)
+    ref = locate(img, anatomy_of(lab, LabelScheme.named("ts_v2")), atlas).transform
+    assert np.array_equal(tf.M, ref.M), info
+    centre = np.array(img.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in img.GetSize()]))
+    assert np.abs(tf.to_atlas(centre) - ref.to_atlas(centre)).max() < 15.0
+
+
+def test_groups_agree_with_totalsegmentator(chest, atlas, ts_v2):
+    """Each HU voxel takes the atlas group there: left/right lungs and ribs, vertebrae by level."""
+    anat = hu_anatomy(chest[0], atlas)
+    hu = anatomy_to_volume(anat).labels
+    ts = ts_groups_3mm(chest[1], ts_v2)
+    for g in ("lung_left", "lung_right", "ribs_left", "ribs_right", "vertebrae_T"):
+        gid = GROUPS.index(g) + 1
+        assert dice(hu == gid, ts == gid) > 0.6, g
+    assert not anat.observed[GROUPS.index("liver")]  # organs are not expressed: weight 0
+
+
+def test_crop_with_nothing_but_the_ct(tmp_path):
+    """``-anatomy_model hu``: the kidneys cropped from the raw CT, trusted, every kidney voxel kept."""
+    r = run_in_process(
+        crop.main,
+        [
+            "-i",
+            str(ABDOMEN[0]),
+            "-anatomy_model",
+            "hu",
+            "-r",
+            "kidneys",
+            "--labels",
+            str(ABDOMEN[1]),
+            "-o",
+            str(tmp_path / "out"),
+        ],
+    )
+    assert r.returncode == 0, r.stderr
+    side = json.loads((tmp_path / "out" / "example_ct.ctarr.json").read_text())
+    assert "HU anatomy" in side["anatomy"]
+    entry = side["regions"]["kidneys"]
+    assert entry["trusted"] is True
+    assert entry["mode"] == "crop"
+    kidneys = ts_groups_native(ABDOMEN[1], ("kidney_left", "kidney_right"))
+    inside = np.zeros_like(kidneys)
+    for b in entry["boxes"]:
+        (x0, y0, z0), (x1, y1, z1) = b["index_start_xyz"], b["index_stop_xyz"]
+        inside[z0:z1, y0:y1, x0:x1] = True
+    assert kidneys.sum() > 1000
+    assert (kidneys & inside).sum() == kidneys.sum()
+    assert entry["voxel_fraction_kept"] < 0.2
+
+
+def test_lower_pelvis_turned_is_not_trusted_wrongly(abdomen, atlas, ts_v2):
+    """No lungs in view and the array turned: the HU anatomy cannot tell the orientation. Its
+    localisation is either right or flagged untrusted, never a confident wrong crop."""
+    img_c, lab_c = canonical(abdomen[0]), canonical(abdomen[1])
+    size = np.array(img_c.GetSize())
+    lo, hi = np.array([0, 0, 0]), np.array([size[0], size[1], int(0.55 * size[2])])
+    cut_i, cut_l = cut_box(img_c, lo, hi), cut_box(lab_c, lo, hi)
+    op = lambda a: np.rot90(a, 1, axes=(1, 2))  # noqa: E731
+    img, lab = array_op(cut_i, op), array_op(cut_l, op)
+    loc = locate(img, hu_anatomy(img, atlas), atlas)
+    ref = locate(img, anatomy_of(lab, ts_v2), atlas).transform
+    assert np.array_equal(loc.transform.M, ref.M) or not assess(loc, atlas).trusted
+
+
+def test_no_lungs_no_bone_is_one_clear_error(atlas):
+    """A 'CT' of water: the HU anatomy says what it did not find."""
+    img = sitk.Image([40, 40, 20], sitk.sitkInt16) + 0
+    img.SetSpacing([3.0, 3.0, 3.0])
+    with pytest.raises(CTARRError, match="no lungs and no bone"):
+        hu_anatomy(img, atlas)
