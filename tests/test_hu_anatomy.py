@@ -155,3 +155,26 @@ def test_no_lungs_no_bone_is_one_clear_error(atlas):
     img.SetSpacing([3.0, 3.0, 3.0])
     with pytest.raises(CTARRError, match="no lungs and no bone"):
         hu_anatomy(img, atlas)
+
+
+@pytest.mark.parametrize("k,flip", [(0, False), (1, True), (2, False), (3, True)])
+def test_atlas_gather_equals_per_voxel_mapping(atlas, k, flip):
+    """The axis-aligned gather that labels the HU voxels equals mapping every voxel on its own."""
+    from nnunet_ctarr.core.geometry import Geometry
+    from nnunet_ctarr.core.hu_anatomy import _atlas_on_scan
+    from nnunet_ctarr.core.hu_pose import atlas_views
+    from nnunet_ctarr.core.transform import AtlasTransform
+
+    amap = atlas_views(atlas)["bone_label"]
+    g = Geometry.aligned(np.array([-100.0, -50.0, 20.0]), np.array([3.0, 3.0, 3.0]), (50, 60, 70))
+    tf = AtlasTransform(k, (False, False, flip), np.array([0.9, 1.1, 1.05]), np.array([150.0, 200.0, 300.0]))
+    vals, above = _atlas_on_scan(amap, tf, g, atlas)
+    zyx = np.argwhere(np.ones(g.shape_zyx, bool))
+    idx = np.rint((tf.to_atlas(g.origin + zyx[:, ::-1] * g.spacing) - atlas.origin) / atlas.spacing).astype(int)
+    size = np.array(atlas.shape_zyx[::-1])
+    ok = np.all((idx >= 0) & (idx < size), 1)
+    ref = np.zeros(len(zyx), np.uint8)
+    ref[ok] = amap[idx[ok, 2], idx[ok, 1], idx[ok, 0]]
+    assert ref.astype(bool).sum() > 10000
+    assert np.array_equal(vals.ravel(), ref)
+    assert np.array_equal(above.ravel(), idx[:, 2] >= size[2])

@@ -36,6 +36,8 @@ MIN_PLAUSIBLE_DICE = 0.25
 MAX_OUTSIDE_ATLAS = 0.20
 #: below this Dice between scan anatomy and atlas inside the region's boxes the crop is misplaced
 MIN_REGION_DICE = 0.30
+#: the region Dice needs at least this much (ml) atlas anatomy the scan can express inside the boxes
+MIN_REGION_ATLAS_ML = 20.0
 #: less than this (ml) of the region's own organ in the image: the organ is not in view
 MIN_ORGAN_ML = 0.5
 #: less than this share of the anatomy's organ (in the image) inside the crops: the crop is misplaced
@@ -140,11 +142,13 @@ def labels_on_atlas_box(vol, tf, origin: np.ndarray, spacing: np.ndarray, n_xyz:
 
 def region_dice(loc, atlas: Atlas, plan: CropPlan) -> float:
     """Soft Dice of scan anatomy vs atlas inside the region's boxes and the field of view (atlas
-    frame, groups both the scan and the atlas can express); NaN when there is nothing to compare."""
+    frame, groups both the scan and the atlas can express); NaN when there is nothing to compare: the
+    atlas holds less than :data:`MIN_REGION_ATLAS_ML` of those groups there (e.g. an HU anatomy, which
+    sees lungs and bones, in the gallbladder's box)."""
     vol, g = loc.anatomy_volume, atlas.grid
     use = vol.observed & atlas.observed
     ids = (np.arange(len(GROUPS)) + 1)[use][:, None, None, None]
-    inter = den = 0.0
+    inter = den = atlas_mass = 0.0
     for box in plan.usable:
         lo = np.clip(np.floor((box.atlas_mm[0] - g.origin) / g.spacing).astype(int), 0, g.size_xyz)
         hi = np.clip(np.ceil((box.atlas_mm[1] - g.origin) / g.spacing).astype(int) + 1, 0, g.size_xyz)
@@ -156,7 +160,10 @@ def region_dice(loc, atlas: Atlas, plan: CropPlan) -> float:
         a, s = atlas.prob[(slice(None),) + sl][use] * w, (lab == ids) & w
         inter += float((a * s).sum())
         den += float(a.sum() + s.sum())
-    return 2 * inter / den if den > 0 else float("nan")
+        atlas_mass += float(a.sum())
+    if atlas_mass * np.prod(g.spacing) / 1000.0 < MIN_REGION_ATLAS_ML:
+        return float("nan")
+    return 2 * inter / den
 
 
 def organ_in_crop(loc, plan: CropPlan, image: Geometry, groups: list[int]) -> tuple[float, float]:
