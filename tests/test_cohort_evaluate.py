@@ -7,10 +7,8 @@ import csv
 import os
 import shutil
 
-import numpy as np
 import pytest
-import SimpleITK as sitk
-from conftest import ABDOMEN, CHEST, run_in_process
+from conftest import ABDOMEN, CHEST, run_in_process, write_liver_kidney_targets
 
 from nnunet_ctarr.cli.evaluate import main
 from nnunet_ctarr.core.regions import load_regions
@@ -27,16 +25,10 @@ def labelled(tmp_path_factory):
     imgs, labs, anat = root / "imagesTr", root / "labelsTr", root / "anat"
     for d in (imgs, labs, anat):
         d.mkdir()
+    write_liver_kidney_targets(labs)  # abd.nii.gz, chest.nii.gz
     for name, (img_f, lab_f) in (("abd", ABDOMEN), ("chest", CHEST)):
         shutil.copy(img_f, imgs / f"{name}_0000.nii.gz")
         shutil.copy(lab_f, anat / f"{name}.nii.gz")
-        lab = sitk.ReadImage(str(lab_f))
-        a = sitk.GetArrayFromImage(lab)
-        t = np.zeros(a.shape, np.uint8)
-        t[a == 5], t[np.isin(a, [2, 3])] = 1, 2
-        out = sitk.GetImageFromArray(t)
-        out.CopyInformation(lab)
-        sitk.WriteImage(out, str(labs / f"{name}.nii.gz"))
     (imgs / "bad_0000.nii.gz").write_bytes(b"\x1f\x8b not a NIfTI" * 50)
     shutil.copy(labs / "abd.nii.gz", labs / "bad.nii.gz")
     shutil.copy(anat / "abd.nii.gz", anat / "bad.nii.gz")
