@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     done = {_key(j): row for j in jobs if args.resume and (row := finished_row(j, settings)) is not None}
     todo = [j for j in jobs if _key(j) not in done]
     anatomy = anatomy_source(args, device=args.device, verbose=args.verbose)
-    anatomy.prepare({j.case.case: [str(f) for f in j.case.images] for j in todo})
+    if todo:                  # a model predicts here, once, before any worker; not for cases done before
+        anatomy.prepare({j.case.case: [str(f) for f in j.case.images] for j in todo})
     new = dict(zip(map(_key, todo),
                    map_cases(_run, todo, args.np, init_worker, (settings, anatomy, args.atlas),
                              f"cropping {region.name}")))

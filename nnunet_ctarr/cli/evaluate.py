@@ -133,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     done = finished_rows(out, run, regions, stamps) if args.resume else {}
     todo = [p for p in inputs if case_id(p) not in done]
     anatomy = anatomy_source(args, device=args.device, verbose=args.verbose)
-    anatomy.prepare({case_id(p): [str(p)] for p in todo})   # a model predicts here, once, before any worker
+    if todo:                  # a model predicts here, once, before any worker; not for rows kept
+        anatomy.prepare({case_id(p): [str(p)] for p in todo})
     new = dict(zip(todo, map_cases(_evaluate_one, todo, args.np, init_worker,
                                    (job, anatomy, atlas if args.np <= 1 else args.atlas), "ctarr evaluate")))
     rows = sort_rows([r for p in inputs for r in (done.get(case_id(p)) or new[p])], regions)
