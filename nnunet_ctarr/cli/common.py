@@ -12,6 +12,7 @@ from pathlib import Path
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from ..core.atlas import Atlas
 from ..core.errors import CTARRError, route_itk_messages
 from ..core.io import case_id, is_dicom_dir, read_image
 
@@ -45,6 +46,19 @@ def map_cases(fn: Callable, items: list, n_workers: int, init: Callable, initarg
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=init, initargs=(*initargs, threads)) as ex:
         return list(tqdm(ex.map(fn, items), total=len(items), desc=desc, file=sys.stderr))
+
+
+#: what every case of a batch shares, set by :func:`init_worker` in each worker (and in this process for -np 1)
+WORKER: dict = {}
+
+
+def init_worker(job, anatomy, atlas: Atlas | str | None, threads: int | None = None) -> None:
+    """The shared state of a :func:`map_cases` worker: the command's job, the anatomy source and
+    the atlas (loaded here when given as a path, as for a spawned worker); ``threads`` torch threads."""
+    if threads:
+        import torch
+        torch.set_num_threads(threads)
+    WORKER.update(job=job, anatomy=anatomy, atlas=atlas if isinstance(atlas, Atlas) else Atlas.load(atlas))
 
 
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:

@@ -10,9 +10,9 @@ from ..core.batch_report import BatchReport
 from ..core.crop_writer import ON_UNTRUSTED, CropOptions, already_done, crop_case
 from ..core.errors import CTARRError, WarningLog
 from ..core.io import case_id, check_output_folder, list_inputs, match_case_file
-from ..core.regions import Region, builtin_regions, check_region_atlas, load_region
+from ..core.regions import Region, builtin_regions, check_region_atlas, load_region, load_regions
 from ..core.registration import RegistrationSettings
-from .common import map_cases, parse, run_cli
+from .common import WORKER, init_worker, map_cases, parse, run_cli
 from .options import (
     Parser,
     add_anatomy_args,
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     out = check_output_folder(args.output)
     job = _CropJob(args.labels, cases, out, regions, opts, args.device, args.resume, len(regions) == 1)
     report = BatchReport()
-    for case, entries, done_before, error in map_cases(_crop_one, inputs, args.np, _init_worker,
+    for case, entries, done_before, error in map_cases(_crop_one, inputs, args.np, init_worker,
                                                         (job, anatomy, atlas if args.np <= 1 else args.atlas),
                                                         "ctarr crop"):
         if error is not None:
@@ -132,28 +132,17 @@ class _CropJob:
     one_region: bool
 
 
-_WORKER: dict = {}
-
-
-def _init_worker(job: _CropJob, anatomy, atlas: Atlas | str | None, threads: int | None) -> None:
-    """The shared state of a worker (``atlas``: loaded here in this process, a path in a worker)."""
-    if threads:
-        import torch
-        torch.set_num_threads(threads)
-    _WORKER.update(job=job, anatomy=anatomy, atlas=atlas if isinstance(atlas, Atlas) else Atlas.load(atlas))
-
-
 def _crop_one(src: Path) -> tuple[str, dict | None, bool, str | None]:
     """One case: (case, sidecar entries, found done by --continue, error). A user error is one line
     and the batch goes on."""
-    job, case = _WORKER["job"], case_id(src)
+    job, case = WORKER["job"], case_id(src)
     try:
         lab = match_case_file(Path(job.labels), case, job.cases, "label map") if job.labels else None
-        done = already_done(src, job.out, job.regions, _WORKER["atlas"], job.opts, lab is not None) \
+        done = already_done(src, job.out, job.regions, WORKER["atlas"], job.opts, lab is not None) \
             if job.resume else None
         if done is not None:
             return case, done, True, None
-        entries = crop_case(src, _WORKER["anatomy"], lab, job.out, job.regions, _WORKER["atlas"], job.opts,
+        entries = crop_case(src, WORKER["anatomy"], lab, job.out, job.regions, WORKER["atlas"], job.opts,
                             RegistrationSettings(device=job.device))
     except CTARRError as e:
         print(f"error: {case}: {e}", file=sys.stderr)
@@ -162,16 +151,6 @@ def _crop_one(src: Path) -> tuple[str, dict | None, bool, str | None]:
         if entry["mode"] == "outside":
             print(f"error: {case if job.one_region else case + '/' + name}: {entry['error']}", file=sys.stderr)
     return case, entries, False, None
-
-
-def load_regions(names: list[str]) -> list[Region]:
-    """The regions of ``-r`` (``all``: every built-in one); a name given twice counts once."""
-    names = list(builtin_regions()) if names == ["all"] else list(dict.fromkeys(names))
-    regions = [load_region(n) for n in names]
-    dup = {r.name for r in regions if sum(q.name == r.name for q in regions) > 1}
-    if dup:
-        raise CTARRError(f"two regions share the name {', '.join(sorted(dup))}: their crops would collide")
-    return regions
 
 
 def case_line(row: dict, out: Path) -> str:

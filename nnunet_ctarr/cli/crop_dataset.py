@@ -15,13 +15,24 @@ from pathlib import Path
 from ..core.atlas import Atlas
 from ..core.crop_writer import versions
 from ..core.errors import CTARRError, WarningLog
-from ..core.io import write_json
+from ..core.io import write_json_if_changed
 from ..core.nnunet_format import load_raw_dataset, raw_root
 from ..core.region_settings import CONFIG_NAME, make_config
 from ..core.regions import check_region_atlas, load_region
-from ..training.dataset_crops import CropJob, crop_case
-from .common import map_cases, parse, run_cli
-from .options import Parser, add_anatomy_args, add_atlas_arg, add_device_arg, add_workers_arg, anatomy_source
+from ..training.crop_records import crop_and_record, crop_settings, finished_row, recorded_rows
+from ..training.dataset_crops import CropJob
+from .common import WORKER, init_worker, map_cases, parse, run_cli
+from .options import (
+    Parser,
+    add_anatomy_args,
+    add_atlas_arg,
+    add_device_arg,
+    add_parts_args,
+    add_workers_arg,
+    anatomy_source,
+    part_suffix,
+    select_part,
+)
 
 EPILOG = """example:
   nnUNetv2_ctarr_crop_dataset -d 3 -r liver -o 503 --train_margin 10 -anatomy_seg totalseg_maps/
@@ -46,27 +57,34 @@ def build_parser() -> Parser:
     p.add_argument("--no_test", action="store_true", help="do not crop imagesTs")
     add_workers_arg(p, default=max(1, min(4, (os.cpu_count() or 1) - 1)))
     add_device_arg(p, what="the anatomy model (-anatomy_model)")
+    add_parts_args(p)
     add_atlas_arg(p)
     p.add_argument("--verbose", action="store_true")
     add_anatomy_args(p)
     return p
 
 
-_WORKER: dict = {}
 logger = logging.getLogger("nnunet_ctarr")
 
 
-def _init_worker(anatomy, atlas_path: str | None, threads: int | None = 1) -> None:
-    """Per-case warnings go into the report and the summary, not interleaved with the progress bar."""
-    logging.getLogger("nnunet_ctarr").setLevel(logging.ERROR)
-    if threads:
-        import torch
-        torch.set_num_threads(threads)
-    _WORKER.update(anatomy=anatomy, atlas=Atlas.load(atlas_path))
-
-
 def _run(job: CropJob) -> dict:
-    return crop_case(job, _WORKER["anatomy"], _WORKER["atlas"])
+    return crop_and_record(job, WORKER["job"], WORKER["anatomy"], WORKER["atlas"])
+
+
+def _key(job: CropJob) -> tuple[str, str]:
+    return job.case.case, job.split
+
+
+def _target(args, src, region) -> tuple[str, Path]:
+    """The new dataset's name and folder; a non-empty folder only with parts or ``--continue``."""
+    name = args.name or f"{src.folder.name.split('_', 1)[-1]}CTARR{region.name.title().replace('_', '')}"
+    dst = raw_root() / f"Dataset{args.o:03d}_{name}"
+    if dst.exists() and any(dst.iterdir()) and args.num_parts == 1 and not args.resume:
+        raise CTARRError(f"{dst} exists and is not empty; choose another -o, remove it, or pass --continue to "
+                         "finish it")
+    if any(p.name.startswith(f"Dataset{args.o:03d}_") for p in raw_root().glob("Dataset*")) and not dst.exists():
+        raise CTARRError(f"dataset id {args.o} is already used in {raw_root()}")
+    return name, dst
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,33 +93,49 @@ def main(argv: list[str] | None = None) -> int:
     region = load_region(args.r)
     atlas_id = Atlas.load(args.atlas).atlas_id
     check_region_atlas(region, atlas_id, WarningLog())
-    anatomy = anatomy_source(args, device=args.device, verbose=args.verbose)
-    name = args.name or f"{src.folder.name.split('_', 1)[-1]}CTARR{region.name.title().replace('_', '')}"
-    dst = raw_root() / f"Dataset{args.o:03d}_{name}"
-    if dst.exists() and any(dst.iterdir()):
-        raise CTARRError(f"{dst} exists and is not empty; choose another -o or remove it")
-    if any(p.name.startswith(f"Dataset{args.o:03d}_") for p in raw_root().glob("Dataset*")) and not dst.exists():
-        raise CTARRError(f"dataset id {args.o} is already used in {raw_root()}")
+    name, dst = _target(args, src, region)
     cases = [(c, "Tr") for c in src.training] + ([] if args.no_test else [(c, "Ts") for c in src.test])
-    anatomy.prepare({c.case: [str(f) for f in c.images] for c, _ in cases})
-    jobs = [CropJob(c, split, dst, src.file_ending, region, args.train_margin, args.on_fail) for c, split in cases]
-    rows = map_cases(_run, jobs, args.np, _init_worker, (anatomy, args.atlas), f"cropping {region.name}")
+    all_jobs = [CropJob(c, split, dst, src.file_ending, region, args.train_margin, args.on_fail) for c, split in cases]
+    jobs = select_part(all_jobs, args)
+    settings = crop_settings(region, args.train_margin, args.on_fail, atlas_id, src.folder)
+    done = {_key(j): row for j in jobs if args.resume and (row := finished_row(j, settings)) is not None}
+    todo = [j for j in jobs if _key(j) not in done]
+    anatomy = anatomy_source(args, device=args.device, verbose=args.verbose)
+    if todo:                  # a model predicts here, once, before any worker; not for cases done before
+        anatomy.prepare({j.case.case: [str(f) for f in j.case.images] for j in todo})
+    new = dict(zip(map(_key, todo),
+                   map_cases(_run, todo, args.np, init_worker, (settings, anatomy, args.atlas),
+                             f"cropping {region.name}")))
+    rows = [done.get(k) or new[k] for k in map(_key, jobs)]
+    if args.num_parts > 1:
+        write_json_if_changed(dst / f"ctarr_crop_report{part_suffix(args)}.json", {"cases": rows})
+    complete = rows if args.num_parts == 1 else recorded_rows(all_jobs, settings)
+    _print_summary(rows, len(done))
+    if complete is None:
+        print(f"-> {dst}: part {args.part_id} of {args.num_parts} done; dataset.json is written by the part that "
+              "finishes last (or by a run with --continue once all parts are done)")
+    else:
+        _write_dataset_files(dst, src, region, name, args, complete, atlas_id)
+    return 0 if all(r["status"] == "cropped" for r in rows) else 1
+
+
+def _write_dataset_files(dst: Path, src, region, name: str, args, rows: list[dict], atlas_id: str) -> None:
+    """dataset.json (numTraining of every part), ctarr.json and ctarr_crop_report.json; a file that
+    would not change is not rewritten."""
     n_train = sum(len(r["outputs"]) for r in rows if r["split"] == "Tr")
     if n_train == 0:
         raise CTARRError("no training case could be cropped: " + "; ".join(r.get("error", "") for r in rows[:3]))
     # a model trained on these crops is predicted on the same crops (not on tile-fitted ones)
     cfg = make_config(region, args.train_margin, crops="exact", source_dataset=src.folder.name)
-    dj = dict(src.dataset_json, name=name, numTraining=n_train, ctarr=cfg)
-    write_json(dst / "dataset.json", dj)
-    write_json(dst / CONFIG_NAME, cfg)
-    write_json(dst / "ctarr_crop_report.json", {"source": str(src.folder), "region": region.to_dict(),
-                                                "train_margin_mm": args.train_margin, "cases": rows,
-                                                "versions": versions(atlas_id, args.r)})
-    _print_summary(rows, dst, n_train)
-    return 1 if any(r["status"] == "error" for r in rows) else 0
+    write_json_if_changed(dst / "dataset.json", dict(src.dataset_json, name=name, numTraining=n_train, ctarr=cfg))
+    write_json_if_changed(dst / CONFIG_NAME, cfg)
+    write_json_if_changed(dst / "ctarr_crop_report.json", {
+        "source": str(src.folder), "region": region.to_dict(), "train_margin_mm": args.train_margin,
+        "cases": rows, "versions": versions(atlas_id, args.r)})
+    print(f"-> {dst} ({n_train} training cases); region settings in {dst / CONFIG_NAME}")
 
 
-def _print_summary(rows: list[dict], dst: Path, n_train: int) -> None:
+def _print_summary(rows: list[dict], n_done: int) -> None:
     print(f"{'case':<24} {'status':<8} {'crops':>5} {'voxels/crop':>11} {'fg lost %':>9}")
     for r in rows:
         red = r.get("voxel_reduction")
@@ -116,9 +150,9 @@ def _print_summary(rows: list[dict], dst: Path, n_train: int) -> None:
     if cropped:
         reds = sorted(r["voxel_reduction"] for r in cropped)
         lost = [r.get("lost_foreground_pct") or 0.0 for r in cropped]
-        print(f"{len(cropped)}/{len(rows)} cases cropped, median voxel reduction {reds[len(reds) // 2]:.2f}x, "
-              f"label foreground lost: max {max(lost):.3f}% ({sum(x > 0 for x in lost)} cases with any loss)")
-    print(f"-> {dst} ({n_train} training cases); region settings in {dst / CONFIG_NAME}")
+        print(f"{len(cropped)}/{len(rows)} cases cropped" + (f" ({n_done} done before)" if n_done else "")
+              + f", median voxel reduction {reds[len(reds) // 2]:.2f}x, label foreground lost: max {max(lost):.3f}% "
+              f"({sum(x > 0 for x in lost)} cases with any loss)")
 
 
 def entry() -> None:

@@ -67,18 +67,9 @@ class BatchReport:
 
     def summary_lines(self, out: Path, one_region: bool) -> list[str]:
         """``N of M cropped ...`` and, per non-clean status, the cases with their first reason."""
-        c, what = self.counts(), "case(s)" if one_region else "case-region pair(s)"
-        lines = [f"{c['cropped'] + c['done before']} of {len(self.rows)} {what} cropped"
-                 + (f" ({c['done before']} done before)" if c["done before"] else "")
-                 + "".join(f"; {s}: {n}" for s, n in c.items() if n and s not in ("cropped", "done before"))
-                 + f" -> {out}"]
-        for s in STATUSES[2:]:
-            rows = [r for r in self.rows if r["status"] == s]
-            if rows:
-                lines.append(f"  {s}:")
-                lines += [f"    {r['case'] if one_region else r['case'] + '/' + r['region']}: "
-                          f"{(r.get('reasons') or r.get('error') or '')[:160]}" for r in rows]
-        return lines
+        n = self.counts()["done before"]
+        return outcome_lines(self.rows, STATUSES, ("cropped", "done before"), "cropped", out, one_region,
+                             f" ({n} done before)" if n else "")
 
     def write(self, folder: Path, part: str = "", qc: bool = False) -> None:
         """``ctarr_report[part].json``, ``.csv`` and ``.html`` in ``folder`` (atomic, umask
@@ -87,3 +78,20 @@ class BatchReport:
         write_json(folder / f"{stem}.json", {"counts": self.counts(), "rows": self.rows})
         write_csv(folder / f"{stem}.csv", self.rows, FIELDS)
         write_report_html(folder / f"{stem}.html", self.rows, folder if qc else None)
+
+
+def outcome_lines(rows: list[dict], statuses: tuple[str, ...], clean: tuple[str, ...], verb: str, out: Path,
+                  one_region: bool, note: str = "") -> list[str]:
+    """A batch's console summary: ``N of M case(s) <verb><note>; <status>: n ... -> out``, then per
+    status not in ``clean`` (in the order of ``statuses``) its cases with the first reason or error."""
+    counts = {s: sum(r["status"] == s for r in rows) for s in statuses}
+    what = "case(s)" if one_region else "case-region pair(s)"
+    lines = [f"{sum(counts[s] for s in clean)} of {len(rows)} {what} {verb}{note}"
+             + "".join(f"; {s}: {n}" for s, n in counts.items() if n and s not in clean) + f" -> {out}"]
+    for s in statuses:
+        hit = [r for r in rows if r["status"] == s and s not in clean]
+        if hit:
+            lines.append(f"  {s}:")
+            lines += [f"    {r['case'] if one_region else r['case'] + '/' + r['region']}: "
+                      f"{(r.get('reasons') or r.get('trust_reasons') or r.get('error') or '')[:160]}" for r in hit]
+    return lines

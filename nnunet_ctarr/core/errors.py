@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 logger = logging.getLogger("nnunet_ctarr")
 
@@ -34,6 +36,18 @@ class WarningLog(list):
         report, logged at info level (shown with ``--verbose``), not as a console warning."""
         logger.info(f"{self.case}: {msg}" if self.case else msg)
         self.append(msg)
+
+
+@contextmanager
+def quiet_warnings() -> Iterator[None]:
+    """Warnings collected meanwhile (:class:`WarningLog`) are kept but not logged; errors still are.
+    For batch steps whose warnings are reported later, or were reported already."""
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 _itk_logger = None

@@ -246,6 +246,22 @@ def write_json(path: Path, data: dict) -> None:
     _atomic_write(Path(path), ".json", dump)
 
 
+def as_json(x):
+    """``x`` as it reads back from a JSON file (tuples as lists, numpy values and paths converted)."""
+    return json.loads(json.dumps(_jsonable(x)))
+
+
+def write_json_if_changed(path: Path, data: dict) -> bool:
+    """:func:`write_json` unless ``path`` already holds exactly ``data`` (its time stays); True if written."""
+    try:
+        if json.loads(Path(path).read_text()) == as_json(data):
+            return False
+    except (OSError, ValueError):
+        pass
+    write_json(path, data)
+    return True
+
+
 def write_text(path: Path, text: str) -> None:
     """Write a text file atomically, with the umask's permissions."""
     _atomic_write(Path(path), Path(path).suffix or ".txt", lambda tmp: Path(tmp).write_text(text))

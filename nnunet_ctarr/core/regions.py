@@ -94,6 +94,16 @@ def load_region(name_or_path: str) -> Region:
                      "(or pass a region .json file)")
 
 
+def load_regions(names: list[str]) -> list[Region]:
+    """The regions of a ``-r`` list (``all``: every built-in one); a name given twice counts once."""
+    names = list(builtin_regions()) if names == ["all"] else list(dict.fromkeys(names))
+    regions = [load_region(n) for n in names]
+    dup = {r.name for r in regions if sum(q.name == r.name for q in regions) > 1}
+    if dup:
+        raise CTARRError(f"two regions share the name {', '.join(sorted(dup))}: their outputs would collide")
+    return regions
+
+
 def boxes_from_heatmap(heat: np.ndarray, origin: np.ndarray, spacing: np.ndarray,
                        threshold: float) -> np.ndarray:
     """Paper 3.4: threshold the heatmap, one box per connected component, merge overlapping

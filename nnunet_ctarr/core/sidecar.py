@@ -41,14 +41,23 @@ def input_stamp(src: Path) -> list[int]:
     return [sum(st.st_size for st in stats), max((st.st_mtime_ns for st in stats), default=0)]
 
 
-def finished_entries(path: Path, case_fields: dict, regions: list[str]) -> dict[str, dict] | None:
-    """The entries of ``regions`` when the sidecar at ``path`` records them for the same input
-    (path, size, mtime), settings and package version, and every output it names exists; else None.
-    A case interrupted mid-write has no sidecar (it is written last, atomically): never done."""
+def matching_sidecar(path: Path, case_fields: dict) -> dict | None:
+    """The sidecar at ``path`` when it records the same input (path, size, mtime), settings and
+    package version as ``case_fields``; else None."""
     side = read_sidecar(path)
     keys = ("input", "input_stamp", "settings")
     if side is None or any(side.get(k) != case_fields[k] for k in keys) \
             or side.get("versions", {}).get("nnunet_ctarr") != case_fields["versions"]["nnunet_ctarr"]:
+        return None
+    return side
+
+
+def finished_entries(path: Path, case_fields: dict, regions: list[str]) -> dict[str, dict] | None:
+    """The entries of ``regions`` when the sidecar at ``path`` records them for the same input
+    (path, size, mtime), settings and package version, and every output it names exists; else None.
+    A case interrupted mid-write has no sidecar (it is written last, atomically): never done."""
+    side = matching_sidecar(path, case_fields)
+    if side is None:
         return None
     entries = {r: side["regions"].get(r) for r in regions}
     if any(e is None or e.get("mode") == "skip" for e in entries.values()):

@@ -36,36 +36,48 @@ class CropJob:
     on_fail: str                    # "full": copy the uncropped case; "skip": leave it out
 
 
-def _write_case(job: CropJob, name: str, images: list[sitk.Image], label: sitk.Image | None) -> None:
-    for c, img in enumerate(images):
-        write_image(img, job.out_folder / f"images{job.split}" / f"{name}_{c:04d}{job.file_ending}")
+def _write_case(job: CropJob, row: dict, name: str, images: list[sitk.Image], label: sitk.Image | None) -> None:
+    """One output case; ``row["files"]`` collects the paths written (relative to the dataset)."""
+    files = [f"images{job.split}/{name}_{c:04d}{job.file_ending}" for c in range(len(images))]
     if label is not None:
-        write_image(label, job.out_folder / f"labels{job.split}" / f"{name}{job.file_ending}")
+        files.append(f"labels{job.split}/{name}{job.file_ending}")
+    for f, img in zip(files, images + ([label] if label is not None else [])):
+        write_image(img, job.out_folder / f)
+        row["files"].append(f)
 
 
 def crop_case(job: CropJob, anatomy_source, atlas: Atlas) -> dict:
-    """Crop one case; returns its report row (never raises for a case-level problem)."""
+    """Crop one case; returns its report row (never raises for a case-level problem: an error is
+    ``status: error`` and whatever the case wrote is removed)."""
     t0 = time.perf_counter()
-    case = job.case
-    warnings = WarningLog(case=case.case)
-    row: dict = {"case": case.case, "split": job.split, "outputs": [], "warnings": warnings}
+    warnings = WarningLog(case=job.case.case)
+    row: dict = {"case": job.case.case, "split": job.split, "outputs": [], "files": [], "warnings": warnings}
     try:
-        images = [read_image(f) for f in case.images]
-        label = read_image(case.label) if case.label is not None else None
-        for other in images[1:] + ([label] if label is not None else []):
-            if not Geometry.of(images[0]).same_grid(Geometry.of(other)):
-                raise CTARRError("channels/label map are not on the same grid (nnU-Net requires it)")
+        images, label = _read(job.case)
+        anatomy = anatomy_source.load(job.case.case, warnings)  # a user error for this case, never a fallback
+        _crop_or_fallback(job, row, images, label, anatomy, atlas, warnings)
     except CTARRError as e:
-        row.update(status="error", error=str(e))
-        return _finish(row, warnings, t0)
+        for f in row["files"]:
+            (job.out_folder / f).unlink(missing_ok=True)
+        row.update(status="error", error=str(e), outputs=[], files=[])
+    return _finish(row, warnings, t0)
+
+
+def _read(case: RawCase) -> tuple[list[sitk.Image], sitk.Image | None]:
+    """The channels and the label map of a case, checked to share one grid."""
+    images = [read_image(f) for f in case.images]
+    label = read_image(case.label) if case.label is not None else None
+    for other in images[1:] + ([label] if label is not None else []):
+        if not Geometry.of(images[0]).same_grid(Geometry.of(other)):
+            raise CTARRError("channels/label map are not on the same grid (nnU-Net requires it)")
+    return images, label
+
+
+def _crop_or_fallback(job: CropJob, row: dict, images: list[sitk.Image], label: sitk.Image | None, anatomy,
+                      atlas: Atlas, warnings: WarningLog) -> None:
+    """Localise, judge and write the crops (or the fallback of an untrusted case) into ``row``."""
     fg = sitk.GetArrayViewFromImage(label) > 0 if label is not None else None
     row["foreground_voxels"] = int(fg.sum()) if fg is not None else None
-    n_full = int(np.prod(images[0].GetSize()))
-    try:
-        anatomy = anatomy_source.load(case.case, warnings)
-    except CTARRError as e:                 # a user error for this case, never a silent fallback
-        row.update(status="error", error=str(e))
-        return _finish(row, warnings, t0)
     try:
         loc = locate(images[0], anatomy, atlas, warnings=warnings)
         plan = plan_region(images[0], loc, job.region, job.margin_mm, warnings=warnings)
@@ -76,17 +88,16 @@ def crop_case(job: CropJob, anatomy_source, atlas: Atlas) -> dict:
         trust = Trust.refused(e)
     trust.record(row)
     if not trust.trusted:
-        return _fallback(job, row, warnings, t0, f"localisation not trusted ({trust.text()})", images, label, fg)
-    multi = len(job.region.boxes_mm) > 1
-    kept = 0
+        return _fallback(job, row, warnings, f"localisation not trusted ({trust.text()})", images, label, fg)
+    multi, kept = len(job.region.boxes_mm) > 1, 0
     for box in plan.usable:
-        name = f"{case.case}_box{box.index}" if multi else case.case
-        _write_case(job, name, [crop_image(img, box) for img in images],
+        name = f"{job.case.case}_box{box.index}" if multi else job.case.case
+        _write_case(job, row, name, [crop_image(img, box) for img in images],
                     crop_image(label, box) if label is not None else None)
         row["outputs"].append({"case": name, **box.to_dict()})
         kept += int(np.prod(box.size_xyz))
     row["status"] = "cropped"
-    row["voxel_reduction"] = round(n_full / max(kept, 1), 3)
+    row["voxel_reduction"] = round(int(np.prod(images[0].GetSize())) / max(kept, 1), 3)
     if fg is not None:
         sc = crop_scores(fg, plan.union_mask_zyx())
         lost = sc["fg_voxels"] - sc["fg_kept"]
@@ -97,20 +108,18 @@ def crop_case(job: CropJob, anatomy_source, atlas: Atlas) -> dict:
                           f"crop(s); raise --train_margin or check the QC of this case")
     row["registration_dice"] = round(loc.registration.dice, 4)
     row["orientation"] = loc.transform.orientation_text
-    return _finish(row, warnings, t0)
 
 
-def _fallback(job: CropJob, row: dict, warnings: WarningLog, t0: float, why: str, images, label, fg) -> dict:
+def _fallback(job: CropJob, row: dict, warnings: WarningLog, why: str, images, label, fg) -> None:
     """An untrusted case: left out (``skip``) or copied uncropped (``full``, no foreground lost)."""
     name = job.case.case
     if job.on_fail == "skip":
         warnings.warn(f"{name}: {why}; case left out")
         row.update(status="skipped", error=why, lost_foreground_pct=100.0 if fg is not None and fg.any() else 0.0)
-        return _finish(row, warnings, t0)
+        return
     warnings.warn(f"{name}: {why}; copied uncropped")
-    _write_case(job, name, images, label)
+    _write_case(job, row, name, images, label)
     row.update(status="full", outputs=[name], voxel_reduction=1.0, lost_foreground_pct=0.0)
-    return _finish(row, warnings, t0)
 
 
 def _finish(row: dict, warnings: WarningLog, t0: float) -> dict:
