@@ -88,3 +88,26 @@ def test_modules_and_functions_are_small():
     long_modules = [f"{p.relative_to(REPO)} ({n} lines)" for p in files if (n := len(p.read_text().splitlines())) > 300]
     assert not long_modules
     assert not [f for p in files for f in _long_functions(p, 60)]
+
+
+def test_help_and_list_regions_import_neither_torch_nor_nnunet():
+    """Fast start: every command's -h (and crop's --list_regions) answers without importing torch
+    or nnU-Net; they are imported when work starts."""
+    cli = sorted(p.stem for p in _modules("cli") if p.stem not in ("__init__", "common", "options"))
+    code = (
+        "import sys, contextlib, io, importlib\n"
+        f"for m in {cli!r}:\n"
+        "    mod = importlib.import_module('nnunet_ctarr.cli.' + m)\n"
+        "    mains = [getattr(mod, n) for n in dir(mod) if n.endswith('main') and callable(getattr(mod, n))]\n"
+        "    for main in mains:\n"
+        "        with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "            main(['-h'])\n"
+        "from nnunet_ctarr.cli import crop\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    crop.main(['--list_regions'])\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'nnunetv2', 'dynamic_network_architectures'}))"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+    assert len(cli) >= 9

@@ -188,10 +188,12 @@ def detect_scheme(img: sitk.Image, path: Path | None, warnings: WarningLog) -> L
 @dataclass
 class AnatomyMasks:
     """Anatomy as a group label map (values 0..19) on its own grid, plus which groups the
-    source can express at all."""
+    source can express at all. ``orientation`` (k_rot, flip): the source already fixed the
+    orientation its groups were labelled in (the HU anatomy); the registration then keeps it."""
     labels: sitk.Image
     observed: np.ndarray
     source: str
+    orientation: tuple[int, tuple[bool, bool, bool]] | None = None
 
     @classmethod
     def from_label_image(cls, img: sitk.Image, scheme: LabelScheme, warnings: WarningLog,

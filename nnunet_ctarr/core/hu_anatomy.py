@@ -71,11 +71,14 @@ def hu_anatomy(image: sitk.Image, atlas: Atlas, warnings: WarningLog | None = No
     if not info["orientation_searched"]:
         warnings.note(f"HU anatomy: less than {MIN_SEARCH_LUNG_ML:.0f} ml of lung and {MIN_SEARCH_BONE_ML:.0f} ml of "
                       "bone in view; the header orientation was kept for labelling")
+    else:
+        warnings.note(f"HU anatomy: orientation {tf.orientation_text} (3-D Dice {info['score']:.2f}, header "
+                      f"orientation {info['header_score']:.2f}); the registration keeps it")
     observed = np.zeros(N_GROUPS, bool)
     for g in LUNGS + BONES:
         observed[GROUPS.index(g)] = atlas.observed[GROUPS.index(g)] or g == "skull"
     labels = m.geometry.image(label_groups(m, tf, atlas))
-    return AnatomyMasks(labels, observed, f"{source} (HU anatomy: lungs, bones)".strip())
+    return AnatomyMasks(labels, observed, f"{source} (HU anatomy: lungs, bones)".strip(), (tf.k_rot, tf.flip))
 
 
 class HUAnatomy:

@@ -53,7 +53,7 @@ def locate(image: Geometry | sitk.Image | None, anatomy: AnatomyMasks, atlas: At
         check_anatomy_matches_image(anatomy, image)
     vol = anatomy_to_volume(anatomy)
     t1 = time.perf_counter()
-    res = register(vol, atlas, settings)
+    res = register(vol, atlas, settings, orientation=anatomy.orientation)
     for w in res.warnings:
         warnings.warn(w)
     return Localisation(res, vol, warnings, {"anatomy_to_grid": t1 - t0, **res.seconds})

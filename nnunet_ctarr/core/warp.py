@@ -7,8 +7,6 @@ output says whether ``a`` fell inside the scan's field of view.
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .geometry import Geometry
 from .transform import AtlasTransform
@@ -20,6 +18,9 @@ def warp_to_atlas(arr_czyx: np.ndarray, origin: np.ndarray, spacing: np.ndarray,
     """Warp a (C, z, y, x) scan-space array on an LPS grid (``origin``/``spacing``, world mm)
     into ``grid`` (atlas mm). Returns (warped (C, Z, Y, X) float32, inside-FOV (Z, Y, X) bool).
     """
+    import torch  # imported when a warp runs, not at start-up (``-h`` of the commands)
+    import torch.nn.functional as F
+
     n_m = np.array(arr_czyx.shape[1:][::-1])                     # xyz
     m_mid = origin + 0.5 * (n_m - 1) * spacing
     h_m = 0.5 * np.maximum(n_m - 1, 1) * spacing
