@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 
 import pytest
@@ -54,6 +55,13 @@ def test_continue_skips_done_cases_and_redoes_changed_or_interrupted_ones(cohort
     after = {p.name: p.stat().st_mtime_ns for p in out.glob("*_liver.nii.gz")}
     assert after["abd_liver.nii.gz"] == before["abd_liver.nii.gz"]
     assert after["sm_liver.nii.gz"] != before["sm_liver.nii.gz"]
+    anat = cohort[1] / "chest.nii.gz"  # a new anatomy map for one case (same content, new time): redone
+    os.utime(anat, ns=(anat.stat().st_atime_ns, anat.stat().st_mtime_ns + 10**9))
+    r = _run(cohort, out, "-r", "liver", "--continue")
+    assert "3 of 3 case(s) cropped (2 done before)" in r.stdout
+    again = {p.name: p.stat().st_mtime_ns for p in out.glob("*_liver.nii.gz")}
+    assert again["chest_liver.nii.gz"] != after["chest_liver.nii.gz"]
+    assert again["abd_liver.nii.gz"] == after["abd_liver.nii.gz"]
     r = _run(cohort, out, "-r", "liver", "--continue", "--margin", "5")  # other settings: all redone
     assert "3 of 3 case(s) cropped -> " in r.stdout
 

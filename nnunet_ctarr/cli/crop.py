@@ -138,8 +138,8 @@ def _crop_one(src: Path) -> tuple[str, dict | None, bool, str | None]:
     job, case = WORKER["job"], case_id(src)
     try:
         lab = match_case_file(Path(job.labels), case, job.cases, "label map") if job.labels else None
-        done = already_done(src, job.out, job.regions, WORKER["atlas"], job.opts, lab is not None) \
-            if job.resume else None
+        done = already_done(src, job.out, job.regions, WORKER["atlas"], job.opts, lab is not None,
+                            WORKER["anatomy"]) if job.resume else None
         if done is not None:
             return case, done, True, None
         entries = crop_case(src, WORKER["anatomy"], lab, job.out, job.regions, WORKER["atlas"], job.opts,

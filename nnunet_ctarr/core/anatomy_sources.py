@@ -15,6 +15,14 @@ from .anatomy import AnatomyMasks, LabelScheme, detect_scheme, load_anatomy
 from .errors import CTARRError, WarningLog
 from .io import match_case_file
 from .nnunet_format import foreground_labels
+from .sidecar import input_stamp
+
+
+def anatomy_stamp(source, case: str) -> dict | None:
+    """What ``--continue`` records of a case's anatomy (the matched file and its size and time, the
+    model and its checkpoints, ...), or None for a source without a stamp."""
+    stamp = getattr(source, "stamp", None)
+    return stamp(case) if stamp is not None else None
 
 
 class PrecomputedAnatomy:
@@ -31,6 +39,14 @@ class PrecomputedAnatomy:
 
     def load(self, case: str, warnings: WarningLog) -> AnatomyMasks:
         return load_anatomy(match_case_file(self.path, case, self.cases, "anatomy segmentation"), self.fmt, warnings)
+
+    def stamp(self, case: str) -> dict:
+        """The case's anatomy file (or mask folder) with its size and modification time."""
+        try:
+            path = match_case_file(self.path, case, self.cases, "anatomy segmentation")
+        except CTARRError:
+            return {"path": None}
+        return {"path": str(path), "format": self.fmt, "stamp": input_stamp(path)}
 
 
 def scheme_from_dataset_json(dataset_json: dict, name: str) -> LabelScheme:

@@ -14,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .. import __version__
+from .anatomy_sources import anatomy_stamp
 from .atlas import Atlas
 from .cropping import CropPlan, crop_image, crop_scores
 from .errors import CTARRError, LocalisationUntrusted, WarningLog
@@ -56,6 +57,7 @@ class _Case:
     """What one case has read and found (``loc`` None: refused before registration, see ``refused``)."""
     image: sitk.Image
     anatomy_name: str
+    anatomy_stamp: dict | None
     labels: sitk.Image | None
     loc: Localisation | None
     refused: Trust | None
@@ -145,7 +147,7 @@ def _localise(src: Path, case: str, anatomy_source, label_path: Path | None, atl
     except LocalisationUntrusted as e:
         refused = Trust.refused(e)
     seconds["registration"] = time.perf_counter() - t
-    return _Case(image, anatomy.source, labels, loc, refused, seconds)
+    return _Case(image, anatomy.source, anatomy_stamp(anatomy_source, case), labels, loc, refused, seconds)
 
 
 def _write_crops(image: sitk.Image, labels: sitk.Image | None, plan: CropPlan, stem: str, out: Path,
@@ -222,19 +224,21 @@ def _entry(entry: dict, region: Region, opts: CropOptions, c: _Case, plan: CropP
     }
 
 
-def _stamp(src: Path, atlas: Atlas, opts: CropOptions, with_labels: bool) -> dict:
-    """What ``--continue`` compares: the input, its size and time, the settings, the versions."""
+def _stamp(src: Path, atlas: Atlas, opts: CropOptions, with_labels: bool, anatomy: dict | None) -> dict:
+    """What ``--continue`` compares: the input, its size and time, the settings (the anatomy's
+    stamp among them), the versions."""
     return {"input": str(src), "input_stamp": input_stamp(src),
-            "settings": {**asdict(opts), "labels": with_labels, "atlas_id": atlas.atlas_id},
+            "settings": {**asdict(opts), "labels": with_labels, "atlas_id": atlas.atlas_id, "anatomy": anatomy},
             "versions": versions(atlas.atlas_id)}
 
 
 def already_done(src: Path, out: Path, regions: list[Region], atlas: Atlas, opts: CropOptions,
-                 with_labels: bool) -> dict[str, dict] | None:
-    """The sidecar entries of a case cropped before into ``out`` with the same input, settings,
-    regions and version (``--continue``), or None."""
-    entries = finished_entries(out / f"{case_id(src)}.ctarr.json", _stamp(src, atlas, opts, with_labels),
-                               [r.name for r in regions])
+                 with_labels: bool, anatomy_source=None) -> dict[str, dict] | None:
+    """The sidecar entries of a case cropped before into ``out`` with the same input, anatomy,
+    settings, regions and version (``--continue``), or None."""
+    case = case_id(src)
+    stamp = _stamp(src, atlas, opts, with_labels, anatomy_stamp(anatomy_source, case))
+    entries = finished_entries(out / f"{case}.ctarr.json", stamp, [r.name for r in regions])
     if entries is None or any(entries[r.name]["region"] != _region_fields(r, opts) for r in regions):
         return None
     return entries
@@ -252,7 +256,7 @@ def _case_fields(case: str, src: Path, c: _Case, atlas: Atlas, opts: CropOptions
     seconds = {**c.seconds, **({f"registration_{k}": v for k, v in loc.seconds.items()} if loc else {})}
     return {
         "case": case,
-        **_stamp(src, atlas, opts, c.labels is not None),
+        **_stamp(src, atlas, opts, c.labels is not None, c.anatomy_stamp),
         "anatomy": c.anatomy_name,
         "anatomy_groups_present": groups_present(loc.anatomy_volume) if loc else None,
         "image": Geometry.of(c.image).to_dict(),

@@ -91,6 +91,9 @@ class HUAnatomy:
     def prepare(self, cases: dict[str, list[str]]) -> None:
         self.cases = dict(cases)
 
+    def stamp(self, case: str) -> dict:
+        return {"model": "hu"}
+
     def load(self, case: str, warnings: WarningLog) -> AnatomyMasks:
         if self.atlas is None:
             self.atlas = Atlas.load(self.atlas_path)

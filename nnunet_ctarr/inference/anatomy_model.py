@@ -14,6 +14,7 @@ from ..core.anatomy_sources import scheme_from_dataset_json
 from ..core.errors import CTARRError, WarningLog
 from ..core.io import read_image
 from ..core.nnunet_format import n_channels
+from ..core.sidecar import input_stamp
 
 
 class ModelAnatomy:
@@ -56,6 +57,11 @@ class ModelAnatomy:
             predictor.predict_from_files_sequential(lists, outs, False, True, None)
         else:
             predictor.predict_from_files(lists, outs, False, True, max(self.npp, 1), max(self.nps, 1))
+
+    def stamp(self, case: str) -> dict:
+        """The model folder (its files' total size and latest time), folds and checkpoint."""
+        return {"model": str(self.model_folder), "folds": self.folds, "checkpoint": self.checkpoint,
+                "stamp": input_stamp(self.model_folder)}
 
     def load(self, case: str, warnings: WarningLog) -> AnatomyMasks:
         p = self.label_file(case)
