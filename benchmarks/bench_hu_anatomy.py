@@ -26,11 +26,11 @@ SCANS = {
 }
 
 
-def best(fn, n: int = 3):
+def best(fn, *args, n: int = 3):
     times, out = [], None
     for _ in range(n):
         t = time.perf_counter()
-        out = fn()
+        out = fn(*args)
         times.append(time.perf_counter() - t)
     return min(times), out
 
@@ -44,12 +44,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for name, (ct, lab) in SCANS.items():
         img, ts = read_image(DATA / ct), load_anatomy(DATA / lab)
-        t_m, m = best(lambda: H.hu_masks(img))
-        t_p, (tf, _) = best(lambda: H.coarse_pose(m, atlas))
-        t_g, _ = best(lambda: H.label_groups(m, tf, atlas))
+        t_m, m = best(H.hu_masks, img)
+        t_p, (tf, _) = best(H.coarse_pose, m, atlas)
+        t_g, _ = best(H.label_groups, m, tf, atlas)
         anat = H.hu_anatomy(img, atlas)
-        t_r, _ = best(lambda: locate(img, anat, atlas))
-        t_ts, _ = best(lambda: locate(img, ts, atlas))
+        t_r, _ = best(locate, img, anat, atlas)
+        t_ts, _ = best(locate, img, ts, atlas)
         total = t_m + t_p + t_g + t_r
         print(f"| {name} | {t_m:.3f} | {t_p:.3f} | {t_g:.3f} | {t_r:.3f} | {total:.3f} | {t_ts:.3f} |")
 
