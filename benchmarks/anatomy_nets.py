@@ -152,12 +152,17 @@ def time_models(
     return rows
 
 
+def load_text(load: list[float] | None) -> str:
+    return "–" if not load else f"{', '.join(map(str, load[:3]))}; {', '.join(map(str, load[3:]))}"
+
+
 def to_markdown(result: dict) -> str:
     """The anatomy-network section of bench_predict's report."""
     md = [
         "| model | patch (z y x) | stages, features | outputs | scan (size, spacing) | tiles | model load s | "
-        "prepare s (load + predict) | predict s per scan | label map → groups s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "prepare s (load + predict) | predict s per scan | label map → groups s | "
+        "load avg (1, 5, 15 min) before; after |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["rows"]:
         m = result["models"][r["model"]]
@@ -165,6 +170,6 @@ def to_markdown(result: dict) -> str:
             f"| {m['title']} | {m['patch_size_zyx']} | {m['n_stages']}, {m['features_per_stage'][0]}–"
             f"{m['features_per_stage'][-1]} | {m['n_outputs']} | {r['scan']} {tuple(r['size_xyz'])}, "
             f"{r['spacing_xyz'][0]} mm | {r['tiles']} | {r['model_load_s']} | {r['prepare_s']} | "
-            f"{r['predict_s']} | {r['to_groups_s']} |"
+            f"{r['predict_s']} | {r['to_groups_s']} | {load_text(r.get('load_avg_before_after'))} |"
         )
     return "\n".join(md)

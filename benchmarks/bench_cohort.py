@@ -25,8 +25,8 @@ unchanged). Targets (issue #13): (c) <= 0.35 x (a) and <= 0.6 s per scan incl. s
 cores; (d) <= 10 % of the first run (b).
 
 With ``--work DIR`` the scans, outputs and runs are kept in ``DIR`` (``runs.json``), so the runs
-can be done in several calls (``--runs a``, then ``--runs b c d``); the summary covers every run
-recorded there.
+can be done in several calls (``--runs a``, or one region at a time ``--runs a_liver``, then
+``--runs b c d``); the summary covers every run recorded there.
 """
 
 from __future__ import annotations
@@ -314,15 +314,18 @@ def main() -> None:
     ap.add_argument(
         "--runs",
         nargs="+",
-        choices=list("abcd"),
         default=list("abcd"),
-        help="which runs (default all); with --work, runs of an earlier call are kept and summarised",
+        help="which runs: a b c d, or a_<region> for one single-region run (default: a b c d); with --work, "
+        "runs of an earlier call are kept and summarised",
     )
     ap.add_argument("--out", default=None, help="write the result JSON here")
     ap.add_argument("--work", default=None,
                     help="work in this folder and keep it (scans, outputs, runs.json), so the runs can be done "
                          "in several calls; default: a temporary folder, removed at the end")  # fmt: skip
     args = ap.parse_args()
+    bad = [w for w in args.runs if w not in set("abcd") and w not in {f"a_{r}" for r in args.regions}]
+    if bad:
+        ap.error(f"--runs: unknown {' '.join(bad)}")
     tmp = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="ctarr_bench_cohort_"))
     try:
         state_f = tmp / "runs.json"
@@ -333,8 +336,8 @@ def main() -> None:
                      "case_perturbations": make_cases(Path(args.data), tmp, args.n)}  # fmt: skip
         runs = state["runs"]
         for which in args.runs:
-            if which == "a":
-                run_a(tmp, args.regions, runs)
+            if which == "a" or which.startswith("a_"):
+                run_a(tmp, args.regions if which == "a" else [which[2:]], runs)
             elif which in "bc":
                 run_bc(tmp, args.regions, runs, which)
             else:

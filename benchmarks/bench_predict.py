@@ -132,8 +132,12 @@ def run_anatomy_nets(args, cases: dict, tmp: Path) -> dict:
     if "inputs" in args.anatomy_scans:
         scans.update({f"{c} input": cases[c][0] / "img" / f"{c}_0000.nii.gz" for c in args.cases})
     models = build_models(tmp / "anatomy_models")
+    load_before = os.getloadavg()
     rows = time_models(models, scans, args.device)
     flags = f"{args.device}, {os.cpu_count()} threads, tile step 0.5, mirroring off, one scan per prepare"
+    load = [round(v, 2) for v in (*load_before, *os.getloadavg())]
+    for r in rows:
+        r["load_avg_before_after"] = load
     return {"models": models, "rows": rows, "flags": flags}
 
 
