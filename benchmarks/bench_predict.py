@@ -2,7 +2,9 @@
 
     python benchmarks/bench_predict.py [--data ../shared/data] [--device cpu] [--spacing X Y Z] [--stock_once]
                                        [--gpu_memory_gb GB] [--no_exact] [--cases chest abdomen]
+                                       [--anatomy_nets] [--anatomy_scans bundled inputs]
                                        [--out docs/benchmark_predict]
+    python benchmarks/bench_predict.py --anatomy_only [--anatomy_scans bundled inputs] --out docs/benchmark_predict
     python benchmarks/bench_predict.py --render docs/benchmark_predict   # re-render the table from the JSON
 
 As in the CTARR paper's speed experiment: a randomly initialised nnU-Net 3d_fullres model,
@@ -19,6 +21,16 @@ Reported per run: wall seconds, voxel ratios full/region and full/crop, speedup,
 tiles full/crop (nnU-Net's count, from the sidecar), CTARR overhead (localisation seconds from
 the sidecar) and its share of the stock time, and two checks: background outside the crops,
 and equality inside with stock nnU-Net run on the cropped image.
+
+The CTARR overhead above reads a precomputed anatomy map. ``--anatomy_nets`` also times the
+anatomy step done by a network (``-anatomy_model``; ``benchmarks/anatomy_nets.py``: a random-weight
+CTARR 3 mm anatomy model and TotalSegmentator's 3 mm ``total`` model, run by ``ModelAnatomy`` with
+tile step 0.5 and mirroring off) on the bundled 3 mm CTs of the same two subjects, and with
+``--anatomy_scans inputs`` on the prediction inputs themselves (resampled to 3 mm and the label map
+exported back to the input grid, as ``-anatomy_model`` does); the table then gets one more
+overhead column per network (localisation + that network's prediction per scan, model load
+excluded). ``--anatomy_only`` times only the networks and adds them to an earlier run's OUT.json
+(rows of other scans measured before are kept).
 """
 
 from __future__ import annotations
@@ -83,32 +95,109 @@ def stock_on_crop(model: Path, img_path: Path, side: dict, device: str) -> list[
     return out
 
 
+def prepare_cases(data: Path, spacing, tmp: Path) -> dict:
+    """name -> (folder with img/ anat/ target.nii.gz, regions, size) at ``spacing``."""
+    cases = {}
+    for name, (img_f, lab_f, regions) in CASES.items():
+        if name == "chest" and min(spacing) < 1.5:
+            img_f, lab_f = "chest_lidc/chest_ct.nii.gz", "chest_lidc/chest_ct_totalseg_v2.nii.gz"
+        img, lab = sitk.ReadImage(str(data / img_f)), sitk.ReadImage(str(data / lab_f))
+        if not np.allclose(img.GetSpacing(), spacing):
+            img, lab = resample(img, spacing, sitk.sitkLinear), resample(lab, spacing, sitk.sitkNearestNeighbor)
+        d = tmp / name
+        (d / "img").mkdir(parents=True), (d / "anat").mkdir()
+        sitk.WriteImage(img, str(d / "img" / f"{name}_0000.nii.gz"))
+        sitk.WriteImage(lab, str(d / "anat" / f"{name}.nii.gz"))
+        a = sitk.GetArrayFromImage(lab)
+        tgt = sitk.GetImageFromArray(np.where(a == 5, 1, np.where(np.isin(a, [2, 3]), 2, 0)).astype(np.uint8))
+        tgt.CopyInformation(lab)
+        sitk.WriteImage(tgt, str(d / "target.nii.gz"))
+        cases[name] = (d, regions, img.GetSize())
+    return cases
+
+
+def run_anatomy_nets(args, cases: dict, tmp: Path) -> dict:
+    """The anatomy networks on the bundled 3 mm CTs and/or the prediction inputs
+    (``--anatomy_scans``): ``{"models", "rows", "flags"}``, see benchmarks/anatomy_nets.py."""
+    import torch
+    from anatomy_nets import build_models, time_models
+
+    if args.device == "cpu":
+        torch.set_num_threads(os.cpu_count())
+    bundled = ROOT / "examples" / "data"
+    scans = {}
+    if "bundled" in args.anatomy_scans:
+        scans["abdomen 3 mm"] = bundled / "totalseg_example" / "example_ct.nii.gz"
+        scans["chest 3 mm"] = bundled / "chest_lidc" / "chest_ct_3mm.nii.gz"
+    if "inputs" in args.anatomy_scans:
+        scans.update({f"{c} input": cases[c][0] / "img" / f"{c}_0000.nii.gz" for c in args.cases})
+    models = build_models(tmp / "anatomy_models")
+    load_before = os.getloadavg()
+    rows = time_models(models, scans, args.device)
+    flags = f"{args.device}, {os.cpu_count()} threads, tile step 0.5, mirroring off, one scan per prepare"
+    load = [round(v, 2) for v in (*load_before, *os.getloadavg())]
+    for r in rows:
+        r["load_avg_before_after"] = load
+    return {"models": models, "rows": rows, "flags": flags}
+
+
+def anatomy_net_seconds(result: dict, case: str, model: str) -> float | None:
+    """A network's prediction seconds for a bench case: on the prediction input where measured,
+    else on the bundled 3 mm CT of the same subject."""
+    rows = {r["scan"]: r for r in result.get("anatomy_networks", {}).get("rows", []) if r["model"] == model}
+    r = rows.get(f"{case} input") or rows.get(f"{case} 3 mm")
+    return None if r is None else r["predict_s"]
+
+
+def write_result(result: dict, out: str | None) -> None:
+    md = to_markdown(result)
+    print(md)
+    if out:
+        Path(out + ".json").write_text(json.dumps(result, indent=2) + "\n")
+        Path(out + ".md").write_text(md + "\n")
+
+
 def to_markdown(result: dict) -> str:
-    m = result["model"]
-    md = [
-        f"Device: {result['device']} ({result['machine']}); "
-        f"input spacing {result.get('input_spacing_mm', list(SPACING))} mm; "
-        f"model: nnU-Net 3d_fullres planned for the data, patch "
-        f"{m['patch_size']}, spacing {m['spacing']}, features {m['features_per_stage']}, random weights; "
-        f"{result['flags']}.",
-        "",
-        "| case (size) | region: boxes → crops | stock s | CTARR s | exact boxes s | voxel ratio region / crop | "
-        "speedup | speedup / region voxel ratio | speedup / crop voxel ratio | tiles full / crop | "
-        "speedup / tile ratio | CTARR overhead s (share of stock) | outside bg | inside = stock on crop |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
+    anat = result.get("anatomy_networks")
+    nets = list(anat["models"]) if anat else []
+    md = []
+    if result["rows"]:
+        m = result["model"]
+        md += [
+            f"Device: {result['device']} ({result['machine']}); "
+            f"input spacing {result.get('input_spacing_mm', list(SPACING))} mm; "
+            f"model: nnU-Net 3d_fullres planned for the data, patch "
+            f"{m['patch_size']}, spacing {m['spacing']}, features {m['features_per_stage']}, random weights; "
+            f"{result['flags']}.",
+            "",
+            "| case (size) | region: boxes → crops | stock s | CTARR s | exact boxes s | voxel ratio region / crop | "
+            "speedup | speedup / region voxel ratio | speedup / crop voxel ratio | tiles full / crop | "
+            "speedup / tile ratio | CTARR overhead s (share of stock) | "
+            + "".join(f"overhead with the {n} anatomy net s (share) | " for n in nets)
+            + "outside bg | inside = stock on crop |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(nets) + "---|---|",
+        ]
     for r in result["rows"]:
         exact = "–" if r.get("ctarr_exact_boxes_s") is None else r["ctarr_exact_boxes_s"]
+        with_net = ""
+        for n in nets:
+            t = anatomy_net_seconds(result, r["case"], n)
+            total = None if t is None else r["ctarr_overhead_s"] + t
+            with_net += "– | " if total is None else f"{total:.1f} ({100 * total / r['stock_s']:.0f}%) | "
         md.append(
             f"| {r['case']} {tuple(r['size_xyz'])} | {r['region']}: {r['region_boxes']} → {r['crops']} | "
             f"{r['stock_s']} | {r['ctarr_s']} | {exact} | {r['region_voxel_ratio']} / {r['voxel_ratio']} | "
             f"{r['speedup']} | {100 * r['speedup'] / r['region_voxel_ratio']:.0f}% | "
             f"{100 * r['speedup_of_limit']:.0f}% | "
             f"{r['patches_full']} / {r['patches_crop']} | {100 * r['speedup_of_patch_limit']:.0f}% | "
-            f"{r['ctarr_overhead_s']:.2f} ({100 * r['overhead_share_of_stock']:.1f}%) | "
+            f"{r['ctarr_overhead_s']:.2f} ({100 * r['overhead_share_of_stock']:.1f}%) | {with_net}"
             f"{r['outside_background']} | {r['inside_equals_stock_on_crop']} |"
         )
-    return "\n".join(md)
+    if anat:
+        from anatomy_nets import to_markdown as anatomy_markdown
+
+        md += ["", f"Anatomy networks ({anat['flags']}):", "", anatomy_markdown(anat)]
+    return "\n".join(md).strip("\n")
 
 
 def main() -> None:
@@ -140,6 +229,20 @@ def main() -> None:
         action="store_true",
         help="skip the comparison run that crops exactly the region boxes (no tile fitting)",
     )
+    ap.add_argument("--anatomy_nets", action="store_true", help="also time the anatomy networks (see above)")
+    ap.add_argument(
+        "--anatomy_only",
+        action="store_true",
+        help="only time the anatomy networks; added to OUT.json of an earlier run where there is one",
+    )
+    ap.add_argument(
+        "--anatomy_scans",
+        nargs="+",
+        choices=["bundled", "inputs"],
+        default=["bundled"],
+        help="what the anatomy networks predict: the bundled 3 mm CTs (default) and/or the prediction inputs "
+        "(resampled to 3 mm and the label map back to the input grid, as -anatomy_model does)",
+    )
     ap.add_argument("--out", default=None, help="write OUT.json and OUT.md")
     ap.add_argument(
         "--render",
@@ -152,25 +255,19 @@ def main() -> None:
         Path(args.render + ".md").write_text(to_markdown(json.loads(Path(args.render + ".json").read_text())) + "\n")
         return
     spacing = tuple(args.spacing)
-    data = Path(args.data)
     tmp = Path(tempfile.mkdtemp(prefix="ctarr_bench_predict_"))
     try:
-        cases = {}
-        for name, (img_f, lab_f, regions) in CASES.items():
-            if name == "chest" and min(spacing) < 1.5:
-                img_f, lab_f = "chest_lidc/chest_ct.nii.gz", "chest_lidc/chest_ct_totalseg_v2.nii.gz"
-            img, lab = sitk.ReadImage(str(data / img_f)), sitk.ReadImage(str(data / lab_f))
-            if not np.allclose(img.GetSpacing(), spacing):
-                img, lab = resample(img, spacing, sitk.sitkLinear), resample(lab, spacing, sitk.sitkNearestNeighbor)
-            d = tmp / name
-            (d / "img").mkdir(parents=True), (d / "anat").mkdir()
-            sitk.WriteImage(img, str(d / "img" / f"{name}_0000.nii.gz"))
-            sitk.WriteImage(lab, str(d / "anat" / f"{name}.nii.gz"))
-            a = sitk.GetArrayFromImage(lab)
-            tgt = sitk.GetImageFromArray(np.where(a == 5, 1, np.where(np.isin(a, [2, 3]), 2, 0)).astype(np.uint8))
-            tgt.CopyInformation(lab)
-            sitk.WriteImage(tgt, str(d / "target.nii.gz"))
-            cases[name] = (d, regions, img.GetSize())
+        cases = prepare_cases(Path(args.data), spacing, tmp)
+        anatomy = run_anatomy_nets(args, cases, tmp) if args.anatomy_nets or args.anatomy_only else None
+        if args.anatomy_only:
+            out = Path(args.out + ".json") if args.out else None
+            result = json.loads(out.read_text()) if out and out.exists() else {"rows": []}
+            old = result.get("anatomy_networks", {"rows": []})
+            new = {(r["model"], r["scan"]) for r in anatomy["rows"]}
+            anatomy["rows"] = [r for r in old["rows"] if (r["model"], r["scan"]) not in new] + anatomy["rows"]
+            result["anatomy_networks"] = anatomy
+            write_result(result, args.out)
+            return
         sys.path.insert(0, str(ROOT))
         from model_factory import make_random_model
 
@@ -279,11 +376,9 @@ def main() -> None:
             "predict_from_files_sequential per case" + ("; stock run once per case" if args.stock_once else ""),
             "rows": rows,
         }
-        md = to_markdown(result)
-        print(md)
-        if args.out:
-            Path(args.out + ".json").write_text(json.dumps(result, indent=2) + "\n")
-            Path(args.out + ".md").write_text(md + "\n")
+        if anatomy:
+            result["anatomy_networks"] = anatomy
+        write_result(result, args.out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

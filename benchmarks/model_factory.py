@@ -10,6 +10,13 @@ folder is built in a subprocess with its own temporary paths::
 The result is ``MODEL_DIR`` with ``dataset.json``, ``plans.json`` and
 ``fold_0/checkpoint_final.pth`` (trainer ``nnUNetTrainer``, configuration ``3d_fullres``),
 usable with ``nnUNetv2_predict_from_modelfolder``/``nnUNetPredictor``.
+
+Anatomy models (``benchmarks/anatomy_nets.py``): ``--ctarr_anatomy`` gives the 3d_fullres entry
+of ``nnUNetPlans_CTARR3mm`` (``nnunet_ctarr.training.planners.ctarr_configuration``: 3 mm, 64^3
+patch, raw HU) and the network of ``nnUNetTrainerCTARRAnatomy`` (CT windows + U-Net; predicting
+needs the CTARR trainers on ``nnUNet_extTrainer``); ``--trainer_name`` and ``--mirror_axes``
+stamp another trainer into the checkpoint (e.g. TotalSegmentator's
+``nnUNetTrainer_4000epochs_NoMirroring`` with ``--mirror_axes none``).
 """
 
 from __future__ import annotations
@@ -34,6 +41,9 @@ def make_random_model(
     seed: int = 0,
     dataset_id: int = 987,
     extra_args: list[str] | None = None,
+    ctarr_anatomy: bool = False,
+    trainer_name: str | None = None,
+    mirror_axes: tuple[int, ...] | None = None,
 ) -> Path:
     """Build the model folder in a subprocess (see module docstring); returns ``out``."""
     cmd = [
@@ -54,6 +64,12 @@ def make_random_model(
     ]
     if tiny:
         cmd.append("--tiny")
+    if ctarr_anatomy:
+        cmd.append("--ctarr_anatomy")
+    if trainer_name:
+        cmd += ["--trainer_name", trainer_name]
+    if mirror_axes is not None:
+        cmd += ["--mirror_axes", ",".join(map(str, mirror_axes)) or "none"]
     if spacing:
         cmd += ["--spacing", *map(str, spacing)]
     cmd += extra_args or []
@@ -118,19 +134,30 @@ def _build(args) -> None:
     cfg = plans["configurations"]["3d_fullres"]
     if args.tiny:
         _shrink(cfg)
+    trainer, mirror = nnUNetTrainer, (0, 1, 2)
+    if args.ctarr_anatomy:
+        from nnunet_ctarr.trainers.anatomy import nnUNetTrainerCTARRAnatomy
+        from nnunet_ctarr.training.planners import PLANS_NAME, ctarr_configuration
+
+        cfg.update(ctarr_configuration())
+        cfg["normalization_schemes"], cfg["use_mask_for_norm"] = ["NoNormalization"], [False]
+        plans["plans_name"] = PLANS_NAME
+        trainer, mirror = nnUNetTrainerCTARRAnatomy, (0,)  # the trainer's inference_allowed_mirroring_axes
+    if args.mirror_axes is not None:
+        mirror = None if args.mirror_axes == "none" else tuple(int(v) for v in args.mirror_axes.split(","))
     pm = PlansManager(plans)
     cm = pm.get_configuration("3d_fullres")
     torch.manual_seed(args.seed)
     n_out = pm.get_label_manager(dj).num_segmentation_heads
-    net = nnUNetTrainer.build_network_architecture(pm, cm, 1, n_out, enable_deep_supervision=False)
+    net = trainer.build_network_architecture(pm, cm, 1, n_out, enable_deep_supervision=False)
     out = Path(args.o)
     (out / "fold_0").mkdir(parents=True, exist_ok=True)
     torch.save(
         {
             "network_weights": net.state_dict(),
-            "trainer_name": "nnUNetTrainer",
+            "trainer_name": args.trainer_name or trainer.__name__,
             "init_args": {"plans": plans, "configuration": "3d_fullres", "fold": 0, "dataset_json": dj},
-            "inference_allowed_mirroring_axes": (0, 1, 2),
+            "inference_allowed_mirroring_axes": mirror,
         },
         out / "fold_0" / "checkpoint_final.pth",
     )
@@ -144,6 +171,7 @@ def _build(args) -> None:
                 "patch_size": cfg["patch_size"],
                 "spacing": cfg["spacing"],
                 "features": cfg["architecture"]["arch_kwargs"]["features_per_stage"],
+                "parameters": sum(p.numel() for p in net.parameters()),
             }
         )
     )
@@ -156,6 +184,9 @@ def main() -> None:
     ap.add_argument("-l", nargs="+", required=True)
     ap.add_argument("--labels", required=True, help="JSON: name -> id, incl. background")
     ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--ctarr_anatomy", action="store_true", help="the CTARR 3 mm anatomy plan and trainer network")
+    ap.add_argument("--trainer_name", default=None, help="trainer name stamped into the checkpoint")
+    ap.add_argument("--mirror_axes", default=None, help="inference mirroring axes, e.g. 0 or 0,1,2 or none")
     ap.add_argument("--spacing", nargs=3, type=float, default=None, help="target spacing z y x")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gpu_memory_gb", type=float, default=None, help="nnU-Net planner memory target (patch size)")

@@ -6,6 +6,8 @@ wrote is removed before the error is raised again.
 """
 from __future__ import annotations
 
+import importlib.metadata
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -45,10 +47,16 @@ class CropOptions:
     on_untrusted: str = "full"             # one of ON_UNTRUSTED
 
 
+def torch_version() -> str:
+    """torch's version without importing torch (``--continue`` over a finished batch then never
+    imports it: seconds of start-up); the imported module's own where it is loaded already."""
+    torch = sys.modules.get("torch")
+    return torch.__version__ if torch is not None else importlib.metadata.version("torch")
+
+
 def versions(atlas_id: str, region_source: str = "") -> dict:
-    import torch
     out = {"nnunet_ctarr": __version__, "atlas_id": atlas_id, "region_source": region_source,
-           "torch": torch.__version__, "SimpleITK": sitk.Version_VersionString()}
+           "torch": torch_version(), "SimpleITK": sitk.Version_VersionString()}
     return out if region_source else {k: v for k, v in out.items() if k != "region_source"}
 
 
