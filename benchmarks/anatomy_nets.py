@@ -169,7 +169,8 @@ def to_markdown(result: dict) -> str:
         md.append(
             f"| {m['title']} | {m['patch_size_zyx']} | {m['n_stages']}, {m['features_per_stage'][0]}–"
             f"{m['features_per_stage'][-1]} | {m['n_outputs']} | {r['scan']} {tuple(r['size_xyz'])}, "
-            f"{r['spacing_xyz'][0]} mm | {r['tiles']} | {r['model_load_s']} | {r['prepare_s']} | "
+            f"{' × '.join(f'{v:g}' for v in r['spacing_xyz'])} mm | {r['tiles']} | {r['model_load_s']} | "
+            f"{r['prepare_s']} | "
             f"{r['predict_s']} | {r['to_groups_s']} | {load_text(r.get('load_avg_before_after'))} |"
         )
     return "\n".join(md)
