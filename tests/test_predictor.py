@@ -20,9 +20,7 @@ from conftest import (
     TEST_STEP,
     assert_same_geometry_as_dicom,
     run_in_process,
-    write_liver_kidney_targets,
 )
-from model_factory import make_random_model
 
 from nnunet_ctarr.core.anatomy_sources import PrecomputedAnatomy
 from nnunet_ctarr.core.regions import load_region
@@ -31,10 +29,8 @@ from nnunet_ctarr.inference.predictor import nnUNetPredictorCTARR
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("model")
-    labs = write_liver_kidney_targets(tmp)
-    return make_random_model(tmp / "model", [ABDOMEN[0], CHEST[0]], labs, {"background": 0, "liver": 1, "kidney": 2})
+def tiny_model(random_models):
+    return random_models["tiny"]
 
 
 @pytest.fixture(scope="module")
@@ -325,19 +321,10 @@ def test_cli_errors_are_one_line(tiny_model, inputs, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def random_anatomy_model(tmp_path_factory):
+def random_anatomy_model(random_models):
     """A 19-group anatomy model with random weights: its anatomy is garbage, as an untrained
     model's would be, and the predictor must notice."""
-    from nnunet_ctarr.core.anatomy import GROUPS, load_anatomy
-    from nnunet_ctarr.core.errors import WarningLog
-
-    tmp = tmp_path_factory.mktemp("anatomy_model")
-    labs = []
-    for name, lab_f in (("abd", ABDOMEN[1]), ("chest", CHEST[1])):
-        sitk.WriteImage(load_anatomy(lab_f, warnings=WarningLog()).labels, str(tmp / f"{name}.nii.gz"))
-        labs.append(tmp / f"{name}.nii.gz")
-    names = {"background": 0, **{g: i + 1 for i, g in enumerate(GROUPS)}}
-    return make_random_model(tmp / "model", [ABDOMEN[0], CHEST[0]], labs, names, dataset_id=988, seed=1)
+    return random_models["anatomy19"]
 
 
 def test_anatomy_model_source_is_mapped_by_names_and_untrusted_output_falls_back(
