@@ -66,19 +66,11 @@ def make_random_models(specs: list[dict]) -> list[Path]:
 
 
 def make_random_model(
-    out: str | Path,
-    images: list[str],
-    labels: list[str],
-    label_names: dict[str, int],
-    tiny: bool = True,
-    spacing: list[float] | None = None,
-    seed: int = 0,
-    dataset_id: int = 987,
-    gpu_memory_gb: float | None = None,
+    out: str | Path, images: list[str], labels: list[str], label_names: dict[str, int], **options
 ) -> Path:
-    """Build one model folder in a subprocess (see module docstring); returns ``out``."""
-    spec = model_spec(out, images, labels, label_names, tiny, spacing, seed, dataset_id, gpu_memory_gb)
-    return make_random_models([spec])[0]
+    """Build one model folder in a subprocess (see module docstring; ``options``: those of
+    :func:`model_spec`); returns ``out``."""
+    return make_random_models([model_spec(out, images, labels, label_names, **options)])[0]
 
 
 def _shrink(cfg: dict) -> None:

@@ -43,6 +43,17 @@ def fake_weights(results: Path, dataset: str = DS_3MM, complete: bool = True) ->
     return folder
 
 
+def _totalseg_args() -> Namespace:
+    """The anatomy options of ``-anatomy_model totalsegmentator`` as the commands parse them."""
+    return Namespace(
+        anatomy_seg=None,
+        anatomy_format="auto",
+        anatomy_model="totalsegmentator",
+        anatomy_folds=None,
+        anatomy_chk="checkpoint_final.pth",
+    )
+
+
 @pytest.fixture
 def env(monkeypatch, tmp_path):
     """No TotalSegmentator variables, HOME an empty folder; returns a setter."""
@@ -109,13 +120,7 @@ def test_anatomy_source_maps_the_117_names_to_every_group(env, tmp_path):
     from nnunet_ctarr.inference.anatomy_model import ModelAnatomy
 
     folder = fake_weights(tmp_path / "home" / ".totalsegmentator" / "nnunet" / "results")
-    args = Namespace(
-        anatomy_seg=None,
-        anatomy_format="auto",
-        anatomy_model="totalsegmentator",
-        anatomy_folds=None,
-        anatomy_chk="checkpoint_final.pth",
-    )
+    args = _totalseg_args()
     src = anatomy_source(args, device="cpu")
     assert isinstance(src, ModelAnatomy)
     assert src.model_folder == folder
@@ -241,13 +246,7 @@ def test_predicted_maps_survive_pickling_for_crop_workers(env, totalseg_home, tm
     from nnunet_ctarr.cli.options import anatomy_source
 
     env("TOTALSEG_WEIGHTS_PATH", str(totalseg_home / "nnunet" / "results"))
-    args = Namespace(
-        anatomy_seg=None,
-        anatomy_format="auto",
-        anatomy_model="totalsegmentator",
-        anatomy_folds=None,
-        anatomy_chk="checkpoint_final.pth",
-    )
+    args = _totalseg_args()
     src = anatomy_source(args, device="cpu", step_size=TEST_STEP, npp=0, nps=0)
     src.prepare({"sm": [str(SMALL[0])]})
     worker = pickle.loads(pickle.dumps(src))
