@@ -271,14 +271,13 @@ def main() -> None:
         sys.path.insert(0, str(ROOT))
         from model_factory import make_random_model
 
-        extra = ["--gpu_memory_gb", str(args.gpu_memory_gb)] if args.gpu_memory_gb else []
         model = make_random_model(
             tmp / "model",
             [cases[c][0] / "img" / f"{c}_0000.nii.gz" for c in cases],
             [cases[c][0] / "target.nii.gz" for c in cases],
             {"background": 0, "liver": 1, "kidney": 2},
             tiny=False,
-            extra_args=extra,
+            gpu_memory_gb=args.gpu_memory_gb or None,
         )
         plans = json.loads((model / "plans.json").read_text())["configurations"]["3d_fullres"]
         import torch

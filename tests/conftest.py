@@ -1,4 +1,9 @@
-"""Shared fixtures: the real CTs bundled in examples/data (override with CTARR_DATA)."""
+"""Shared fixtures: the real CTs bundled in examples/data (override with CTARR_DATA).
+
+Registrations are memoised for the session (:func:`_registration_memo`): the same anatomy volume,
+atlas and settings registered again returns a copy of the first result. ``CTARR_TEST_FRESH_REGISTRATION=1``
+registers every time.
+"""
 
 from __future__ import annotations
 
@@ -33,6 +38,66 @@ SMALL = (
     DATA / "totalseg_example" / "example_ct_sm.nii.gz",
     DATA / "totalseg_example" / "example_ct_sm_totalseg_v2.nii.gz",
 )
+
+
+def _volume_digest(vol) -> str:
+    """Content hash of a scan's anatomy volume (grid, observed groups, label/probability arrays)."""
+    import hashlib
+
+    import numpy as np
+
+    h = hashlib.blake2b(digest_size=16)
+    for a in (vol.origin, vol.spacing, vol.observed, vol.labels, vol.prob, vol.coverage):
+        if a is None:
+            h.update(b"-")
+            continue
+        a = np.ascontiguousarray(a)
+        h.update(f"{a.dtype}{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _registration_memo():
+    """Registration (about a second per case) computed once per session for each (anatomy
+    volume, atlas, settings, forced orientation): many tests crop the same bundled scans.
+    Only what ``core.pipeline.locate`` registers, and only against an atlas with a content id (a
+    loaded atlas file); test_registration calls the registration itself and is never memoised.
+    A registration that raises is not memoised. Worker processes (``-np``) register themselves."""
+    if os.environ.get("CTARR_TEST_FRESH_REGISTRATION", "") not in ("", "0"):
+        yield
+        return
+    import copy
+
+    import numpy as np
+
+    from nnunet_ctarr.core import pipeline
+    from nnunet_ctarr.core.registration import RegistrationSettings
+
+    real, memo = pipeline.register, {}
+
+    def register(moving, fixed, settings=None, orientation=None):
+        atlas_id = getattr(fixed, "meta", {}).get("atlas_id")
+        if not atlas_id:
+            return real(moving, fixed, settings, orientation)
+        grid = tuple(np.asarray(a).tobytes() for a in (fixed.origin, fixed.spacing, fixed.observed))
+        key = (
+            _volume_digest(moving),
+            atlas_id,
+            fixed.prob.shape,
+            grid,
+            repr(settings or RegistrationSettings()),
+            repr(orientation),
+        )
+        if key not in memo:
+            memo[key] = real(moving, fixed, settings, orientation)
+        return copy.deepcopy(memo[key])
+
+    pipeline.register = register
+    try:
+        yield
+    finally:
+        pipeline.register = real
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +141,61 @@ def write_liver_kidney_targets(folder: Path) -> list[Path]:
         sitk.WriteImage(img, str(folder / f"{name}.nii.gz"))
         out.append(folder / f"{name}.nii.gz")
     return out
+
+
+@pytest.fixture(scope="session")
+def random_models(tmp_path_factory) -> dict[str, Path]:
+    """The suite's randomly initialised tiny nnU-Net model folders (benchmarks/model_factory.py),
+    all built in one factory process the first time a test needs one. Tests copy a folder
+    before changing it.
+
+    ``tiny``: liver = 1, kidney = 2, planned on both subjects (3 mm); ``anatomy19``: the 19 groups
+    (an anatomy model whose anatomy is garbage, as an untrained model's would be); ``multi_base``:
+    heads a, b, 6 mm (few tiles); ``totalseg``: TotalSegmentator's 117 v2 names, planned on the
+    30-slice CT at 3 mm."""
+    import SimpleITK as sitk
+    from model_factory import make_random_models, model_spec
+
+    from nnunet_ctarr.core.anatomy import GROUPS, load_anatomy, totalsegmentator_scheme
+
+    tmp = tmp_path_factory.mktemp("random_models")
+    (tmp / "targets").mkdir()
+    (tmp / "groups").mkdir()
+    targets = write_liver_kidney_targets(tmp / "targets")
+    groups = []
+    for name, lab_f in (("abd", ABDOMEN[1]), ("chest", CHEST[1])):
+        sitk.WriteImage(load_anatomy(lab_f, warnings=WarningLog()).labels, str(tmp / "groups" / f"{name}.nii.gz"))
+        groups.append(tmp / "groups" / f"{name}.nii.gz")
+    cts = [ABDOMEN[0], CHEST[0]]
+    specs = {
+        "tiny": model_spec(tmp / "tiny", cts, targets, {"background": 0, "liver": 1, "kidney": 2}),
+        "anatomy19": model_spec(
+            tmp / "anatomy19",
+            cts,
+            groups,
+            {"background": 0, **{g: i + 1 for i, g in enumerate(GROUPS)}},
+            dataset_id=988,
+            seed=1,
+        ),
+        "multi_base": model_spec(
+            tmp / "multi_base",
+            cts,
+            targets,
+            {"background": 0, "a": 1, "b": 2},
+            dataset_id=986,
+            seed=4,
+            spacing=[6.0, 6.0, 6.0],
+        ),
+        "totalseg": model_spec(
+            tmp / "totalseg",
+            [SMALL[0]],
+            [SMALL[1]],
+            {"background": 0, **{n: i for i, n in totalsegmentator_scheme(2).items()}},
+            spacing=[3.0, 3.0, 3.0],
+            dataset_id=297,
+        ),
+    }
+    return dict(zip(specs, make_random_models(list(specs.values()))))
 
 
 def assert_same_geometry_as_dicom(result_file: Path, dicom_folder: Path = DICOM[0]) -> None:

@@ -85,8 +85,15 @@ LOCATING = [
 @pytest.mark.parametrize("name", LOCATING)
 def test_every_locating_command_takes_both_anatomy_sources(name):
     parser = PARSERS[name]
-    for opt in ("-anatomy_seg", "--anatomy_seg", "-anatomy_model", "--anatomy_model", "-anatomy_folds",
-                "--anatomy_chk", "-device"):
+    for opt in (
+        "-anatomy_seg",
+        "--anatomy_seg",
+        "-anatomy_model",
+        "--anatomy_model",
+        "-anatomy_folds",
+        "--anatomy_chk",
+        "-device",
+    ):
         assert opt in parser._option_string_actions, f"{name}: {opt} missing"
     assert parser._option_string_actions["-anatomy_model"] is parser._option_string_actions["--anatomy_model"]
     help_text = parser._option_string_actions["-anatomy_model"].help

@@ -16,14 +16,11 @@ import SimpleITK as sitk
 import torch
 from conftest import (
     ABDOMEN,
-    CHEST,
     DICOM,
     SMALL,
     assert_same_geometry_as_dicom,
     run_in_process,
-    write_liver_kidney_targets,
 )
-from model_factory import make_random_model
 
 from nnunet_ctarr.core.anatomy_sources import PrecomputedAnatomy
 from nnunet_ctarr.core.errors import CTARRError
@@ -55,20 +52,12 @@ def _derive(base: Path, out: Path, labels: dict[str, int], rows: list[int], seed
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory):
+def models(tmp_path_factory, random_models):
     """liver model (bg, liver) and kidney model (bg, kidney_left, kidney_right) from one
-    randomly initialised tiny nnU-Net (6 mm; outputs are resampled to the input grid)."""
+    randomly initialised tiny nnU-Net (6 mm: few patches, fast; outputs are resampled to the
+    input grid)."""
     tmp = tmp_path_factory.mktemp("multi_models")
-    labs = write_liver_kidney_targets(tmp)
-    base = make_random_model(
-        tmp / "base",
-        [ABDOMEN[0], CHEST[0]],
-        labs,
-        {"background": 0, "a": 1, "b": 2},
-        dataset_id=986,
-        seed=4,
-        spacing=[6.0, 6.0, 6.0],
-    )  # 6 mm: few patches, fast
+    base = random_models["multi_base"]
     liver = _derive(base, tmp / "liver_model", {"background": 0, "liver": 1}, [0, 1], 1, [0.0, 0.5])
     kidneys = _derive(
         base,

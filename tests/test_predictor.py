@@ -14,15 +14,12 @@ import SimpleITK as sitk
 import torch
 from conftest import (
     ABDOMEN,
-    CHEST,
     DICOM,
     SMALL,
     TEST_STEP,
     assert_same_geometry_as_dicom,
     run_in_process,
-    write_liver_kidney_targets,
 )
-from model_factory import make_random_model
 
 from nnunet_ctarr.core.anatomy_sources import PrecomputedAnatomy
 from nnunet_ctarr.core.regions import load_region
@@ -31,10 +28,8 @@ from nnunet_ctarr.inference.predictor import nnUNetPredictorCTARR
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("model")
-    labs = write_liver_kidney_targets(tmp)
-    return make_random_model(tmp / "model", [ABDOMEN[0], CHEST[0]], labs, {"background": 0, "liver": 1, "kidney": 2})
+def tiny_model(random_models):
+    return random_models["tiny"]
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +38,17 @@ def inputs(tmp_path_factory):
     (d / "img").mkdir(), (d / "anat").mkdir()
     shutil.copy(ABDOMEN[0], d / "img" / "abd_0000.nii.gz")
     shutil.copy(ABDOMEN[1], d / "anat" / "abd.nii.gz")
+    return d
+
+
+@pytest.fixture(scope="module")
+def small_inputs(tmp_path_factory):
+    """The 30-slice CT (the smallest bundled scan; its own anatomy is trusted for liver and kidneys,
+    test_predict_multi) for the tests that predict a whole image."""
+    d = tmp_path_factory.mktemp("small_inputs")
+    (d / "img").mkdir(), (d / "anat").mkdir()
+    shutil.copy(SMALL[0], d / "img" / "sm_0000.nii.gz")
+    shutil.copy(SMALL[1], d / "anat" / "sm.nii.gz")
     return d
 
 
@@ -75,14 +81,21 @@ def stock_predictor(model):
     return p
 
 
+#: stock nnU-Net's segmentations, the tests' reference: one prediction per model folder and image
+_STOCK: dict = {}
+
+
 def stock_on(model, img: sitk.Image) -> np.ndarray:
-    p = stock_predictor(model)
+    """Stock nnU-Net's segmentation of ``img`` (computed once per model folder and image content)."""
     arr = sitk.GetArrayFromImage(img)[None].astype(np.float32)
-    props = {
-        "spacing": list(img.GetSpacing())[::-1],
-        "sitk_stuff": {"spacing": img.GetSpacing(), "origin": img.GetOrigin(), "direction": img.GetDirection()},
-    }
-    return p.predict_single_npy_array(arr, props)
+    key = (str(model), arr.tobytes(), img.GetSpacing(), img.GetOrigin(), img.GetDirection())
+    if key not in _STOCK:
+        props = {
+            "spacing": list(img.GetSpacing())[::-1],
+            "sitk_stuff": {"spacing": img.GetSpacing(), "origin": img.GetOrigin(), "direction": img.GetDirection()},
+        }
+        _STOCK[key] = stock_predictor(model).predict_single_npy_array(arr, props)
+    return _STOCK[key].copy()
 
 
 def ctarr_predictor(model, region, anat, on_miss="full", sidecar=None, fit_tiles=True):
@@ -200,9 +213,9 @@ def test_dicom_folder_input_keeps_dicom_geometry(tiny_model, tmp_path):
     assert json.loads((tmp_path / "o" / "example_ct_dicom.ctarr.json").read_text())["mode"] == "crop"
 
 
-def _scrambled_anatomy(path):
-    """The abdomen's anatomy with its labels shuffled: organs in anatomically impossible places."""
-    lab = sitk.ReadImage(str(ABDOMEN[1]))
+def _scrambled_anatomy(path, source=SMALL[1]):
+    """An anatomy map with its labels shuffled: organs in anatomically impossible places."""
+    lab = sitk.ReadImage(str(source))
     a = sitk.GetArrayFromImage(lab)
     rng = np.random.default_rng(3)
     perm = np.arange(256)
@@ -213,41 +226,39 @@ def _scrambled_anatomy(path):
 
 
 @pytest.mark.parametrize("case", ["blank", "scrambled"])
-def test_implausible_anatomy_falls_back_to_full_prediction(tiny_model, inputs, tmp_path, case):
+def test_implausible_anatomy_falls_back_to_full_prediction(tiny_model, small_inputs, tmp_path, case):
     anat = tmp_path / "anat"
     anat.mkdir()
     if case == "blank":
-        lab = sitk.ReadImage(str(ABDOMEN[1])) * 0
-        sitk.WriteImage(lab, str(anat / "abd.nii.gz"))
+        lab = sitk.ReadImage(str(SMALL[1])) * 0
+        sitk.WriteImage(lab, str(anat / "sm.nii.gz"))
     else:
-        _scrambled_anatomy(anat / "abd.nii.gz")
+        _scrambled_anatomy(anat / "sm.nii.gz")
     out = tmp_path / "out"
     p = ctarr_predictor(tiny_model, "liver", anat, sidecar=str(out))
-    p.predict_from_files_sequential(str(inputs / "img"), str(out))
-    side = json.loads((out / "abd.ctarr.json").read_text())
+    p.predict_from_files_sequential(str(small_inputs / "img"), str(out))
+    side = json.loads((out / "sm.ctarr.json").read_text())
     assert side["mode"] == "full"
     assert any("not trusted" in w for w in side["warnings"])
-    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "abd.nii.gz")))
-    assert np.array_equal(seg, stock_on(tiny_model, sitk.ReadImage(str(inputs / "img" / "abd_0000.nii.gz"))))
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "sm.nii.gz")))
+    assert np.array_equal(seg, stock_on(tiny_model, sitk.ReadImage(str(SMALL[0]))))
 
 
 @pytest.mark.parametrize("on_miss", ["full", "empty"])
-def test_region_outside_fov(tiny_model, tmp_path, on_miss):
-    (tmp_path / "img").mkdir(), (tmp_path / "anat").mkdir()
-    shutil.copy(CHEST[0], tmp_path / "img" / "chest_0000.nii.gz")
-    shutil.copy(CHEST[1], tmp_path / "anat" / "chest.nii.gz")
+def test_region_outside_fov(tiny_model, small_inputs, tmp_path, on_miss):
+    """The bladder lies below the 30-slice upper-abdomen CT."""
     out = tmp_path / "out"
-    p = ctarr_predictor(tiny_model, "urinary_bladder", tmp_path / "anat", on_miss=on_miss, sidecar=str(out))
-    p.predict_from_files_sequential(str(tmp_path / "img"), str(out), save_probabilities=True)
-    side = json.loads((out / "chest.ctarr.json").read_text())
+    p = ctarr_predictor(tiny_model, "urinary_bladder", small_inputs / "anat", on_miss=on_miss, sidecar=str(out))
+    p.predict_from_files_sequential(str(small_inputs / "img"), str(out), save_probabilities=True)
+    side = json.loads((out / "sm.ctarr.json").read_text())
     assert side["mode"] == on_miss
     assert any("outside the field of view" in w for w in side["warnings"])
-    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "chest.nii.gz")))
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "sm.nii.gz")))
     if on_miss == "empty":
         assert not seg.any()
-        assert np.all(np.load(out / "chest.npz")["probabilities"][0] == 1)
+        assert np.all(np.load(out / "sm.npz")["probabilities"][0] == 1)
     else:
-        assert np.array_equal(seg, stock_on(tiny_model, sitk.ReadImage(str(CHEST[0]))))
+        assert np.array_equal(seg, stock_on(tiny_model, sitk.ReadImage(str(SMALL[0]))))
 
 
 def test_npy_entry_points_match_file_path(tiny_model, inputs, tmp_path):
@@ -267,25 +278,14 @@ def test_npy_entry_points_match_file_path(tiny_model, inputs, tmp_path):
 
 
 def test_model_folder_ctarr_json_sets_region(tiny_model, inputs, tmp_path):
+    """In process (the installed command runs in test_dicom_folder_input_keeps_dicom_geometry)."""
+    from nnunet_ctarr.cli.predict import main
+
     model = tmp_path / "model"
     shutil.copytree(tiny_model, model)
     (model / "ctarr.json").write_text(json.dumps({"region": "liver", "margin_mm": 5.0, "crops": "exact"}))
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "nnunet_ctarr.cli.predict",
-            "-i",
-            str(inputs / "img"),
-            "-o",
-            str(tmp_path / "o"),
-            "-anatomy_seg",
-            str(inputs / "anat"),
-            *cli_flags(model),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    argv = ["-i", str(inputs / "img"), "-o", str(tmp_path / "o"), "-anatomy_seg", str(inputs / "anat")]
+    r = run_in_process(main, argv + cli_flags(model))
     assert r.returncode == 0, r.stderr[-3000:]
     side = json.loads((tmp_path / "o" / "abd.ctarr.json").read_text())
     assert side["region"] == "liver"
@@ -325,23 +325,14 @@ def test_cli_errors_are_one_line(tiny_model, inputs, tmp_path):
 
 
 @pytest.fixture(scope="session")
-def random_anatomy_model(tmp_path_factory):
+def random_anatomy_model(random_models):
     """A 19-group anatomy model with random weights: its anatomy is garbage, as an untrained
     model's would be, and the predictor must notice."""
-    from nnunet_ctarr.core.anatomy import GROUPS, load_anatomy
-    from nnunet_ctarr.core.errors import WarningLog
-
-    tmp = tmp_path_factory.mktemp("anatomy_model")
-    labs = []
-    for name, lab_f in (("abd", ABDOMEN[1]), ("chest", CHEST[1])):
-        sitk.WriteImage(load_anatomy(lab_f, warnings=WarningLog()).labels, str(tmp / f"{name}.nii.gz"))
-        labs.append(tmp / f"{name}.nii.gz")
-    names = {"background": 0, **{g: i + 1 for i, g in enumerate(GROUPS)}}
-    return make_random_model(tmp / "model", [ABDOMEN[0], CHEST[0]], labs, names, dataset_id=988, seed=1)
+    return random_models["anatomy19"]
 
 
 def test_anatomy_model_source_is_mapped_by_names_and_untrusted_output_falls_back(
-    tiny_model, random_anatomy_model, inputs, tmp_path
+    tiny_model, random_anatomy_model, small_inputs, tmp_path
 ):
     from nnunet_ctarr.inference.anatomy_model import ModelAnatomy
 
@@ -355,13 +346,13 @@ def test_anatomy_model_source_is_mapped_by_names_and_untrusted_output_falls_back
     p.initialize_from_trained_model_folder(str(tiny_model), (0,))
     out = tmp_path / "out"
     p.ctarr_setup(load_region("liver"), src, sidecar_folder=str(out))
-    p.predict_from_files_sequential(str(inputs / "img"), str(out))
-    assert src.label_file("abd").exists()  # the anatomy model ran once, at its own resolution
-    side = json.loads((out / "abd.ctarr.json").read_text())
+    p.predict_from_files_sequential(str(small_inputs / "img"), str(out))
+    assert src.label_file("sm").exists()  # the anatomy model ran once, at its own resolution
+    side = json.loads((out / "sm.ctarr.json").read_text())
     assert side["mode"] == "full"
     assert any("not trusted" in w for w in side["warnings"])
-    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "abd.nii.gz")))
-    assert np.array_equal(seg, stock_on(tiny_model, sitk.ReadImage(str(inputs / "img" / "abd_0000.nii.gz"))))
+    seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "sm.nii.gz")))
+    assert np.array_equal(seg, stock_on(tiny_model, sitk.ReadImage(str(SMALL[0]))))
 
 
 def test_anatomy_model_with_totalsegmentator_names(tmp_path):

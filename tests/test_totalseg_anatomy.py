@@ -34,12 +34,24 @@ def fake_weights(results: Path, dataset: str = DS_3MM, complete: bool = True) ->
     """A model folder with TotalSegmentator's names (files only; enough for the resolver)."""
     folder = results / dataset / TRAINER
     (folder / "fold_0").mkdir(parents=True)
-    (folder / "dataset.json").write_text(json.dumps({"labels": ts_labels(), "channel_names": {"0": "CT"},
-                                                     "file_ending": ".nii.gz"}))
+    (folder / "dataset.json").write_text(
+        json.dumps({"labels": ts_labels(), "channel_names": {"0": "CT"}, "file_ending": ".nii.gz"})
+    )
     if complete:
         (folder / "plans.json").write_text("{}")
         (folder / "fold_0" / "checkpoint_final.pth").write_bytes(b"")
     return folder
+
+
+def _totalseg_args() -> Namespace:
+    """The anatomy options of ``-anatomy_model totalsegmentator`` as the commands parse them."""
+    return Namespace(
+        anatomy_seg=None,
+        anatomy_format="auto",
+        anatomy_model="totalsegmentator",
+        anatomy_folds=None,
+        anatomy_chk="checkpoint_final.pth",
+    )
 
 
 @pytest.fixture
@@ -108,8 +120,7 @@ def test_anatomy_source_maps_the_117_names_to_every_group(env, tmp_path):
     from nnunet_ctarr.inference.anatomy_model import ModelAnatomy
 
     folder = fake_weights(tmp_path / "home" / ".totalsegmentator" / "nnunet" / "results")
-    args = Namespace(anatomy_seg=None, anatomy_format="auto", anatomy_model="totalsegmentator", anatomy_folds=None,
-                     anatomy_chk="checkpoint_final.pth")
+    args = _totalseg_args()
     src = anatomy_source(args, device="cpu")
     assert isinstance(src, ModelAnatomy)
     assert src.model_folder == folder
@@ -143,8 +154,10 @@ def test_missing_weights_is_one_line_with_folder_and_download_command(env, tmp_p
     img, out = str(SMALL[0]), str(tmp_path / "out")
     argv, main = {
         "crop": (["-i", img, "-r", "liver", "-o", out], crop.main),
-        "evaluate": (["-i", str(Path(img).parent), "--labels", str(Path(img).parent), "-r", "liver", "-o", out],
-                     evaluate.main),
+        "evaluate": (
+            ["-i", str(Path(img).parent), "--labels", str(Path(img).parent), "-r", "liver", "-o", out],
+            evaluate.main,
+        ),
         "body_height": (["-i", img, "-o", out + ".json"], prealign.body_height_main),
         "prealign": ([img, img, "-o", out], prealign.prealign_main),
     }[command]
@@ -162,8 +175,21 @@ def test_prealign_anatomy_given_once():
     from nnunet_ctarr.cli.prealign import prealign_main
 
     img = str(SMALL[0])
-    both = run_in_process(prealign_main, [img, img, "-o", "x", "--fixed_anatomy", str(SMALL[1]),
-                                          "--moving_anatomy", str(SMALL[1]), "-anatomy_model", "totalsegmentator"])
+    both = run_in_process(
+        prealign_main,
+        [
+            img,
+            img,
+            "-o",
+            "x",
+            "--fixed_anatomy",
+            str(SMALL[1]),
+            "--moving_anatomy",
+            str(SMALL[1]),
+            "-anatomy_model",
+            "totalsegmentator",
+        ],
+    )
     assert both.returncode == 1 and "give the anatomy once" in both.stderr
     half = run_in_process(prealign_main, [img, img, "-o", "x", "--fixed_anatomy", str(SMALL[1])])
     assert half.returncode == 1 and "go together" in half.stderr
@@ -173,15 +199,17 @@ def test_prealign_anatomy_given_once():
 
 # ---------------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="session")
-def totalseg_home(tmp_path_factory) -> Path:
+def totalseg_home(tmp_path_factory, random_models) -> Path:
     """A TotalSegmentator home with a random-weight 3 mm model under TotalSegmentator's names
     (dataset, trainer, 117 labels; the checkpoint names TotalSegmentator's trainer class)."""
+    import shutil
+
     import torch
-    from model_factory import make_random_model
 
     home = tmp_path_factory.mktemp("ts_home")
     folder = home / "nnunet" / "results" / DS_3MM / TRAINER
-    make_random_model(folder, [SMALL[0]], [SMALL[1]], ts_labels(), spacing=[3.0, 3.0, 3.0], dataset_id=297)
+    shutil.copytree(random_models["totalseg"], folder)
+    assert json.loads((folder / "dataset.json").read_text())["labels"] == ts_labels()
     chk = folder / "fold_0" / "checkpoint_final.pth"
     state = torch.load(chk, map_location="cpu", weights_only=False)
     state["trainer_name"] = "nnUNetTrainer_4000epochs_NoMirroring"
@@ -198,8 +226,10 @@ def test_crop_with_totalsegmentator_model_runs_to_completion(env, totalseg_home,
 
     env("TOTALSEG_HOME_DIR", str(totalseg_home))
     out = tmp_path / "out"
-    r = run_in_process(main, ["-i", str(SMALL[0]), "-anatomy_model", "totalsegmentator", "-r", "liver",
-                              "-o", str(out), "-device", "cpu"])
+    r = run_in_process(
+        main,
+        ["-i", str(SMALL[0]), "-anatomy_model", "totalsegmentator", "-r", "liver", "-o", str(out), "-device", "cpu"],
+    )
     assert "Traceback" not in r.stderr
     assert r.returncode in (0, 1), r.stderr  # random weights: the localisation may well be refused
     side = json.loads((out / "example_ct_sm.ctarr.json").read_text())
@@ -216,8 +246,7 @@ def test_predicted_maps_survive_pickling_for_crop_workers(env, totalseg_home, tm
     from nnunet_ctarr.cli.options import anatomy_source
 
     env("TOTALSEG_WEIGHTS_PATH", str(totalseg_home / "nnunet" / "results"))
-    args = Namespace(anatomy_seg=None, anatomy_format="auto", anatomy_model="totalsegmentator", anatomy_folds=None,
-                     anatomy_chk="checkpoint_final.pth")
+    args = _totalseg_args()
     src = anatomy_source(args, device="cpu", step_size=TEST_STEP, npp=0, nps=0)
     src.prepare({"sm": [str(SMALL[0])]})
     worker = pickle.loads(pickle.dumps(src))

@@ -6,7 +6,10 @@ nnUNetv2_ctarr_convert_totalsegmentator -> nnUNetv2_ctarr_plan_and_preprocess ->
 after the documented environment line -> that model as ``-anatomy_model`` (an almost untrained
 model: the predictor must warn and fall back). And: labelled dataset -> learn_region ->
 crop_dataset -> stock nnU-Net planning + tiny training -> nnUNetv2_predict_ctarr takes the
-region from the model folder.
+region from the model folder. learn_region runs in this process (its registrations are then
+shared with the coverage check; the installed command answers ``--help`` in a subprocess);
+nnU-Net trains without augmentation worker processes (``nnUNet_n_proc_DA=0 nnUNetv2_train``:
+the smoke trainers run one iteration; nnU-Net's planner needs at least 1).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import ABDOMEN, CHEST, write_totalseg_subject
+from conftest import ABDOMEN, CHEST, run_in_process, write_totalseg_subject
 
 from nnunet_ctarr.core.anatomy import totalsegmentator_scheme
 from nnunet_ctarr.evaluation.perturbations import standard_perturbations
@@ -72,8 +75,8 @@ def anatomy_model(ws):
     # a plain shell: the documented line, then nnU-Net's own command
     r = _run(
         'eval "$(nnUNetv2_ctarr_env)" && '
-        "nnUNetv2_train 601 3d_fullres 0 -tr nnUNetTrainerCTARRAnatomy_CPUSmoke -p nnUNetPlans_CTARR3mm "
-        "-device cpu",
+        "nnUNet_n_proc_DA=0 nnUNetv2_train 601 3d_fullres 0 -tr nnUNetTrainerCTARRAnatomy_CPUSmoke "
+        "-p nnUNetPlans_CTARR3mm -device cpu",
         env,
         root,
     )
@@ -123,8 +126,15 @@ def liver_dataset(ws):
 
 @pytest.fixture(scope="module")
 def region_model(ws, liver_dataset):
+    from nnunet_ctarr.cli.learn_region import main as learn_region
+
     root, env = ws
-    r = _run("nnUNetv2_ctarr_learn_region -d 610 -l liver -name liver610 -anatomy_seg anat -o liver610.json", env, root)
+    with pytest.MonkeyPatch.context() as m:
+        for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+            m.setenv(k, env[k])
+        argv = ["-d", "610", "-l", "liver", "-name", "liver610", "-anatomy_seg", str(root / "anat")]
+        r = run_in_process(learn_region, argv + ["-o", str(root / "liver610.json")])
+    assert r.returncode == 0, r.stderr[-3000:]
     assert "from 6 of 6 training scans" in r.stdout
     assert "box 0:" in r.stdout
     r = _run(
@@ -135,11 +145,18 @@ def region_model(ws, liver_dataset):
     assert "6/6 cases cropped" in r.stdout
     _run(
         "nnUNetv2_plan_and_preprocess -d 611 -c 3d_fullres -np 2 && "
-        'eval "$(nnUNetv2_ctarr_env)" && nnUNetv2_train 611 3d_fullres 0 -tr nnUNetTrainer_CTARRCPUSmoke -device cpu',
+        'eval "$(nnUNetv2_ctarr_env)" && '
+        "nnUNet_n_proc_DA=0 nnUNetv2_train 611 3d_fullres 0 -tr nnUNetTrainer_CTARRCPUSmoke -device cpu",
         env,
         root,
     )
     return next((root / "res").glob("Dataset611_*/nnUNetTrainer_CTARRCPUSmoke__nnUNetPlans__3d_fullres"))
+
+
+def test_learn_region_command_is_installed(ws):
+    root, env = ws
+    r = _run("nnUNetv2_ctarr_learn_region --help", env, root)
+    assert "-anatomy_seg" in r.stdout and "-name" in r.stdout
 
 
 def test_ctarr_3mm_plans_and_preprocessed_data(ws, anatomy_model):

@@ -1,9 +1,9 @@
 """Test fixtures: seconds-long CPU variants for the end-to-end tests. Not product defaults.
 
-Both keep the planned topology but with 8-32 features per stage and train 2 epochs x 2
-iterations without test-time mirroring, so ``nnUNetv2_train ... -device cpu`` (training,
-checkpoint; no validation pass) finishes in well under a minute on 2 cores. Inference rebuilds the same small
-network from the trainer name.
+Both keep the planned topology and patch size but with 8-32 features per stage and train one
+epoch of one iteration (and one validation iteration) on batches of 2 without test-time
+mirroring, so ``nnUNetv2_train ... -device cpu`` (training, checkpoint; no validation pass)
+takes seconds on 2 cores. Inference rebuilds the same small network from the trainer name.
 """
 from __future__ import annotations
 
@@ -26,19 +26,23 @@ def small_configuration(configuration_manager: ConfigurationManager) -> Configur
 
 
 class _CPUSmoke:
-    """Mixin (before the trainer in the bases): 2 epochs x 2 iterations, 8-32 features, and
-    validation/inference without mirroring (up to 8x fewer forward passes); training
-    augmentation stays as planned."""
+    """Mixin (before the trainer in the bases): 1 epoch x 1 iteration, batches of at most 2,
+    8-32 features, and validation/inference without mirroring (up to 8x fewer forward passes);
+    training augmentation stays as planned."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):  # noqa: B008 (nnU-Net's trainer signature)
         super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = 2
-        self.num_iterations_per_epoch = 2
+        self.num_epochs = 1
+        self.num_iterations_per_epoch = 1
         self.num_val_iterations_per_epoch = 1
 
+    def _set_batch_size_and_oversample(self):
+        super()._set_batch_size_and_oversample()
+        self.batch_size = min(self.batch_size, 2)
+
     def perform_actual_validation(self, save_probabilities: bool = False):
-        """No validation pass: the scores of a 2-epoch model mean nothing, and it is most of the run."""
+        """No validation pass: the scores of a 1-iteration model mean nothing, and it is most of the run."""
         self.print_to_log_file("CPU smoke trainer: validation skipped")
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
