@@ -53,12 +53,18 @@ def test_every_builtin_region_belongs_to_the_shipped_atlas(atlas):
 
 def test_build_atlas_cli_from_totalsegmentator_layout_reproduces_shipped_atlas(tmp_path, atlas, ts_root):
     assert build_atlas_main(["-i", str(ts_root), "-o", str(tmp_path / "a.npz")]) == 0
+    """The same grid and groups; every group's centre of mass within 0.5 mm of the shipped atlas and
+    the probabilities equal up to boundary voxels (the shipped atlas was built with the torch
+    refinement; the NumPy one finds the same transforms to ~0.15 mm, which moves a boundary
+    voxel's probability by up to ~0.06)."""
     rebuilt = Atlas.load(tmp_path / "a.npz")
     assert rebuilt.shape_zyx == atlas.shape_zyx
-    diff = np.abs(rebuilt.prob - atlas.prob)
-    assert diff.max() <= 3 / 255
-    assert diff.mean() < 1e-3
     assert np.array_equal(rebuilt.observed, atlas.observed)
+    diff = np.abs(rebuilt.prob - atlas.prob)
+    assert diff.max() <= 0.1
+    assert diff.mean() < 1e-4
+    com_shift = np.abs(rebuilt.centres_of_mass() - atlas.centres_of_mass())[atlas.observed]
+    assert com_shift.max() < 0.5
 
 
 def test_learned_kidney_region_has_two_boxes_and_matches_shipped(atlas, ts_v2):

@@ -79,7 +79,7 @@ def build_parser() -> Parser:
     ap.add_argument("--max_scans", type=int, default=50, help="pairwise registration is quadratic: use at most this "
                                                               "many scans (those showing the most groups)")
     ap.add_argument("--spacing", type=float, default=3.0)
-    add_device_arg(ap, what="the registration")
+    add_device_arg(ap, what="warping the masks onto the atlas grid (the registration runs on the CPU)")
     add_verbose_arg(ap)
     return ap
 

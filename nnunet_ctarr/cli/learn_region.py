@@ -38,7 +38,7 @@ def build_parser() -> Parser:
     p.add_argument("--threshold", type=float, default=0.0,
                    help="heatmap threshold: share of scans (default 0 = any scan; paper 3.4)")
     p.add_argument("--margin", type=float, default=10.0, help="margin in mm stored with the region (default 10)")
-    add_device_arg(p, what="the registration and an anatomy model")
+    add_device_arg(p)
     add_atlas_arg(p)
     p.add_argument("--verbose", action="store_true")
     add_anatomy_args(p)

@@ -74,7 +74,7 @@ def add_atlas_arg(p: argparse.ArgumentParser) -> None:
 
 
 def add_device_arg(p: argparse.ArgumentParser, default: str = "cpu",
-                   what: str = "the registration and an anatomy model") -> None:
+                   what: str = "an anatomy model (-anatomy_model; the registration runs on the CPU)") -> None:
     p.add_argument("-device", default=default, help=f"torch device for {what} (cpu, cuda, cuda:1, mps)")
 
 

@@ -50,6 +50,7 @@ class RegistrationSettings:
     levels: tuple[int, ...] = (4, 2)
     min_scale: float = 0.5
     max_scale: float = 2.0
+    #: torch device of the atlas builder's warps; the registration itself runs on the CPU (NumPy)
     device: str = "cpu"
 
 
@@ -153,7 +154,7 @@ def register(moving: MaskVolume, fixed: MaskVolume, settings: RegistrationSettin
 
     ``orientation`` forces (k_rot, flip) and skips the search.
     """
-    from .refinement import DiceProblem, refine  # torch: imported when a registration runs, not at start-up
+    from .refinement import DiceProblem, refine
 
     s = settings or RegistrationSettings()
     t_start = time.perf_counter()

@@ -17,6 +17,19 @@ from .anatomy import GROUPS, N_GROUPS, AnatomyMasks
 from .geometry import Geometry
 
 
+def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
+    """Means over f^3 blocks of the last three axes (sizes divisible by ``f``), float32: strided
+    sums, one axis at a time (~3x faster than a mean over a 7-D reshape)."""
+    a = a.astype(np.float32, copy=False)
+    for axis in (-1, -2, -3):
+        tail = (slice(None),) * (-1 - axis)
+        acc = a[(Ellipsis, slice(0, None, f)) + tail].copy()
+        for i in range(1, f):
+            acc += a[(Ellipsis, slice(i, None, f)) + tail]
+        a = acc
+    return a / np.float32(f ** 3)
+
+
 @dataclass
 class MaskVolume:
     origin: np.ndarray                  # (3,) xyz mm of voxel [0,0,0] centre
@@ -75,9 +88,10 @@ class MaskVolume:
             p = self.prob
             mass = p.reshape(N_GROUPS, -1).sum(1, dtype=np.float64)
             ok = mass > 0
-            for ax_xyz, sum_axes in ((0, (1, 2)), (1, (1, 3)), (2, (2, 3))):
+            zy = p.sum(axis=3, dtype=np.float64)                      # two passes over the volume
+            margins = (p.sum(axis=(1, 2), dtype=np.float64), zy.sum(1), zy.sum(2))   # x, y, z
+            for ax_xyz, marg in enumerate(margins):
                 c = self.origin[ax_xyz] + self.spacing[ax_xyz] * np.arange(p.shape[3 - ax_xyz])
-                marg = p.sum(axis=sum_axes, dtype=np.float64)
                 com[ok, ax_xyz] = (marg[ok] @ c) / mass[ok]
         self._cache["com"] = com
         return com
@@ -100,6 +114,9 @@ class MaskVolume:
         zyx = np.array(self.shape_zyx)
         if np.any(zyx < f):
             f = 1
+        if f > 2 and f % 2 == 0:                 # from the 2x pooling: the same blocks, one pass less
+            self._cache[key] = self._pooled_from(self.pooled(2), f // 2)
+            return self._cache[key]
         n = (zyx // f) * f
         nb = n // f
         if self.labels is not None:
@@ -110,16 +127,22 @@ class MaskVolume:
             cnt = cnt.reshape(int(nb.prod()), N_GROUPS + 1)[:, 1:].T.astype(np.float32) / f ** 3
             prob = np.ascontiguousarray(cnt.reshape((N_GROUPS,) + tuple(nb)))
         else:
-            p = self.prob[:, :n[0], :n[1], :n[2]]
-            prob = p.reshape(N_GROUPS, nb[0], f, nb[1], f, nb[2], f).mean((2, 4, 6), dtype=np.float32)
+            prob = _block_mean(self.prob[:, :n[0], :n[1], :n[2]], f)
         if self.coverage is None:
             cov = np.ones(tuple(nb), np.float32)
         else:
-            c = self.coverage[:n[0], :n[1], :n[2]]
-            cov = c.reshape(nb[0], f, nb[1], f, nb[2], f).mean((1, 3, 5), dtype=np.float32)
+            cov = _block_mean(self.coverage[:n[0], :n[1], :n[2]], f)
         out = (prob, cov, self.origin + 0.5 * (f - 1) * self.spacing, self.spacing * f)
         self._cache[key] = out
         return out
+
+    @staticmethod
+    def _pooled_from(base: tuple, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """A pooled volume pooled again by ``g`` (ragged edge dropped)."""
+        prob, cov, origin, spacing = base
+        m = (np.array(cov.shape) // g) * g
+        return (_block_mean(prob[:, :m[0], :m[1], :m[2]], g), _block_mean(cov[:m[0], :m[1], :m[2]], g),
+                origin + 0.5 * (g - 1) * spacing, spacing * g)
 
     def label_image(self) -> sitk.Image:
         """Group label image (0 = background) with the volume's geometry."""
