@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from conftest import (
     ABDOMEN,
     DICOM,
     SMALL,
+    TEST_STEP,
     assert_same_geometry_as_dicom,
     run_in_process,
 )
@@ -287,27 +286,11 @@ def test_dicom_folder_input_via_cli(models, tmp_path):
             {"labels": {"background": 0, "liver": 1}, "models": [{"folder": str(models["liver"]), "region": "liver"}]}
         )
     )
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "nnunet_ctarr.cli.predict_multi",
-            "-i",
-            str(DICOM[0]),
-            "-o",
-            str(tmp_path / "o"),
-            "-spec",
-            str(spec),
-            "-anatomy_seg",
-            str(anat),
-            "-device",
-            "cpu",
-            "--disable_tta",
-            "--disable_progress_bar",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    from nnunet_ctarr.cli.predict_multi import main as predict_multi
+
+    argv = ["-i", str(DICOM[0]), "-o", str(tmp_path / "o"), "-spec", str(spec), "-anatomy_seg", str(anat)]
+    flags = ["-device", "cpu", "--disable_tta", "--disable_progress_bar", "-step_size", str(TEST_STEP)]
+    r = run_in_process(predict_multi, argv + flags + ["-npp", "0", "-nps", "0"])
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same_geometry_as_dicom(tmp_path / "o" / "example_ct_dicom.nii.gz")
     side = json.loads((tmp_path / "o" / "example_ct_dicom.ctarr_multi.json").read_text())

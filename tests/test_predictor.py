@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -190,24 +188,10 @@ def test_dicom_folder_input_keeps_dicom_geometry(tiny_model, tmp_path):
     anat = tmp_path / "anat"
     anat.mkdir()
     shutil.copy(DICOM[1], anat / "example_ct_dicom.nii.gz")
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "nnunet_ctarr.cli.predict",
-            "-i",
-            str(DICOM[0]),
-            "-o",
-            str(tmp_path / "o"),
-            "-region",
-            "liver",
-            "-anatomy_seg",
-            str(anat),
-            *cli_flags(tiny_model),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    from nnunet_ctarr.cli.predict import main as predict
+
+    argv = ["-i", str(DICOM[0]), "-o", str(tmp_path / "o"), "-region", "liver", "-anatomy_seg", str(anat)]
+    r = run_in_process(predict, argv + cli_flags(tiny_model))
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same_geometry_as_dicom(tmp_path / "o" / "example_ct_dicom.nii.gz")
     assert json.loads((tmp_path / "o" / "example_ct_dicom.ctarr.json").read_text())["mode"] == "crop"

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import ABDOMEN, CHEST, run_in_process, write_totalseg_subject
+from conftest import ABDOMEN, CHEST, SMALL, run_in_process, write_totalseg_subject
 
 from nnunet_ctarr.core.anatomy import totalsegmentator_scheme
 from nnunet_ctarr.evaluation.perturbations import standard_perturbations
@@ -144,7 +144,7 @@ def region_model(ws, liver_dataset):
     )
     assert "6/6 cases cropped" in r.stdout
     _run(
-        "nnUNetv2_plan_and_preprocess -d 611 -c 3d_fullres -np 2 && "
+        "nnUNetv2_plan_and_preprocess -d 611 -c 3d_fullres -np 2 -npfp 2 && "
         'eval "$(nnUNetv2_ctarr_env)" && '
         "nnUNet_n_proc_DA=0 nnUNetv2_train 611 3d_fullres 0 -tr nnUNetTrainer_CTARRCPUSmoke -device cpu",
         env,
@@ -264,7 +264,7 @@ def test_region_model_brings_its_region(ws, region_model, tmp_path):
 def test_barely_trained_anatomy_model_triggers_fallback(ws, anatomy_model, region_model, tmp_path):
     root, env = ws
     (tmp_path / "img").mkdir()
-    shutil.copy(ABDOMEN[0], tmp_path / "img" / "abd_0000.nii.gz")
+    shutil.copy(SMALL[0], tmp_path / "img" / "abd_0000.nii.gz")  # 30 slices: the fallback predicts all of it
     r = _run(
         f"nnUNetv2_predict_ctarr -i {tmp_path / 'img'} -o {tmp_path / 'o'} -m {region_model} -f 0 "
         f"-device cpu -anatomy_model {anatomy_model} -anatomy_folds 0 --disable_tta -step_size 1 -npp 0 -nps 0 "
@@ -277,4 +277,4 @@ def test_barely_trained_anatomy_model_triggers_fallback(ws, anatomy_model, regio
     assert any("not trusted" in w for w in side["warnings"])
     assert "not trusted" in r.stderr
     out = sitk.ReadImage(str(tmp_path / "o" / "abd.nii.gz"))
-    assert out.GetSize() == sitk.ReadImage(str(ABDOMEN[0])).GetSize()
+    assert out.GetSize() == sitk.ReadImage(str(SMALL[0])).GetSize()
