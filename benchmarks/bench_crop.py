@@ -74,13 +74,15 @@ def main() -> None:
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True)
         wall = time.perf_counter() - t0
-        if proc.returncode != 0:
-            print(proc.stderr[-3000:], file=sys.stderr)
+        if proc.returncode not in (0, 1):  # 1: some case not cropped as trusted (reported below)
+            print(proc.stdout[-3000:], proc.stderr[-3000:], file=sys.stderr)
             sys.exit(proc.returncode)
         sides = [json.loads(p.read_text()) for p in sorted((tmp / "out").glob("*.ctarr.json"))]
     per_case = [sum(v for k, v in s["seconds"].items() if not k.startswith("registration_")) for s in sides]
     stages = sorted({k for s in sides for k in s["seconds"]})
     result = {
+        "exit_code": proc.returncode,
+        "summary": proc.stdout.strip().splitlines(),
         "command": " ".join(
             [
                 "nnUNetv2_ctarr_crop",

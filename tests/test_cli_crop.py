@@ -182,17 +182,21 @@ def test_sparse_anatomy_policies(tmp_path):
     _untrusted_whole_image(r, tmp_path / "full", "example_ct", "too sparse")
     r = run_cli([*args, "-o", str(tmp_path / "skip"), "--on_untrusted", "skip"])
     assert r.returncode == 1 and "nothing written" in r.stdout
-    assert not any((tmp_path / "skip").iterdir())
+    assert [p.name for p in (tmp_path / "skip").iterdir()] == ["example_ct.ctarr.json"]  # only why
+    side = json.loads((tmp_path / "skip" / "example_ct.ctarr.json").read_text())
+    assert side["regions"]["liver"]["mode"] == "skip" and side["regions"]["liver"]["trusted"] is False
     r = run_cli([*args, "-o", str(tmp_path / "crop"), "-on_untrusted", "crop"])  # no transform: nothing to crop
     _one_line_error(r, "cannot crop")
     assert not any((tmp_path / "crop").iterdir())
 
 
-def test_region_outside_the_field_of_view_writes_nothing(tmp_path):
+def test_region_outside_the_field_of_view_writes_nothing_but_the_sidecar(tmp_path):
     out = tmp_path / "o"
     r = run_cli(["-i", str(CHEST[0]), "--anatomy_seg", str(CHEST[1]), "-r", "urinary_bladder", "-o", str(out)])
     _one_line_error(r, "outside the field of view")
-    assert not any(out.iterdir())
+    assert [p.name for p in out.iterdir()] == ["chest_ct_3mm.ctarr.json"]
+    entry = json.loads((out / "chest_ct_3mm.ctarr.json").read_text())["regions"]["urinary_bladder"]
+    assert entry["mode"] == "outside" and "outside the field of view" in entry["error"]
 
 
 def test_non_hu_image_is_refused(tmp_path):
@@ -284,3 +288,17 @@ def test_all_regions_with_one_outside_the_field_of_view(tmp_path):
     assert len(side) == 11 and side["urinary_bladder"]["mode"] == "outside"
     assert side["liver"]["mode"] == "crop" and side["liver"]["trusted"]
     assert (out / "chest_ct_3mm_heart.nii.gz").exists() and not (out / "chest_ct_3mm_urinary_bladder.nii.gz").exists()
+
+
+def test_continue_does_not_redo_a_case_with_nothing_written(tmp_path):
+    """A region outside the field of view is recorded in the sidecar; ``--continue`` takes it as done
+    (the same input and settings give the same answer) and rewrites nothing."""
+    out = tmp_path / "o"
+    args = ["-i", str(CHEST[0]), "--anatomy_seg", str(CHEST[1]), "-r", "urinary_bladder", "-o", str(out)]
+    run_cli(args)
+    side = out / "chest_ct_3mm.ctarr.json"
+    before = side.stat().st_mtime_ns
+    r = run_cli([*args, "--continue"])
+    assert r.returncode == 1, r.stderr  # still not a clean case
+    assert side.stat().st_mtime_ns == before
+    assert "outside the field of view" in r.stderr + r.stdout

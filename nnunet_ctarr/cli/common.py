@@ -1,6 +1,7 @@
 """Helpers shared by the command-line tools: logging, one-line errors, versions, nnU-Net inputs."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -38,14 +39,35 @@ def parse(parser, argv: list[str] | None):
 def map_cases(fn: Callable, items: list, n_workers: int, init: Callable, initargs: tuple, desc: str) -> list:
     """``[fn(x) for x in items]`` with a progress bar: in this process (``n_workers <= 1``, after
     ``init(*initargs, threads=None)``) or in ``n_workers`` spawned processes, each with
-    ``cores // n_workers`` torch threads so that workers x threads <= cores. Order is kept."""
+    ``cores // n_workers`` threads (torch, OpenMP and BLAS: NumPy's OpenBLAS threads spin, and two
+    workers with two threads each took twice the CPU time) so that workers x threads <= cores.
+    Order is kept."""
     if n_workers <= 1:
         init(*initargs, threads=None)
         return [fn(x) for x in tqdm(items, desc=desc, disable=len(items) < 2, file=sys.stderr)]
     threads = max(1, (os.cpu_count() or 1) // n_workers)
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=init, initargs=(*initargs, threads)) as ex:
+    with _thread_env(threads), ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=init,
+                                                   initargs=(*initargs, threads)) as ex:
         return list(tqdm(ex.map(fn, items), total=len(items), desc=desc, file=sys.stderr))
+
+
+#: thread-count variables a spawned worker's libraries read when they load
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def _thread_env(threads: int):
+    """The thread-count variables set to ``threads`` (where the user has not set them) while
+    workers start; restored afterwards."""
+    old = {k: os.environ.get(k) for k in THREAD_VARIABLES}
+    os.environ.update({k: str(threads) for k, v in old.items() if v is None})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
 
 
 #: what every case of a batch shares, set by :func:`init_worker` in each worker (and in this process for -np 1)
@@ -54,10 +76,10 @@ WORKER: dict = {}
 
 def init_worker(job, anatomy, atlas: Atlas | str | None, threads: int | None = None) -> None:
     """The shared state of a :func:`map_cases` worker: the command's job, the anatomy source and
-    the atlas (loaded here when given as a path, as for a spawned worker); ``threads`` torch threads."""
-    if threads:
-        import torch
-        torch.set_num_threads(threads)
+    the atlas (loaded here when given as a path, as for a spawned worker); ``threads`` torch threads
+    (where torch is loaded already)."""
+    if threads and "torch" in sys.modules:      # else torch reads OMP_NUM_THREADS when it is imported
+        sys.modules["torch"].set_num_threads(threads)
     WORKER.update(job=job, anatomy=anatomy, atlas=atlas if isinstance(atlas, Atlas) else Atlas.load(atlas))
 
 

@@ -138,19 +138,19 @@ def _crop_one(src: Path) -> tuple[str, dict | None, bool, str | None]:
     job, case = WORKER["job"], case_id(src)
     try:
         lab = match_case_file(Path(job.labels), case, job.cases, "label map") if job.labels else None
-        done = already_done(src, job.out, job.regions, WORKER["atlas"], job.opts, lab is not None,
-                            WORKER["anatomy"]) if job.resume else None
-        if done is not None:
-            return case, done, True, None
-        entries = crop_case(src, WORKER["anatomy"], lab, job.out, job.regions, WORKER["atlas"], job.opts,
-                            RegistrationSettings(device=job.device))
+        entries = already_done(src, job.out, job.regions, WORKER["atlas"], job.opts, lab is not None,
+                               WORKER["anatomy"]) if job.resume else None
+        done_before = entries is not None
+        if not done_before:
+            entries = crop_case(src, WORKER["anatomy"], lab, job.out, job.regions, WORKER["atlas"], job.opts,
+                                RegistrationSettings(device=job.device))
     except CTARRError as e:
         print(f"error: {case}: {e}", file=sys.stderr)
         return case, None, False, str(e)
     for name, entry in entries.items():
         if entry["mode"] == "outside":
             print(f"error: {case if job.one_region else case + '/' + name}: {entry['error']}", file=sys.stderr)
-    return case, entries, False, None
+    return case, entries, done_before, None
 
 
 def case_line(row: dict, out: Path) -> str:

@@ -85,8 +85,9 @@ def crop_case(src: Path, anatomy_source, label_path: Path | None, out: Path, reg
         if c.loc is None and opts.on_untrusted == "crop":
             raise CTARRError(f"cannot crop {src.name}: {c.refused.text()}")
         entries = {r.name: _crop_region(c, case, r, out, atlas, opts, warnings, written) for r in regions}
-        if written:
-            write_sidecar(out / f"{case}.ctarr.json", _case_fields(case, src, c, atlas, opts, warnings), entries)
+        # also when nothing was written (skipped, outside the field of view): it says why, and
+        # --continue does not redo the case
+        write_sidecar(out / f"{case}.ctarr.json", _case_fields(case, src, c, atlas, opts, warnings), entries)
         return entries
     except BaseException:
         for p in written:

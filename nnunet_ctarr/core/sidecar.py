@@ -60,7 +60,7 @@ def finished_entries(path: Path, case_fields: dict, regions: list[str]) -> dict[
     if side is None:
         return None
     entries = {r: side["regions"].get(r) for r in regions}
-    if any(e is None or e.get("mode") == "skip" for e in entries.values()):
+    if any(e is None for e in entries.values()):
         return None
     names = [o[k] for e in entries.values() for o in e.get("outputs", []) for k in ("image", "labels") if k in o]
     return entries if all((path.parent / n).is_file() for n in names) else None
