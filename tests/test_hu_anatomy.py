@@ -178,3 +178,21 @@ def test_atlas_gather_equals_per_voxel_mapping(atlas, k, flip):
     assert ref.astype(bool).sum() > 10000
     assert np.array_equal(vals.ravel(), ref)
     assert np.array_equal(above.ravel(), idx[:, 2] >= size[2])
+
+
+def test_crop_without_an_anatomy_option_uses_the_hu_anatomy_and_says_so(tmp_path):
+    """No -anatomy_seg / -anatomy_model: the HU anatomy (the console and the sidecar say so); the same
+    crop as with -anatomy_model hu."""
+    from conftest import run_in_process
+
+    from nnunet_ctarr.cli.crop import main
+
+    base = ["-i", str(ABDOMEN[0]), "-r", "kidneys"]
+    r = run_in_process(main, [*base, "-o", str(tmp_path / "default")])
+    assert r.returncode == 0, r.stderr
+    assert "anatomy: from the CT's HU values (no -anatomy_seg or -anatomy_model given" in r.stderr
+    side = json.loads((tmp_path / "default" / "example_ct.ctarr.json").read_text())
+    assert side["settings"]["anatomy"] == {"model": "hu", "because": "no -anatomy_seg or -anatomy_model was given"}
+    assert run_in_process(main, [*base, "-o", str(tmp_path / "hu"), "-anatomy_model", "hu"]).returncode == 0
+    explicit = json.loads((tmp_path / "hu" / "example_ct.ctarr.json").read_text())
+    assert side["regions"]["kidneys"]["boxes"] == explicit["regions"]["kidneys"]["boxes"]

@@ -298,9 +298,9 @@ def test_cli_errors_are_one_line(tiny_model, inputs, tmp_path):
     from nnunet_ctarr.cli.predict import main
 
     base = ["-i", str(inputs / "img"), "-o", str(tmp_path / "o"), "-m", str(tiny_model), "-f", "0", "-device", "cpu"]
-    r = run_in_process(main, base + ["-region", "liver"])
+    r = run_in_process(main, base + ["-region", "liver", "-anatomy_seg", str(inputs / "anat"), "-anatomy_model", "hu"])
     assert r.returncode == 1
-    assert "exactly one anatomy source" in r.stderr
+    assert "give one anatomy source" in r.stderr
     assert "Traceback" not in r.stderr
     r = run_in_process(main, base + ["-anatomy_seg", str(inputs / "anat")])
     assert r.returncode == 1

@@ -83,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_regions:
         print(list_regions_text())
         return 0
-    missing = [f for f, v in (("-i", args.input), ("-o", args.output), ("-r", args.region),
-                              ("-anatomy_seg or -anatomy_model", args.anatomy_seg or args.anatomy_model)) if not v]
+    missing = [f for f, v in (("-i", args.input), ("-o", args.output), ("-r", args.region)) if not v]
     if missing:
         parser.error(f"missing required argument(s): {' '.join(missing)}")
     regions = load_regions(args.region)

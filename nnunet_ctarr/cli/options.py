@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from ..core import totalseg_weights
 from ..core.anatomy import ANATOMY_FORMATS
@@ -44,6 +45,10 @@ class Parser(argparse.ArgumentParser):
         return super().add_argument(*names, **kwargs)
 
 
+#: what a command says when it uses the HU anatomy because no anatomy option was given
+HU_DEFAULT_NOTE = ("from the CT's HU values (no -anatomy_seg or -anatomy_model given: -anatomy_model hu; "
+                   "TotalSegmentator maps or weights place tighter crops, docs/anatomy.md)")
+
 #: ``-anatomy_model`` keywords besides a model folder (help texts; ``core.totalseg_weights``, ``core.hu_anatomy``)
 ANATOMY_MODEL_KEYWORDS = ("totalsegmentator", "totalsegmentator:3mm", "totalsegmentator:6mm", "hu")
 
@@ -63,7 +68,8 @@ def add_anatomy_args(p: argparse.ArgumentParser, model: bool = True, required: b
                             "CTARR groups or TotalSegmentator names), or a keyword: totalsegmentator (= "
                             "totalsegmentator:3mm, TotalSegmentator's 3 mm total model), totalsegmentator:6mm (its "
                             "6 mm model; both from TotalSegmentator's weights folder, docs/anatomy.md), hu (HU "
-                            "thresholds, no model); runs on -device")
+                            "thresholds, no model; the default when neither -anatomy_seg nor -anatomy_model is given); "
+                            "runs on -device")
         p.add_argument("-anatomy_folds", nargs="+", default=None,
                        help="folds of -anatomy_model (default: all found; 0 for totalsegmentator)")
         p.add_argument("-anatomy_chk", default="checkpoint_final.pth", help="checkpoint of -anatomy_model")
@@ -114,15 +120,18 @@ def anatomy_source(args, device: str = "cpu", step_size: float = 0.5, disable_tt
     precomputed maps, an nnU-Net model folder, TotalSegmentator's model (found as TotalSegmentator
     finds it) or the HU anatomy. nnU-Net is imported only when a model is used."""
     model = getattr(args, "anatomy_model", None)
-    if bool(args.anatomy_seg) == bool(model):
-        raise CTARRError("give exactly one anatomy source: -anatomy_seg FILE_OR_FOLDER or -anatomy_model "
-                         f"MODEL_FOLDER|{'|'.join(ANATOMY_MODEL_KEYWORDS)}"
-                         if hasattr(args, "anatomy_model") else "give the anatomy: -anatomy_seg FILE_OR_FOLDER")
+    if args.anatomy_seg and model:
+        raise CTARRError("give one anatomy source: -anatomy_seg FILE_OR_FOLDER or -anatomy_model "
+                         f"MODEL_FOLDER|{'|'.join(ANATOMY_MODEL_KEYWORDS)} (none: the HU anatomy)")
+    if not (args.anatomy_seg or hasattr(args, "anatomy_model")):
+        raise CTARRError("give the anatomy: -anatomy_seg FILE_OR_FOLDER")
     if args.anatomy_seg:
         return PrecomputedAnatomy(args.anatomy_seg, args.anatomy_format)
-    if model.strip().lower() == "hu":
+    if not model or model.strip().lower() == "hu":
         from ..core.hu_anatomy import HUAnatomy
-        return HUAnatomy(getattr(args, "atlas", None))
+        if not model:
+            print(f"anatomy: {HU_DEFAULT_NOTE}", file=sys.stderr)
+        return HUAnatomy(getattr(args, "atlas", None), default=not model)
     folds = None if args.anatomy_folds is None else [f if f == "all" else int(f) for f in args.anatomy_folds]
     name = None
     if totalseg_weights.model_for(model) is not None:

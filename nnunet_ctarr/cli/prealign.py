@@ -92,9 +92,6 @@ def _pair_anatomy(args) -> dict[str, tuple]:
         for r, (src, key) in out.items():
             src.prepare({key: [images[r]]})
         return out
-    if not (args.anatomy_seg or args.anatomy_model):
-        raise CTARRError("give the anatomy: --fixed_anatomy MAP --moving_anatomy MAP, -anatomy_seg FOLDER or "
-                         "-anatomy_model MODEL")
     source = anatomy_source(args, device=args.device, verbose=args.verbose)
     keys = {r: case_id(images[r]) for r in images} if args.anatomy_seg else {r: r for r in images}
     if keys["fixed"] == keys["moving"]:

@@ -84,15 +84,16 @@ def hu_anatomy(image: sitk.Image, atlas: Atlas, warnings: WarningLog | None = No
 class HUAnatomy:
     """``-anatomy_model hu``: anatomy from the CT's intensities (no network, no files)."""
 
-    def __init__(self, atlas: Atlas | str | None = None):
+    def __init__(self, atlas: Atlas | str | None = None, default: bool = False):
         self.atlas = atlas if isinstance(atlas, Atlas) else None
         self.atlas_path = None if isinstance(atlas, Atlas) else atlas
+        self.default = default           # used because the command was given no anatomy option
 
     def prepare(self, cases: dict[str, list[str]]) -> None:
         self.cases = dict(cases)
 
     def stamp(self, case: str) -> dict:
-        return {"model": "hu"}
+        return {"model": "hu", **({"because": "no -anatomy_seg or -anatomy_model was given"} if self.default else {})}
 
     def load(self, case: str, warnings: WarningLog) -> AnatomyMasks:
         if self.atlas is None:
