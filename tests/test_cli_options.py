@@ -105,3 +105,15 @@ def test_no_command_has_anatomy_maps_without_the_model_source():
     with_seg = {n for n, p in PARSERS.items() if "-anatomy_seg" in p._option_string_actions}
     assert with_seg == set(LOCATING)
     assert all("-anatomy_model" in PARSERS[n]._option_string_actions for n in with_seg)
+
+
+def test_anatomy_disable_tta_reaches_the_anatomy_model(random_models):
+    """``--anatomy_disable_tta`` (either spelling) switches off the anatomy model's mirroring on the
+    commands without nnU-Net inference flags; without it the model mirrors as nnU-Net does."""
+    from nnunet_ctarr.cli import crop
+    from nnunet_ctarr.cli.options import anatomy_source
+
+    base = ["-i", "x", "-o", "y", "-r", "liver", "-anatomy_model", str(random_models["anatomy19"])]
+    for flag in ("-anatomy_disable_tta", "--anatomy_disable_tta"):
+        assert anatomy_source(crop.build_parser().parse_args([*base, flag])).disable_tta is True
+    assert anatomy_source(crop.build_parser().parse_args(base)).disable_tta is False

@@ -73,6 +73,9 @@ def add_anatomy_args(p: argparse.ArgumentParser, model: bool = True, required: b
         p.add_argument("-anatomy_folds", nargs="+", default=None,
                        help="folds of -anatomy_model (default: all found; 0 for totalsegmentator)")
         p.add_argument("-anatomy_chk", default="checkpoint_final.pth", help="checkpoint of -anatomy_model")
+        p.add_argument("--anatomy_disable_tta", action="store_true",
+                       help="-anatomy_model without test-time mirroring (the CTARR anatomy trainer mirrors in z: "
+                            "about half the network time; the predict commands' --disable_tta also does this)")
 
 
 def add_atlas_arg(p: argparse.ArgumentParser) -> None:
@@ -138,6 +141,7 @@ def anatomy_source(args, device: str = "cpu", step_size: float = 0.5, disable_tt
         folder, folds, ts = totalseg_weights.resolve(model, folds, args.anatomy_chk)
         model, name = folder, ts.keyword
     from ..inference.anatomy_model import ModelAnatomy
+    disable_tta = disable_tta or getattr(args, "anatomy_disable_tta", False)
     return ModelAnatomy(model, folds, args.anatomy_chk, device, step_size, disable_tta, npp, nps, verbose, name=name)
 
 
