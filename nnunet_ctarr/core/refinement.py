@@ -63,7 +63,7 @@ class DiceProblem:
     paper's step size 0.05 is scale-free and equal on all axes."""
 
     def __init__(self, moving: MaskVolume, fixed: MaskVolume, M: np.ndarray, t0: np.ndarray,
-                 groups: np.ndarray, level: int, device: str = "cpu", padding: float = 0.15):
+                 groups: np.ndarray, level: int, padding: float = 0.15):
         m_size_full = np.array(moving.shape_zyx[::-1])
         m_mid_full = moving.origin + 0.5 * (m_size_full - 1) * moving.spacing
         self.M = M.astype(float)

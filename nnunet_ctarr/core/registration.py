@@ -187,7 +187,7 @@ def register(moving: MaskVolume, fixed: MaskVolume, settings: RegistrationSettin
     dice = np.zeros(len(groups))
     problem = None
     for level in s.levels:
-        problem = DiceProblem(moving, fixed, M, t0, groups, level, s.device)
+        problem = DiceProblem(moving, fixed, M, t0, groups, level)
         scale, tau, dice, it = refine(problem, scale, tau, s)
         n_it += it
     scale, trans = problem.to_transform(scale, tau)
