@@ -60,7 +60,7 @@ def build_models(tmp: Path) -> dict[str, dict]:
     """Random-weight model folders: name -> {folder, patch_size, n_stages, features, parameters}."""
     from model_factory import make_random_model
 
-    from nnunet_ctarr.core.anatomy import GROUPS, totalsegmentator_scheme
+    from nnunet_ctarr.core.anatomy.groups import GROUPS, totalsegmentator_scheme
 
     ct_imgs, ct_labs = _fabricated_ct(tmp / "ctarr_data", (122, 101, 112))  # patch and spacing are fixed
     ts_imgs, ts_labs = _fabricated_ct(tmp / "ts_data", TYPICAL_TS_CT_XYZ)
@@ -111,7 +111,7 @@ def time_models(
     import torch
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-    from nnunet_ctarr.core.errors import WarningLog
+    from nnunet_ctarr.core.base.errors import WarningLog
     from nnunet_ctarr.inference.anatomy_model import ModelAnatomy
     from nnunet_ctarr.training.trainer_path import ensure_ext_trainer_path
 

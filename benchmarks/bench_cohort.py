@@ -48,7 +48,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_ctarr.core.io import read_image
+from nnunet_ctarr.core.base.images import read_image
 from nnunet_ctarr.evaluation.perturbations import random_perturbations, standard_perturbations
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import torch
 
-from nnunet_ctarr.core import hu_anatomy as H
-from nnunet_ctarr.core import hu_pose
-from nnunet_ctarr.core.anatomy import load_anatomy
-from nnunet_ctarr.core.atlas import Atlas
-from nnunet_ctarr.core.io import read_image
-from nnunet_ctarr.core.pipeline import locate
+from nnunet_ctarr.core.anatomy import hu_anatomy as H
+from nnunet_ctarr.core.anatomy import hu_pose
+from nnunet_ctarr.core.anatomy.atlas import Atlas
+from nnunet_ctarr.core.anatomy.masks import load_anatomy
+from nnunet_ctarr.core.base.images import read_image
+from nnunet_ctarr.core.localise.localisation import locate
 
 DATA = Path(__file__).resolve().parents[1] / "examples" / "data"
 SCANS = {

@@ -283,8 +283,8 @@ def main() -> None:
         import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-        from nnunet_ctarr.core.anatomy_sources import PrecomputedAnatomy
-        from nnunet_ctarr.core.regions import load_region
+        from nnunet_ctarr.core.anatomy.sources import PrecomputedAnatomy
+        from nnunet_ctarr.core.regions.region import load_region
         from nnunet_ctarr.inference.predictor import nnUNetPredictorCTARR
 
         device = torch.device(args.device)

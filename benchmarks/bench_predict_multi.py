@@ -62,8 +62,8 @@ def main() -> None:
     import torch
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
-    from nnunet_ctarr.core.anatomy_sources import PrecomputedAnatomy
-    from nnunet_ctarr.core.regions import load_region
+    from nnunet_ctarr.core.anatomy.sources import PrecomputedAnatomy
+    from nnunet_ctarr.core.regions.region import load_region
     from nnunet_ctarr.inference.multi_predictor import MultiModelPredictor
     from nnunet_ctarr.inference.multi_spec import load_spec
     from nnunet_ctarr.inference.predictor import nnUNetPredictorCTARR

@@ -22,14 +22,16 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from nnunet_ctarr.core.anatomy import AnatomyMasks, LabelScheme
-from nnunet_ctarr.core.atlas import Atlas
-from nnunet_ctarr.core.atlas_builder import _average
-from nnunet_ctarr.core.errors import WarningLog
-from nnunet_ctarr.core.io import canonical, read_image
-from nnunet_ctarr.core.registration import RegistrationSettings, register
-from nnunet_ctarr.core.transform import AtlasTransform
-from nnunet_ctarr.core.volume import MaskVolume, anatomy_to_volume
+from nnunet_ctarr.core.anatomy.atlas import Atlas
+from nnunet_ctarr.core.anatomy.groups import LabelScheme
+from nnunet_ctarr.core.anatomy.masks import AnatomyMasks
+from nnunet_ctarr.core.anatomy.volume import MaskVolume, anatomy_to_volume
+from nnunet_ctarr.core.base.errors import WarningLog
+from nnunet_ctarr.core.base.images import canonical, read_image
+from nnunet_ctarr.core.base.transform import AtlasTransform
+from nnunet_ctarr.core.build.atlas_builder import _average
+from nnunet_ctarr.core.localise.registration import register
+from nnunet_ctarr.core.localise.settings import RegistrationSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = {

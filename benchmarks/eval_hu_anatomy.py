@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnunet_ctarr.core.anatomy import AnatomyMasks, LabelScheme
-from nnunet_ctarr.core.atlas import Atlas
-from nnunet_ctarr.core.errors import LocalisationUntrusted, WarningLog
-from nnunet_ctarr.core.hu_anatomy import hu_anatomy
-from nnunet_ctarr.core.io import match_label_to_image, read_image
-from nnunet_ctarr.core.regions import builtin_regions, load_region
+from nnunet_ctarr.core.anatomy.atlas import Atlas
+from nnunet_ctarr.core.anatomy.groups import LabelScheme
+from nnunet_ctarr.core.anatomy.hu_anatomy import hu_anatomy
+from nnunet_ctarr.core.anatomy.masks import AnatomyMasks
+from nnunet_ctarr.core.base.errors import LocalisationUntrusted, WarningLog
+from nnunet_ctarr.core.base.images import match_label_to_image, read_image
+from nnunet_ctarr.core.regions.region import builtin_regions, load_region
 from nnunet_ctarr.evaluation.perturbations import orientation_of, random_perturbations, standard_perturbations
 from nnunet_ctarr.evaluation.scores import score_case
 

@@ -40,9 +40,9 @@ from prealign_protocol import (
     summarise,
 )
 
-from nnunet_ctarr.core.anatomy import LabelScheme
-from nnunet_ctarr.core.atlas import Atlas
-from nnunet_ctarr.core.errors import CTARRError
+from nnunet_ctarr.core.anatomy.atlas import Atlas
+from nnunet_ctarr.core.anatomy.groups import LabelScheme
+from nnunet_ctarr.core.base.errors import CTARRError
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = (("ctarr", "CTARR (atlas transforms composed)"), ("grid", "FASTA-like grid search (translation, SSD)"))

@@ -32,14 +32,15 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import fft as sfft
 
-from nnunet_ctarr.core.anatomy import AnatomyMasks, LabelScheme
-from nnunet_ctarr.core.atlas import Atlas
-from nnunet_ctarr.core.errors import WarningLog
-from nnunet_ctarr.core.geometry import Geometry
-from nnunet_ctarr.core.io import canonical, read_image
-from nnunet_ctarr.core.pipeline import locate
-from nnunet_ctarr.core.prealign import moving_to_fixed, slice_centres
-from nnunet_ctarr.core.registration import RegistrationSettings
+from nnunet_ctarr.core.anatomy.atlas import Atlas
+from nnunet_ctarr.core.anatomy.groups import LabelScheme
+from nnunet_ctarr.core.anatomy.masks import AnatomyMasks
+from nnunet_ctarr.core.base.errors import WarningLog
+from nnunet_ctarr.core.base.geometry import Geometry
+from nnunet_ctarr.core.base.images import canonical, read_image
+from nnunet_ctarr.core.localise.localisation import locate
+from nnunet_ctarr.core.localise.prealign import moving_to_fixed, slice_centres
+from nnunet_ctarr.core.localise.settings import RegistrationSettings
 from nnunet_ctarr.evaluation.perturbations import array_op, cut_box, zoomed
 
 SUBJECTS = {

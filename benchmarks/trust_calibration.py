@@ -25,14 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnunet_ctarr.core.anatomy import AnatomyMasks, LabelScheme
-from nnunet_ctarr.core.atlas import Atlas
-from nnunet_ctarr.core.cropping import crop_scores
-from nnunet_ctarr.core.errors import LocalisationUntrusted, WarningLog
-from nnunet_ctarr.core.io import match_label_to_image, read_image
-from nnunet_ctarr.core.pipeline import locate, plan_region
-from nnunet_ctarr.core.regions import builtin_regions, load_region
-from nnunet_ctarr.core.trust import Trust, assess
+from nnunet_ctarr.core.anatomy.atlas import Atlas
+from nnunet_ctarr.core.anatomy.groups import LabelScheme
+from nnunet_ctarr.core.anatomy.masks import AnatomyMasks
+from nnunet_ctarr.core.base.errors import LocalisationUntrusted, WarningLog
+from nnunet_ctarr.core.base.images import match_label_to_image, read_image
+from nnunet_ctarr.core.localise.localisation import locate, plan_region
+from nnunet_ctarr.core.localise.trust import Trust, assess
+from nnunet_ctarr.core.regions.cropping import crop_scores
+from nnunet_ctarr.core.regions.region import builtin_regions, load_region
 from nnunet_ctarr.evaluation.hard_cases import anatomy_errors, head_neck, upper_slab
 from nnunet_ctarr.evaluation.perturbations import random_perturbations, standard_perturbations
 from nnunet_ctarr.evaluation.scores import roi_mask

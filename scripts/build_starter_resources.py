@@ -15,12 +15,13 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_ctarr.core.anatomy import load_anatomy, totalsegmentator_scheme
-from nnunet_ctarr.core.atlas import Atlas
-from nnunet_ctarr.core.atlas_builder import build_atlas
-from nnunet_ctarr.core.errors import WarningLog
-from nnunet_ctarr.core.region_learning import learn_region
-from nnunet_ctarr.core.volume import anatomy_to_volume
+from nnunet_ctarr.core.anatomy.atlas import Atlas
+from nnunet_ctarr.core.anatomy.groups import totalsegmentator_scheme
+from nnunet_ctarr.core.anatomy.masks import load_anatomy
+from nnunet_ctarr.core.anatomy.volume import anatomy_to_volume
+from nnunet_ctarr.core.base.errors import WarningLog
+from nnunet_ctarr.core.build.atlas_builder import build_atlas
+from nnunet_ctarr.core.build.region_learning import learn_region
 
 ROOT = Path(__file__).resolve().parents[1]
 SUBJECTS = {

@@ -18,7 +18,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from nnunet_ctarr.cli.crop import main as crop_main
-from nnunet_ctarr.core.io import read_image
+from nnunet_ctarr.core.base.images import read_image
 from nnunet_ctarr.evaluation.hard_cases import head_neck
 
 REPO = Path(__file__).resolve().parents[1]

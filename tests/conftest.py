@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from nnunet_ctarr.core.anatomy import AnatomyMasks, LabelScheme
-from nnunet_ctarr.core.atlas import Atlas
-from nnunet_ctarr.core.errors import WarningLog
-from nnunet_ctarr.core.io import read_image
+from nnunet_ctarr.core.anatomy.atlas import Atlas
+from nnunet_ctarr.core.anatomy.groups import LabelScheme
+from nnunet_ctarr.core.anatomy.masks import AnatomyMasks
+from nnunet_ctarr.core.base.errors import WarningLog
+from nnunet_ctarr.core.base.images import read_image
 
 torch.set_num_threads(2)
 REPO = Path(__file__).resolve().parents[1]
@@ -71,8 +72,8 @@ def _registration_memo():
 
     import numpy as np
 
-    from nnunet_ctarr.core import pipeline
-    from nnunet_ctarr.core.registration import RegistrationSettings
+    from nnunet_ctarr.core.localise import localisation as pipeline
+    from nnunet_ctarr.core.localise.settings import RegistrationSettings
 
     real, memo = pipeline.register, {}
 
@@ -156,7 +157,8 @@ def random_models(tmp_path_factory) -> dict[str, Path]:
     import SimpleITK as sitk
     from model_factory import make_random_models, model_spec
 
-    from nnunet_ctarr.core.anatomy import GROUPS, load_anatomy, totalsegmentator_scheme
+    from nnunet_ctarr.core.anatomy.groups import GROUPS, totalsegmentator_scheme
+    from nnunet_ctarr.core.anatomy.masks import load_anatomy
 
     tmp = tmp_path_factory.mktemp("random_models")
     (tmp / "targets").mkdir()
@@ -218,7 +220,7 @@ def write_totalseg_subject(root: Path, subject: str, labels, ct=None, version: i
     import numpy as np
     import SimpleITK as sitk
 
-    from nnunet_ctarr.core.anatomy import totalsegmentator_scheme
+    from nnunet_ctarr.core.anatomy.groups import totalsegmentator_scheme
 
     lab = labels if isinstance(labels, sitk.Image) else sitk.ReadImage(str(labels))
     arr = sitk.GetArrayViewFromImage(lab)

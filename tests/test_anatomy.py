@@ -10,15 +10,10 @@ import pytest
 import SimpleITK as sitk
 from conftest import ABDOMEN, CHEST
 
-from nnunet_ctarr.core.anatomy import (
-    GROUPS,
-    LabelScheme,
-    group_of,
-    load_anatomy,
-    read_nifti_label_table,
-    totalsegmentator_scheme,
-)
-from nnunet_ctarr.core.errors import CTARRError, WarningLog
+from nnunet_ctarr.core.anatomy.groups import GROUPS, LabelScheme, group_of, totalsegmentator_scheme
+from nnunet_ctarr.core.anatomy.label_maps import read_nifti_label_table
+from nnunet_ctarr.core.anatomy.masks import load_anatomy
+from nnunet_ctarr.core.base.errors import CTARRError, WarningLog
 
 
 def test_19_groups_in_paper_order():

@@ -23,8 +23,44 @@ ALLOWED = {
 }
 
 
+#: the core's stages and which of them each may import (besides itself): the data flows downwards
+CORE_STAGES = ("base", "anatomy", "regions", "localise", "outputs", "build")
+CORE_ALLOWED = {
+    "base": set(),
+    "anatomy": {"base"},
+    "regions": {"base"},
+    "localise": {"base", "anatomy", "regions"},
+    "outputs": {"base", "anatomy", "regions", "localise"},
+    "build": {"base", "anatomy", "regions", "localise"},
+}
+
+
 def _modules(sub: str) -> list[Path]:
     return sorted((PKG / sub).rglob("*.py"))
+
+
+def _imports(path: Path) -> set[str]:
+    """Absolute nnunet_ctarr modules (or packages) a module imports anywhere in its body, except
+    under ``if TYPE_CHECKING:`` (type hints only)."""
+    tree = ast.parse(path.read_text())
+    here = path.relative_to(REPO).with_suffix("").parts
+    pkg = here[:-1] if here[-1] != "__init__" else here[:-1]
+    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+            and getattr(node.test, "id", getattr(node.test, "attr", "")) == "TYPE_CHECKING"
+            for n in ast.walk(node)}
+    out = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.ImportFrom):
+            base = (list(pkg[: len(pkg) - node.level + 1]) if node.level else []) + (node.module or "").split(".")
+            base = [b for b in base if b]
+            for a in node.names:
+                full = ".".join(base + [a.name])
+                out.add(full if (REPO / (full.replace(".", "/") + ".py")).exists() else ".".join(base))
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+    return {m for m in out if m.startswith("nnunet_ctarr")}
 
 
 def _imported_subpackages(path: Path) -> set[str]:
@@ -55,8 +91,51 @@ def test_subpackages_import_only_what_the_layering_allows(sub):
     assert not {k: v for k, v in bad.items() if v}
 
 
+@pytest.mark.parametrize("stage", CORE_STAGES)
+def test_core_stages_import_only_the_stages_below(stage):
+    bad = {}
+    for p in _modules(f"core/{stage}"):
+        used = {m.split(".")[2] for m in _imports(p) if m.startswith("nnunet_ctarr.core.") and m.count(".") >= 2}
+        if used - CORE_ALLOWED[stage] - {stage}:
+            bad[str(p.relative_to(REPO))] = sorted(used - CORE_ALLOWED[stage] - {stage})
+    assert not bad
+
+
+def test_core_is_split_into_stages():
+    """The core holds its stages and at most 8 modules of its own."""
+    assert sorted(p.name for p in (PKG / "core").iterdir() if p.is_dir() and p.name != "__pycache__") \
+        == sorted(CORE_STAGES)
+    assert len(list((PKG / "core").glob("*.py"))) <= 8
+
+
+def test_no_import_circle_in_the_package():
+    graph = {}
+    for p in PKG.rglob("*.py"):
+        parts = p.relative_to(REPO).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        graph[name] = {m for m in _imports(p) if m != name}
+    seen, stack, circles = set(), [], []
+
+    def visit(n):
+        if n in stack:
+            circles.append(stack[stack.index(n):] + [n])
+            return
+        if n in seen:
+            return
+        seen.add(n)
+        stack.append(n)
+        for m in sorted(graph.get(n, ())):
+            if not n.startswith(m + "."):       # a module importing its own package's face is no circle
+                visit(m)
+        stack.pop()
+    for n in sorted(graph):
+        visit(n)
+    assert not circles
+
+
 def test_importing_the_core_leaves_nnunet_out():
-    mods = sorted(p.stem for p in _modules("core") if p.stem != "__init__")
+    mods = sorted(".".join(p.relative_to(PKG / "core").with_suffix("").parts) for p in _modules("core")
+                  if p.stem != "__init__")
     code = (
         "import sys\n"
         + "".join(f"import nnunet_ctarr.core.{m}\n" for m in mods)

@@ -8,10 +8,10 @@ import SimpleITK as sitk
 from conftest import ABDOMEN, CHEST, anatomy_of
 
 from nnunet_ctarr.cli.build_atlas import main as build_atlas_main
-from nnunet_ctarr.core.anatomy import GROUPS
-from nnunet_ctarr.core.atlas import Atlas
-from nnunet_ctarr.core.region_learning import learn_region
-from nnunet_ctarr.core.regions import boxes_from_heatmap, builtin_regions, load_region
+from nnunet_ctarr.core.anatomy.atlas import Atlas
+from nnunet_ctarr.core.anatomy.groups import GROUPS
+from nnunet_ctarr.core.build.region_learning import learn_region
+from nnunet_ctarr.core.regions.region import boxes_from_heatmap, builtin_regions, load_region
 
 
 def test_starter_atlas_is_complete_where_data_exist(atlas):
@@ -109,7 +109,7 @@ def test_nnunet_label_names_map_to_groups_and_region_labels_are_refused(tmp_path
     import pytest
 
     from nnunet_ctarr.cli.build_atlas import nnunet_scheme
-    from nnunet_ctarr.core.errors import CTARRError
+    from nnunet_ctarr.core.base.errors import CTARRError
 
     ds = tmp_path / "Dataset700_X"
     (ds / "labelsTr").mkdir(parents=True)

@@ -12,7 +12,7 @@ import SimpleITK as sitk
 from conftest import ABDOMEN, CHEST, DICOM, SMALL, run_in_process
 
 from nnunet_ctarr.cli.crop import main
-from nnunet_ctarr.core.cropping import paste_back
+from nnunet_ctarr.core.regions.cropping import paste_back
 
 
 def run_cli(args: list[str]):
@@ -253,7 +253,7 @@ def test_empty_input_folder_is_one_line_without_itk_noise(tmp_path):
 def test_several_regions_share_one_registration(tmp_path, monkeypatch):
     """-r liver kidneys urinary_bladder: one registration per scan, one sidecar with every region;
     the crops equal those of one-region runs."""
-    from nnunet_ctarr.core import crop_writer
+    from nnunet_ctarr.core.outputs import case_writer as crop_writer
 
     calls = []
     real = crop_writer.locate

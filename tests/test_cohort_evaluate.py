@@ -11,7 +11,7 @@ import pytest
 from conftest import ABDOMEN, CHEST, run_in_process, write_liver_kidney_targets
 
 from nnunet_ctarr.cli.evaluate import main
-from nnunet_ctarr.core.regions import load_regions
+from nnunet_ctarr.core.regions.region import load_regions
 from nnunet_ctarr.evaluation.resume import case_stamp, finished_rows, run_settings, write_results
 
 ANATOMY = {"seg": None, "format": "auto", "model": None}

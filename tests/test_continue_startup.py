@@ -9,7 +9,7 @@ import torch
 from conftest import SMALL, run_in_process
 
 from nnunet_ctarr.cli.crop import main
-from nnunet_ctarr.core.crop_writer import torch_version
+from nnunet_ctarr.core.outputs.case_writer import torch_version
 
 CHECK = """
 import sys

@@ -11,8 +11,9 @@ import SimpleITK as sitk
 from conftest import ABDOMEN, CHEST, run_in_process, write_totalseg_subject
 
 from nnunet_ctarr.cli.convert_totalsegmentator import main
-from nnunet_ctarr.core.anatomy import GROUPS, load_anatomy
-from nnunet_ctarr.core.errors import WarningLog
+from nnunet_ctarr.core.anatomy.groups import GROUPS
+from nnunet_ctarr.core.anatomy.masks import load_anatomy
+from nnunet_ctarr.core.base.errors import WarningLog
 
 
 def test_convert_with_split_v1_names_resume_and_errors(tmp_path):

@@ -7,10 +7,10 @@ import pytest
 import SimpleITK as sitk
 from conftest import DICOM, anatomy_of
 
-from nnunet_ctarr.core.cropping import crop_image, paste_back, plan_crops
-from nnunet_ctarr.core.io import match_label_to_image, read_image
-from nnunet_ctarr.core.pipeline import locate, plan_region
-from nnunet_ctarr.core.regions import Region, load_region
+from nnunet_ctarr.core.base.images import match_label_to_image, read_image
+from nnunet_ctarr.core.localise.localisation import locate, plan_region
+from nnunet_ctarr.core.regions.cropping import crop_image, paste_back, plan_crops
+from nnunet_ctarr.core.regions.region import Region, load_region
 
 
 def _assert_overlays(crop: sitk.Image, src: sitk.Image, n: int = 200) -> None:
@@ -72,7 +72,7 @@ def test_partial_box_is_cut_to_the_image_and_pad_restores_full_box(chest, chest_
     img = chest[0]
     tf = chest_loc.transform
     # a 60 mm box in the middle of the slice that reaches 60 mm beyond the top of the scan
-    from nnunet_ctarr.core.geometry import Geometry
+    from nnunet_ctarr.core.base.geometry import Geometry
 
     wlo, whi = Geometry.of(img).bounds()
     centre = 0.5 * (wlo + whi)

@@ -10,11 +10,11 @@ import SimpleITK as sitk
 from conftest import ABDOMEN, CHEST
 
 from nnunet_ctarr.cli.evaluate import main
-from nnunet_ctarr.core.anatomy import load_anatomy
-from nnunet_ctarr.core.atlas import Atlas
-from nnunet_ctarr.core.errors import WarningLog
-from nnunet_ctarr.core.pipeline import locate, plan_region
-from nnunet_ctarr.core.regions import load_region
+from nnunet_ctarr.core.anatomy.atlas import Atlas
+from nnunet_ctarr.core.anatomy.masks import load_anatomy
+from nnunet_ctarr.core.base.errors import WarningLog
+from nnunet_ctarr.core.localise.localisation import locate, plan_region
+from nnunet_ctarr.core.regions.region import load_region
 
 
 def test_evaluate_liver_table_worst_first_and_qc(tmp_path):

@@ -12,13 +12,13 @@ import SimpleITK as sitk
 from conftest import ABDOMEN, anatomy_of, run_in_process
 
 from nnunet_ctarr.cli import crop
-from nnunet_ctarr.core.anatomy import GROUPS, LabelScheme
-from nnunet_ctarr.core.errors import CTARRError
-from nnunet_ctarr.core.hu_anatomy import coarse_pose, hu_anatomy, hu_masks
-from nnunet_ctarr.core.io import canonical
-from nnunet_ctarr.core.pipeline import locate
-from nnunet_ctarr.core.trust import assess
-from nnunet_ctarr.core.volume import anatomy_to_volume
+from nnunet_ctarr.core.anatomy.groups import GROUPS, LabelScheme
+from nnunet_ctarr.core.anatomy.hu_anatomy import coarse_pose, hu_anatomy, hu_masks
+from nnunet_ctarr.core.anatomy.volume import anatomy_to_volume
+from nnunet_ctarr.core.base.errors import CTARRError
+from nnunet_ctarr.core.base.images import canonical
+from nnunet_ctarr.core.localise.localisation import locate
+from nnunet_ctarr.core.localise.trust import assess
 from nnunet_ctarr.evaluation.perturbations import array_op, cut_box
 
 BONES = [
@@ -160,10 +160,10 @@ def test_no_lungs_no_bone_is_one_clear_error(atlas):
 @pytest.mark.parametrize("k,flip", [(0, False), (1, True), (2, False), (3, True)])
 def test_atlas_gather_equals_per_voxel_mapping(atlas, k, flip):
     """The axis-aligned gather that labels the HU voxels equals mapping every voxel on its own."""
-    from nnunet_ctarr.core.geometry import Geometry
-    from nnunet_ctarr.core.hu_anatomy import _atlas_on_scan
-    from nnunet_ctarr.core.hu_pose import atlas_views
-    from nnunet_ctarr.core.transform import AtlasTransform
+    from nnunet_ctarr.core.anatomy.hu_anatomy import _atlas_on_scan
+    from nnunet_ctarr.core.anatomy.hu_pose import atlas_views
+    from nnunet_ctarr.core.base.geometry import Geometry
+    from nnunet_ctarr.core.base.transform import AtlasTransform
 
     amap = atlas_views(atlas)["bone_label"]
     g = Geometry.aligned(np.array([-100.0, -50.0, 20.0]), np.array([3.0, 3.0, 3.0]), (50, 60, 70))

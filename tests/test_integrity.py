@@ -11,10 +11,10 @@ import pytest
 import SimpleITK as sitk
 from conftest import ABDOMEN, SMALL, run_in_process
 
-import nnunet_ctarr.core.crop_writer as crop_writer
+import nnunet_ctarr.core.outputs.case_writer as crop_writer
 from nnunet_ctarr.cli.crop import main
-from nnunet_ctarr.core.errors import CTARRError
-from nnunet_ctarr.core.io import read_image, write_image
+from nnunet_ctarr.core.base.errors import CTARRError
+from nnunet_ctarr.core.base.images import read_image, write_image
 
 
 def _one_error(r, needle: str) -> str:

@@ -7,16 +7,10 @@ import pytest
 import SimpleITK as sitk
 from conftest import ABDOMEN, CHEST, DICOM
 
-from nnunet_ctarr.core.errors import CTARRError
-from nnunet_ctarr.core.geometry import Geometry
-from nnunet_ctarr.core.io import (
-    canonical,
-    case_id,
-    check_ct_intensities,
-    list_inputs,
-    match_label_to_image,
-    read_image,
-)
+from nnunet_ctarr.core.base.cases import case_id, list_inputs
+from nnunet_ctarr.core.base.errors import CTARRError
+from nnunet_ctarr.core.base.geometry import Geometry
+from nnunet_ctarr.core.base.images import canonical, check_ct_intensities, match_label_to_image, read_image
 
 
 def test_dicom_series_reads_as_volume():

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from conftest import ABDOMEN, CHEST, DICOM, SMALL, anatomy_of
 
-from nnunet_ctarr.core.io import match_label_to_image, read_image
-from nnunet_ctarr.core.regions import builtin_regions, load_region
+from nnunet_ctarr.core.base.images import match_label_to_image, read_image
+from nnunet_ctarr.core.regions.region import builtin_regions, load_region
 from nnunet_ctarr.evaluation.perturbations import orientation_of, random_perturbations, standard_perturbations
 from nnunet_ctarr.evaluation.scores import score_case
 

@@ -9,9 +9,9 @@ import SimpleITK as sitk
 from conftest import ABDOMEN, CHEST, anatomy_of
 
 from nnunet_ctarr.cli.prealign import body_height_main, prealign_main
-from nnunet_ctarr.core.io import canonical
-from nnunet_ctarr.core.pipeline import locate
-from nnunet_ctarr.core.prealign import body_height, itk_transform, moving_to_fixed
+from nnunet_ctarr.core.base.images import canonical
+from nnunet_ctarr.core.localise.localisation import locate
+from nnunet_ctarr.core.localise.prealign import body_height, itk_transform, moving_to_fixed
 from nnunet_ctarr.evaluation.perturbations import array_op
 
 

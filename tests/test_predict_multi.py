@@ -21,9 +21,9 @@ from conftest import (
     run_in_process,
 )
 
-from nnunet_ctarr.core.anatomy_sources import PrecomputedAnatomy
-from nnunet_ctarr.core.errors import CTARRError
-from nnunet_ctarr.core.regions import load_region
+from nnunet_ctarr.core.anatomy.sources import PrecomputedAnatomy
+from nnunet_ctarr.core.base.errors import CTARRError
+from nnunet_ctarr.core.regions.region import load_region
 from nnunet_ctarr.inference.multi_predictor import MaxProbabilityMerge
 from nnunet_ctarr.inference.multi_spec import load_spec
 from nnunet_ctarr.inference.predictor import nnUNetPredictorCTARR

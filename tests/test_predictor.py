@@ -19,8 +19,8 @@ from conftest import (
     run_in_process,
 )
 
-from nnunet_ctarr.core.anatomy_sources import PrecomputedAnatomy
-from nnunet_ctarr.core.regions import load_region
+from nnunet_ctarr.core.anatomy.sources import PrecomputedAnatomy
+from nnunet_ctarr.core.regions.region import load_region
 from nnunet_ctarr.inference.export import merge_box_probabilities
 from nnunet_ctarr.inference.predictor import nnUNetPredictorCTARR
 
@@ -340,7 +340,7 @@ def test_anatomy_model_source_is_mapped_by_names_and_untrusted_output_falls_back
 
 
 def test_anatomy_model_with_totalsegmentator_names(tmp_path):
-    from nnunet_ctarr.core.anatomy import totalsegmentator_scheme
+    from nnunet_ctarr.core.anatomy.groups import totalsegmentator_scheme
     from nnunet_ctarr.inference.anatomy_model import ModelAnatomy
 
     folder = tmp_path / "ts_model"
@@ -351,7 +351,7 @@ def test_anatomy_model_with_totalsegmentator_names(tmp_path):
     )
     (folder / "plans.json").write_text("{}")
     src = ModelAnatomy(folder)
-    from nnunet_ctarr.core.anatomy import GROUPS
+    from nnunet_ctarr.core.anatomy.groups import GROUPS
 
     unobserved = {GROUPS[i] for i in np.nonzero(~src.scheme.observed)[0]}
     assert unobserved == {"skull", "sternum"}  # v1 names: heart from chambers, no skull/sternum

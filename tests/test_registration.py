@@ -7,11 +7,12 @@ import pytest
 import torch
 from conftest import anatomy_of
 
-from nnunet_ctarr.core.atlas_builder import _average
-from nnunet_ctarr.core.errors import CTARRError
-from nnunet_ctarr.core.registration import RegistrationSettings, landmark_weights, register, search_orientation
-from nnunet_ctarr.core.transform import AtlasTransform, orientation_matrix
-from nnunet_ctarr.core.volume import MaskVolume, anatomy_to_volume
+from nnunet_ctarr.core.anatomy.volume import MaskVolume, anatomy_to_volume
+from nnunet_ctarr.core.base.errors import CTARRError
+from nnunet_ctarr.core.base.transform import AtlasTransform, orientation_matrix
+from nnunet_ctarr.core.build.atlas_builder import _average
+from nnunet_ctarr.core.localise.registration import landmark_weights, register, search_orientation
+from nnunet_ctarr.core.localise.settings import RegistrationSettings
 
 
 def _as_fixed(vol: MaskVolume, tf: AtlasTransform) -> MaskVolume:

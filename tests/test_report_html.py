@@ -15,8 +15,8 @@ import SimpleITK as sitk
 from conftest import CHEST, SMALL, run_in_process
 
 from nnunet_ctarr.cli.crop import main
-from nnunet_ctarr.core.io import read_image
-from nnunet_ctarr.core.report_html import picture_finder, render_report_html
+from nnunet_ctarr.core.base.images import read_image
+from nnunet_ctarr.core.outputs.report_html import picture_finder, render_report_html
 from nnunet_ctarr.evaluation.hard_cases import head_neck
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from conftest import ABDOMEN, anatomy_of
 
-from nnunet_ctarr.core.io import read_image
-from nnunet_ctarr.core.pipeline import locate, plan_region
-from nnunet_ctarr.core.regions import load_region
+from nnunet_ctarr.core.base.images import read_image
+from nnunet_ctarr.core.localise.localisation import locate, plan_region
+from nnunet_ctarr.core.regions.region import load_region
 from nnunet_ctarr.inference.tiling import TileGeometry, fit_boxes, grow_box
 
 

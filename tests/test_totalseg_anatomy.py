@@ -16,9 +16,9 @@ import pytest
 import SimpleITK as sitk
 from conftest import DICOM, SMALL, TEST_STEP, run_in_process
 
-from nnunet_ctarr.core import totalseg_weights as tsw
-from nnunet_ctarr.core.anatomy import totalsegmentator_scheme
-from nnunet_ctarr.core.errors import CTARRError, WarningLog
+from nnunet_ctarr.core.anatomy import totalseg_weights as tsw
+from nnunet_ctarr.core.anatomy.groups import totalsegmentator_scheme
+from nnunet_ctarr.core.base.errors import CTARRError, WarningLog
 
 TS_VARS = ("TOTALSEG_WEIGHTS_PATH", "TOTALSEG_HOME_DIR")
 DS_3MM = "Dataset297_TotalSegmentator_total_3mm_1559subj"
@@ -133,7 +133,7 @@ def test_anatomy_source_maps_the_117_names_to_every_group(env, tmp_path):
 def test_dicom_and_other_formats_are_converted_for_the_model(env, tmp_path):
     """A crop input the model's reader may not know (DICOM folder, .mha) reaches it as NIfTI with
     the scan's geometry; a NIfTI goes as it is."""
-    from nnunet_ctarr.core.io import read_image
+    from nnunet_ctarr.core.base.images import read_image
     from nnunet_ctarr.inference.anatomy_model import ModelAnatomy
 
     src = ModelAnatomy(fake_weights(tmp_path / "w"), name="totalsegmentator:3mm")

@@ -26,7 +26,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import ABDOMEN, CHEST, SMALL, run_in_process, write_totalseg_subject
 
-from nnunet_ctarr.core.anatomy import totalsegmentator_scheme
+from nnunet_ctarr.core.anatomy.groups import totalsegmentator_scheme
 from nnunet_ctarr.evaluation.perturbations import standard_perturbations
 
 pytestmark = pytest.mark.slow
@@ -100,8 +100,8 @@ def liver_dataset(ws):
     (ds / "labelsTr").mkdir()
     (root / "anat").mkdir()
     liver = [v for v, n in totalsegmentator_scheme(2).items() if n == "liver"][0]
-    from nnunet_ctarr.core.anatomy import load_anatomy
-    from nnunet_ctarr.core.errors import WarningLog
+    from nnunet_ctarr.core.anatomy.masks import load_anatomy
+    from nnunet_ctarr.core.base.errors import WarningLog
 
     for sub in sorted((root / "ts").iterdir()):
         shutil.copy(sub / "ct.nii.gz", ds / "imagesTr" / f"{sub.name}_0000.nii.gz")
@@ -182,11 +182,11 @@ def test_ctarr_3mm_plans_and_preprocessed_data(ws, anatomy_model):
 def test_learned_region_covers_every_training_liver(ws, liver_dataset, region_model, atlas):
     """Mapped back into each training scan (its own registration), the learned box with its stored
     margin holds every liver voxel of that scan."""
-    from nnunet_ctarr.core.anatomy import load_anatomy
-    from nnunet_ctarr.core.cropping import crop_scores
-    from nnunet_ctarr.core.errors import WarningLog
-    from nnunet_ctarr.core.pipeline import locate, plan_region
-    from nnunet_ctarr.core.regions import load_region
+    from nnunet_ctarr.core.anatomy.masks import load_anatomy
+    from nnunet_ctarr.core.base.errors import WarningLog
+    from nnunet_ctarr.core.localise.localisation import locate, plan_region
+    from nnunet_ctarr.core.regions.cropping import crop_scores
+    from nnunet_ctarr.core.regions.region import load_region
 
     root, _ = ws
     region = load_region(str(root / "liver610.json"))

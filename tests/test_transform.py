@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from nnunet_ctarr.core.transform import AtlasTransform, orientation_matrix
+from nnunet_ctarr.core.base.transform import AtlasTransform, orientation_matrix
 
 
 @pytest.mark.parametrize("k,fz", list(itertools.product(range(4), (False, True))))

@@ -15,8 +15,8 @@ import SimpleITK as sitk
 from conftest import ABDOMEN, CHEST, anatomy_of, run_in_process
 
 from nnunet_ctarr.cli.crop import main
-from nnunet_ctarr.core.io import read_image
-from nnunet_ctarr.core.regions import load_region
+from nnunet_ctarr.core.base.images import read_image
+from nnunet_ctarr.core.regions.region import load_region
 from nnunet_ctarr.evaluation.hard_cases import anatomy_errors, head_neck
 from nnunet_ctarr.evaluation.scores import score_case
 
@@ -136,9 +136,9 @@ def test_anatomy_only_of_groups_the_atlas_lacks_says_so(head_neck_files, tmp_pat
 
 
 def test_region_about_a_group_the_atlas_lacks_is_never_trusted(atlas, ts_v2, abdomen):
-    from nnunet_ctarr.core.pipeline import locate, plan_region
-    from nnunet_ctarr.core.regions import Region
-    from nnunet_ctarr.core.trust import assess
+    from nnunet_ctarr.core.localise.localisation import locate, plan_region
+    from nnunet_ctarr.core.localise.trust import assess
+    from nnunet_ctarr.core.regions.region import Region
 
     image, labels = abdomen
     loc = locate(image, anatomy_of(labels, ts_v2), atlas)

@@ -14,13 +14,15 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ..core.anatomy import GROUPS, AnatomyMasks, LabelScheme, load_anatomy
-from ..core.atlas_builder import build_atlas
-from ..core.errors import CTARRError, WarningLog
-from ..core.io import case_id, is_image_file, read_image
-from ..core.nnunet_format import foreground_labels
-from ..core.registration import RegistrationSettings
-from ..core.volume import anatomy_to_volume
+from ..core.anatomy.groups import GROUPS, LabelScheme
+from ..core.anatomy.masks import AnatomyMasks, load_anatomy
+from ..core.anatomy.volume import anatomy_to_volume
+from ..core.base.cases import case_id, is_image_file
+from ..core.base.errors import CTARRError, WarningLog
+from ..core.base.images import read_image
+from ..core.base.nnunet_format import foreground_labels
+from ..core.build.atlas_builder import build_atlas
+from ..core.localise.settings import RegistrationSettings
 from .common import parse, run_cli
 from .options import Parser, add_device_arg, add_verbose_arg
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from ..core.atlas import Atlas
-from ..core.errors import CTARRError, route_itk_messages
-from ..core.io import case_id, is_dicom_dir, read_image
+from ..core.anatomy.atlas import Atlas
+from ..core.base.cases import case_id, is_dicom_dir
+from ..core.base.errors import CTARRError, route_itk_messages
+from ..core.base.images import read_image
 
 
 def setup_logging(verbose: bool = False) -> None:

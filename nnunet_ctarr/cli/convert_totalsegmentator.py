@@ -16,8 +16,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..core.anatomy import GROUPS
-from ..core.errors import CTARRError
+from ..core.anatomy.groups import GROUPS
+from ..core.base.errors import CTARRError
 from ..training.totalsegmentator import DATASET_NAME, convert_subject, find_subjects, read_splits
 from .common import parse, run_cli
 from .options import Parser, add_verbose_arg

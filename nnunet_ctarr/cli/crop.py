@@ -5,13 +5,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.atlas import Atlas
-from ..core.batch_report import BatchReport
-from ..core.crop_writer import ON_UNTRUSTED, CropOptions, already_done, crop_case
-from ..core.errors import CTARRError, WarningLog
-from ..core.io import case_id, check_output_folder, list_inputs, match_case_file
-from ..core.regions import Region, builtin_regions, check_region_atlas, load_region, load_regions
-from ..core.registration import RegistrationSettings
+from ..core.anatomy.atlas import Atlas
+from ..core.base.cases import case_id, list_inputs, match_case_file
+from ..core.base.errors import CTARRError, WarningLog
+from ..core.base.files import check_output_folder
+from ..core.localise.settings import RegistrationSettings
+from ..core.outputs.batch_report import BatchReport
+from ..core.outputs.case_writer import ON_UNTRUSTED, CropOptions, already_done, crop_case
+from ..core.regions.region import Region, builtin_regions, check_region_atlas, load_region, load_regions
 from .common import WORKER, init_worker, map_cases, parse, run_cli
 from .options import (
     Parser,

@@ -12,13 +12,13 @@ import logging
 import os
 from pathlib import Path
 
-from ..core.atlas import Atlas
-from ..core.crop_writer import versions
-from ..core.errors import CTARRError, WarningLog
-from ..core.io import write_json_if_changed
-from ..core.nnunet_format import load_raw_dataset, raw_root
-from ..core.region_settings import CONFIG_NAME, make_config
-from ..core.regions import check_region_atlas, load_region
+from ..core.anatomy.atlas import Atlas
+from ..core.base.errors import CTARRError, WarningLog
+from ..core.base.files import write_json_if_changed
+from ..core.base.nnunet_format import load_raw_dataset, raw_root
+from ..core.outputs.case_writer import versions
+from ..core.regions.model_config import CONFIG_NAME, make_config
+from ..core.regions.region import check_region_atlas, load_region
 from ..training.crop_records import crop_and_record, crop_settings, finished_row, recorded_rows
 from ..training.dataset_crops import CropJob
 from .common import WORKER, init_worker, map_cases, parse, run_cli

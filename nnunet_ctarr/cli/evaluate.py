@@ -14,11 +14,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.atlas import Atlas
-from ..core.batch_report import outcome_lines
-from ..core.errors import CTARRError, WarningLog
-from ..core.io import case_id, check_output_folder, list_inputs, match_case_file, write_csv, write_text
-from ..core.regions import Region, check_region_atlas, load_regions
+from ..core.anatomy.atlas import Atlas
+from ..core.base.cases import case_id, list_inputs, match_case_file
+from ..core.base.errors import CTARRError, WarningLog
+from ..core.base.files import check_output_folder, write_csv, write_text
+from ..core.outputs.batch_report import outcome_lines
+from ..core.regions.region import Region, check_region_atlas, load_regions
 from ..evaluation.resume import case_stamp, finished_rows, run_settings, write_results
 from ..evaluation.scores import load_perturbations
 from ..evaluation.table import (

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..core.atlas import Atlas
-from ..core.errors import CTARRError, WarningLog
-from ..core.io import read_image
-from ..core.nnunet_format import load_raw_dataset
-from ..core.region_learning import learn_region
-from ..core.registration import RegistrationSettings
+from ..core.anatomy.atlas import Atlas
+from ..core.base.errors import CTARRError, WarningLog
+from ..core.base.images import read_image
+from ..core.base.nnunet_format import load_raw_dataset
+from ..core.build.region_learning import learn_region
+from ..core.localise.settings import RegistrationSettings
 from .common import parse, run_cli
 from .options import Parser, add_anatomy_args, add_atlas_arg, add_device_arg, anatomy_source
 

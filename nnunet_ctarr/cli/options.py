@@ -12,11 +12,11 @@ import argparse
 import os
 import sys
 
-from ..core import totalseg_weights
-from ..core.anatomy import ANATOMY_FORMATS
-from ..core.anatomy_sources import PrecomputedAnatomy
-from ..core.errors import CTARRError
-from ..core.region_settings import CROP_MODES
+from ..core.anatomy import totalseg_weights
+from ..core.anatomy.groups import ANATOMY_FORMATS
+from ..core.anatomy.sources import PrecomputedAnatomy
+from ..core.base.errors import CTARRError
+from ..core.regions.model_config import CROP_MODES
 
 
 def both_spellings(names: tuple[str, ...]) -> tuple[str, ...]:
@@ -131,7 +131,7 @@ def anatomy_source(args, device: str = "cpu", step_size: float = 0.5, disable_tt
     if args.anatomy_seg:
         return PrecomputedAnatomy(args.anatomy_seg, args.anatomy_format)
     if not model or model.strip().lower() == "hu":
-        from ..core.hu_anatomy import HUAnatomy
+        from ..core.anatomy.hu_anatomy import HUAnatomy
         if not model:
             print(f"anatomy: {HU_DEFAULT_NOTE}", file=sys.stderr)
         return HUAnatomy(getattr(args, "atlas", None), default=not model)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from ..core.errors import CTARRError
+from ..core.base.errors import CTARRError
 from .common import parse, run_cli
 from .options import Parser, add_verbose_arg
 

@@ -15,14 +15,16 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..core.anatomy_sources import PrecomputedAnatomy
-from ..core.atlas import Atlas
-from ..core.errors import CTARRError, WarningLog
-from ..core.io import case_id, read_image, write_json
-from ..core.pipeline import locate
-from ..core.prealign import body_height, itk_transform, moving_to_fixed
-from ..core.registration import RegistrationSettings
-from ..core.trust import assess
+from ..core.anatomy.atlas import Atlas
+from ..core.anatomy.sources import PrecomputedAnatomy
+from ..core.base.cases import case_id
+from ..core.base.errors import CTARRError, WarningLog
+from ..core.base.files import write_json
+from ..core.base.images import read_image
+from ..core.localise.localisation import locate
+from ..core.localise.prealign import body_height, itk_transform, moving_to_fixed
+from ..core.localise.settings import RegistrationSettings
+from ..core.localise.trust import assess
 from .common import parse, run_cli
 from .options import Parser, add_anatomy_args, add_atlas_arg, add_device_arg, add_verbose_arg, anatomy_source
 

@@ -13,11 +13,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..core.atlas import Atlas
-from ..core.errors import CTARRError, WarningLog
-from ..core.io import case_id, check_output_folder
-from ..core.nnunet_format import group_channels
-from ..core.regions import check_region_atlas
+from ..core.anatomy.atlas import Atlas
+from ..core.base.cases import case_id
+from ..core.base.errors import CTARRError, WarningLog
+from ..core.base.files import check_output_folder
+from ..core.base.nnunet_format import group_channels
+from ..core.regions.region import check_region_atlas
 from .common import parse, prepare_inputs, run_cli
 from .options import Parser, add_anatomy_args, add_atlas_arg, add_crops_arg, add_inference_args
 from .options import inference_anatomy_and_device as anatomy_and_device

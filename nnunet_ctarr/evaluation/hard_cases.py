@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from ..core.anatomy import totalsegmentator_scheme
-from ..core.io import canonical
+from ..core.anatomy.groups import totalsegmentator_scheme
+from ..core.base.images import canonical
 
 _TS = {name: idx for idx, name in totalsegmentator_scheme(2).items()}
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import SimpleITK as sitk
 
-from ..core.io import canonical
+from ..core.base.images import canonical
 
 
 @dataclass

@@ -13,9 +13,8 @@ import json
 from pathlib import Path
 
 from .. import __version__
-from ..core.io import as_json, write_json
-from ..core.regions import Region
-from ..core.sidecar import input_stamp
+from ..core.base.files import as_json, input_stamp, write_json
+from ..core.regions.region import Region
 
 
 def run_settings(margin_mm: float, label_ids, atlas_id: str, anatomy: dict) -> dict:

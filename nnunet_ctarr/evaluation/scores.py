@@ -12,16 +12,17 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..core.anatomy import AnatomyMasks, LabelScheme
-from ..core.atlas import Atlas
-from ..core.cropping import crop_scores
-from ..core.errors import CTARRError, WarningLog
-from ..core.io import match_label_to_image
-from ..core.pipeline import locate, plan_region
-from ..core.regions import Region
-from ..core.registration import RegistrationSettings
-from ..core.transform import describe_orientation, orientation_from_matrix
-from ..core.trust import assess
+from ..core.anatomy.atlas import Atlas
+from ..core.anatomy.groups import LabelScheme
+from ..core.anatomy.masks import AnatomyMasks
+from ..core.base.errors import CTARRError, WarningLog
+from ..core.base.images import match_label_to_image
+from ..core.base.transform import describe_orientation, orientation_from_matrix
+from ..core.localise.localisation import locate, plan_region
+from ..core.localise.settings import RegistrationSettings
+from ..core.localise.trust import assess
+from ..core.regions.cropping import crop_scores
+from ..core.regions.region import Region
 
 
 @dataclass

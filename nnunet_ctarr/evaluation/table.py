@@ -12,15 +12,16 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..core.atlas import Atlas
-from ..core.cropping import crop_scores
-from ..core.errors import CTARRError, LocalisationUntrusted, WarningLog, quiet_warnings
-from ..core.io import case_id, match_label_to_image, read_image
-from ..core.pipeline import Localisation, locate, plan_region
-from ..core.qc import picture_name, render_qc
-from ..core.regions import Region
-from ..core.registration import RegistrationSettings
-from ..core.trust import assess
+from ..core.anatomy.atlas import Atlas
+from ..core.base.cases import case_id
+from ..core.base.errors import CTARRError, LocalisationUntrusted, WarningLog, quiet_warnings
+from ..core.base.images import match_label_to_image, read_image
+from ..core.localise.localisation import Localisation, locate, plan_region
+from ..core.localise.settings import RegistrationSettings
+from ..core.localise.trust import assess
+from ..core.outputs.qc import picture_name, render_qc
+from ..core.regions.cropping import crop_scores
+from ..core.regions.region import Region
 from .scores import orientation_check
 
 FIELDS = ["case", "region", "preserved_fg_percent", "fg_voxels", "fg_share_before_percent",

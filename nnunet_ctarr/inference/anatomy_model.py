@@ -9,12 +9,12 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from ..core.anatomy import AnatomyMasks
-from ..core.anatomy_sources import scheme_from_dataset_json
-from ..core.errors import CTARRError, WarningLog
-from ..core.io import read_image
-from ..core.nnunet_format import n_channels
-from ..core.sidecar import input_stamp
+from ..core.anatomy.masks import AnatomyMasks
+from ..core.anatomy.sources import scheme_from_dataset_json
+from ..core.base.errors import CTARRError, WarningLog
+from ..core.base.files import input_stamp
+from ..core.base.images import read_image
+from ..core.base.nnunet_format import n_channels
 
 
 class ModelAnatomy:

@@ -5,7 +5,7 @@ import numpy as np
 import SimpleITK as sitk
 from batchgenerators.utilities.file_and_folder_operations import save_pickle
 
-from ..core.geometry import Geometry
+from ..core.base.geometry import Geometry
 from .plans import CasePlan
 
 

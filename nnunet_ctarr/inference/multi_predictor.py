@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..core.atlas import Atlas
-from ..core.errors import CTARRError, LocalisationUntrusted, WarningLog
-from ..core.geometry import Geometry
-from ..core.io import write_json
-from ..core.pipeline import Localisation, locate
-from ..core.registration import RegistrationSettings
+from ..core.anatomy.atlas import Atlas
+from ..core.base.errors import CTARRError, LocalisationUntrusted, WarningLog
+from ..core.base.files import write_json
+from ..core.base.geometry import Geometry
+from ..core.localise.localisation import Localisation, locate
+from ..core.localise.settings import RegistrationSettings
 from .multi_spec import MultiSpec
 from .predictor import nnUNetPredictorCTARR
 

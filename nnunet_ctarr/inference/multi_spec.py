@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.errors import CTARRError
-from ..core.nnunet_format import foreground_labels, n_channels
-from ..core.region_settings import config_crops, config_region, read_model_config
-from ..core.regions import Region
+from ..core.base.errors import CTARRError
+from ..core.base.nnunet_format import foreground_labels, n_channels
+from ..core.regions.model_config import config_crops, config_region, read_model_config
+from ..core.regions.region import Region
 
 MODEL_KEYS = {"name", "folder", "folds", "checkpoint", "region", "margin", "labels", "crops"}
 TOP_KEYS = {"labels", "models", "description"}

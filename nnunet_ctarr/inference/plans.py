@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..core.atlas import Atlas
-from ..core.cropping import CropPlan, index_union_mask
-from ..core.errors import CTARRError, LocalisationUntrusted, WarningLog
-from ..core.geometry import Geometry
-from ..core.pipeline import Localisation, plan_region
-from ..core.regions import Region
-from ..core.registration import RegistrationSettings
-from ..core.trust import Trust, assess
+from ..core.anatomy.atlas import Atlas
+from ..core.base.errors import CTARRError, LocalisationUntrusted, WarningLog
+from ..core.base.geometry import Geometry
+from ..core.localise.localisation import Localisation, plan_region
+from ..core.localise.settings import RegistrationSettings
+from ..core.localise.trust import Trust, assess
+from ..core.regions.cropping import CropPlan, index_union_mask
+from ..core.regions.region import Region
 from .tiling import TileGeometry, fit_boxes
 
 MODES = ("crop", "full", "empty", "error")
@@ -134,7 +134,7 @@ def plan_case(case: str, geometry: Geometry, settings: CTARRSettings, tiles: Til
         report["region_voxel_fraction"] = round(region_plan.voxel_fraction(), 5)
         report["tiles_full_image"] = tiles.tiles(geometry.size_xyz)
     if settings.qc_folder and image is not None:
-        from ..core.qc import render_qc
+        from ..core.outputs.qc import render_qc
         Path(settings.qc_folder).mkdir(parents=True, exist_ok=True)
         render_qc(Path(settings.qc_folder) / f"{case}_ctarr_qc.png", image, loc.anatomy_volume, region_plan,
                   f"{case} | {settings.region.name} | {loc.transform.orientation_text}")

@@ -25,14 +25,15 @@ import numpy as np
 from nnunetv2.configuration import default_num_processes
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
-from ..core.anatomy_sources import InMemoryAnatomy
-from ..core.atlas import Atlas
-from ..core.errors import CTARRError
-from ..core.geometry import Geometry
-from ..core.io import read_image, write_json
-from ..core.pipeline import locate
-from ..core.regions import Region
-from ..core.registration import RegistrationSettings
+from ..core.anatomy.atlas import Atlas
+from ..core.anatomy.sources import InMemoryAnatomy
+from ..core.base.errors import CTARRError
+from ..core.base.files import write_json
+from ..core.base.geometry import Geometry
+from ..core.base.images import read_image
+from ..core.localise.localisation import locate
+from ..core.localise.settings import RegistrationSettings
+from ..core.regions.region import Region
 from .export import empty_outputs, merge_crops, write_outputs
 from .nnunet_cases import as_list, prev_stage_folder, pseudo_case, with_task
 from .plans import CasePlan, CTARRSettings, Job, error_plan, plan_case, split_jobs

@@ -20,8 +20,8 @@ import numpy as np
 from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
-from ..core.errors import CTARRError
-from ..core.geometry import Geometry
+from ..core.base.errors import CTARRError
+from ..core.base.geometry import Geometry
 from .plans import CropTask
 
 TASK_KEY = "ctarr_task"

@@ -14,11 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import __version__
-from ..core.atlas import Atlas
-from ..core.errors import CTARRError, quiet_warnings
-from ..core.io import as_json
-from ..core.regions import Region
-from ..core.sidecar import finished_entries, input_stamp, matching_sidecar, read_sidecar, write_sidecar
+from ..core.anatomy.atlas import Atlas
+from ..core.base.errors import CTARRError, quiet_warnings
+from ..core.base.files import as_json, input_stamp
+from ..core.outputs.sidecar import finished_entries, matching_sidecar, read_sidecar, write_sidecar
+from ..core.regions.region import Region
 from .dataset_crops import CropJob, crop_case
 
 RECORDS = "ctarr_cases"

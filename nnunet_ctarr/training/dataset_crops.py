@@ -14,15 +14,15 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..core.atlas import Atlas
-from ..core.cropping import crop_image, crop_scores
-from ..core.errors import CTARRError, LocalisationUntrusted, WarningLog
-from ..core.geometry import Geometry
-from ..core.io import read_image, write_image
-from ..core.nnunet_format import RawCase
-from ..core.pipeline import locate, plan_region
-from ..core.regions import Region
-from ..core.trust import Trust, assess
+from ..core.anatomy.atlas import Atlas
+from ..core.base.errors import CTARRError, LocalisationUntrusted, WarningLog
+from ..core.base.geometry import Geometry
+from ..core.base.images import read_image, write_image
+from ..core.base.nnunet_format import RawCase
+from ..core.localise.localisation import locate, plan_region
+from ..core.localise.trust import Trust, assess
+from ..core.regions.cropping import crop_image, crop_scores
+from ..core.regions.region import Region
 
 
 @dataclass

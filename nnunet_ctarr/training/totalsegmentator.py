@@ -6,9 +6,9 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from ..core.anatomy import load_mask_folder
-from ..core.errors import CTARRError, WarningLog
-from ..core.io import write_image
+from ..core.anatomy.masks import load_mask_folder
+from ..core.base.errors import CTARRError, WarningLog
+from ..core.base.images import write_image
 
 DATASET_NAME = "CTARRAnatomy"
 

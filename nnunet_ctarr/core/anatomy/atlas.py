@@ -1,0 +1,66 @@
+"""The CTARR atlas: averaged masks of the 19 groups on a 3 mm grid (the builder is atlas_builder).
+
+**Atlas frame.** Axes are the LPS patient axes (+x left, +y posterior, +z superior), units mm.
+The frame is the average anatomy of the build scans (group-wise mean of the pairwise
+transforms, paper 3.2); it is shifted so that the centre of voxel ``[0, 0, 0]`` of the atlas
+grid is at (0, 0, 0) mm. Region boxes (``region_defs/*.json``) are given in this frame.
+
+**File.** ``.npz`` with ``prob`` (19, Z, Y, X) uint8 (probability x 255), ``coverage``
+(Z, Y, X) uint8 (share of build scans covering the voxel x 255), ``origin``, ``spacing``,
+``observed`` (19,) and ``meta`` (JSON: atlas id, provenance, per-group coverage).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from ..base.errors import CTARRError
+from ..base.geometry import Geometry
+from .volume import MaskVolume
+
+DEFAULT_ATLAS = "atlas_ctarr_starter.npz"
+
+
+@dataclass
+class Atlas(MaskVolume):
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def atlas_id(self) -> str:
+        return self.meta.get("atlas_id", "unknown")
+
+    @property
+    def grid(self) -> Geometry:
+        return self.geometry
+
+    def save(self, path: str | Path) -> None:
+        prob8 = np.round(np.clip(self.prob, 0, 1) * 255).astype(np.uint8)
+        cov8 = np.round(np.clip(self.coverage, 0, 1) * 255).astype(np.uint8)
+        meta = dict(self.meta)
+        meta["atlas_id"] = hashlib.sha1(prob8.tobytes() + cov8.tobytes()).hexdigest()[:12]
+        self.meta = meta
+        np.savez_compressed(path, prob=prob8, coverage=cov8, origin=self.origin, spacing=self.spacing,
+                            observed=self.observed, meta=json.dumps(meta))
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> Atlas:
+        """Load an atlas file; ``None`` loads the atlas shipped with the package."""
+        try:
+            if path is None:
+                ref = resources.files("nnunet_ctarr").joinpath(f"resources/{DEFAULT_ATLAS}")
+                with resources.as_file(ref) as p:
+                    data = dict(np.load(p))
+            else:
+                data = dict(np.load(path))
+        except (OSError, ValueError, KeyError) as e:
+            raise CTARRError(f"cannot load atlas {path or DEFAULT_ATLAS}: {e}") from None
+        return cls(origin=data["origin"].astype(float), spacing=data["spacing"].astype(float),
+                   observed=data["observed"].astype(bool),
+                   prob=data["prob"].astype(np.float32) / 255.0,
+                   coverage=data["coverage"].astype(np.float32) / 255.0,
+                   meta=json.loads(str(data["meta"])))

@@ -1,0 +1,105 @@
+"""Anatomy from the CT's own intensities, with no network (``-anatomy_model hu``).
+
+At 3 mm: the body (largest component above -300 HU, holes filled slice by slice, the table cut
+off by an opening), the lungs (air below -400 HU inside the body in components that hold lung
+tissue: fewer than 40 % of their voxels below -900 HU, which tells them from bowel gas and
+outside air) and the skeleton (above 150 HU inside the body). These masks are registered to the
+matching unions of the atlas' channels (all lungs, all bones) over the eight orientations of the
+search; in the pose found, each lung and bone voxel takes the atlas group most probable there
+(left / right lung, ribs, vertebrae by level, sacrum, hips; bone above the atlas = skull), so the
+result is an ordinary group map: the usual registration, trust rule and QC apply unchanged.
+Organs are *unobserved* (weight 0), as for a map that cannot express them.
+"""
+import numpy as np
+import SimpleITK as sitk
+
+from ..base.errors import CTARRError, WarningLog
+from ..base.geometry import Geometry
+from ..base.images import read_image
+from ..base.transform import AtlasTransform
+from .atlas import Atlas
+from .groups import GROUPS, N_GROUPS
+from .hu_masks import HU_BONE, HUMasks, hu_masks
+from .hu_pose import BONES, LUNGS, MIN_SEARCH_BONE_ML, MIN_SEARCH_LUNG_ML, atlas_views, coarse_pose
+from .masks import AnatomyMasks
+
+__all__ = ["HUAnatomy", "HUMasks", "coarse_pose", "hu_anatomy", "hu_masks", "label_groups"]
+
+
+def _atlas_on_scan(atlas_map: np.ndarray, tf: AtlasTransform, g: Geometry, atlas: Atlas) -> tuple[np.ndarray, ...]:
+    """An atlas map (Z, Y, X) at the scan's voxels (nearest; 0 outside the atlas) and whether each
+    voxel lies above the atlas. ``tf`` is axis-aligned, so each atlas axis reads one scan axis:
+    index arithmetic and one gather, no per-voxel coordinates."""
+    M, size = tf.M, np.array(atlas.shape_zyx[::-1])
+    perm = [int(np.nonzero(M[i])[0][0]) for i in range(3)]          # atlas axis i <- scan axis perm[i]
+    index, ok = [None] * 3, [None] * 3
+    for i, j in enumerate(perm):
+        w = g.origin[j] + g.spacing[j] * np.arange(g.size_xyz[j])
+        k = np.rint((tf.scale[i] * M[i, j] * w + tf.translation[i] - atlas.origin[i]) / atlas.spacing[i]).astype(int)
+        ok[i], index[i] = (k >= 0) & (k < size[i]), np.clip(k, 0, size[i] - 1)
+        if i == 2:
+            above = k >= size[2]
+    inside = ok[2][:, None, None] & ok[1][None, :, None] & ok[0][None, None, :]
+    vals = atlas_map[np.ix_(index[2], index[1], index[0])] * inside    # dims: scan axes perm[2], perm[1], perm[0]
+    dims = [perm[2], perm[1], perm[0]]
+    vals = np.transpose(vals, [dims.index(2 - e) for e in range(3)])  # dims: scan z, y, x
+    above_zyx = np.zeros(g.shape_zyx, bool)
+    np.moveaxis(above_zyx, 2 - perm[2], 0)[above] = True
+    return vals, above_zyx
+
+
+def label_groups(m: HUMasks, tf: AtlasTransform, atlas: Atlas) -> np.ndarray:
+    """Group label map (Z, Y, X) of the HU masks: each lung and bone voxel, mapped by ``tf``,
+    takes the most probable atlas lung / bone group there (probabilities spread by a voxel);
+    bone above the atlas is skull, bone where the atlas has no bone stays unlabelled."""
+    v = atlas_views(atlas)
+    lung, above = _atlas_on_scan(v["lung_label"], tf, m.geometry, atlas)
+    bone, _ = _atlas_on_scan(v["bone_label"], tf, m.geometry, atlas)
+    if not atlas.observed[GROUPS.index("skull")]:
+        bone = np.where(above, GROUPS.index("skull") + 1, bone)
+    return np.where(m.lungs, lung, np.where(m.bone, bone, 0)).astype(np.uint8)
+
+
+def hu_anatomy(image: sitk.Image, atlas: Atlas, warnings: WarningLog | None = None,
+               source: str = "") -> AnatomyMasks:
+    """The HU anatomy of a CT as an ordinary group map (lungs and bones observed, organs not)."""
+    warnings = warnings if warnings is not None else WarningLog()
+    m = hu_masks(image)
+    if not m.lungs.any() and not m.bone.any():
+        raise CTARRError(f"{source or 'image'}: no lungs and no bone above {HU_BONE:.0f} HU found; "
+                         "is it a CT in Hounsfield units?")
+    tf, info = coarse_pose(m, atlas)
+    if not info["orientation_searched"]:
+        warnings.note(f"HU anatomy: less than {MIN_SEARCH_LUNG_ML:.0f} ml of lung and {MIN_SEARCH_BONE_ML:.0f} ml of "
+                      "bone in view; the header orientation was kept for labelling")
+    else:
+        warnings.note(f"HU anatomy: orientation {tf.orientation_text} (3-D Dice {info['score']:.2f}, header "
+                      f"orientation {info['header_score']:.2f}); the registration keeps it")
+    observed = np.zeros(N_GROUPS, bool)
+    for g in LUNGS + BONES:
+        observed[GROUPS.index(g)] = atlas.observed[GROUPS.index(g)] or g == "skull"
+    labels = m.geometry.image(label_groups(m, tf, atlas))
+    return AnatomyMasks(labels, observed, f"{source} (HU anatomy: lungs, bones)".strip(), (tf.k_rot, tf.flip))
+
+
+class HUAnatomy:
+    """``-anatomy_model hu``: anatomy from the CT's intensities (no network, no files)."""
+
+    def __init__(self, atlas: Atlas | str | None = None, default: bool = False):
+        self.atlas = atlas if isinstance(atlas, Atlas) else None
+        self.atlas_path = None if isinstance(atlas, Atlas) else atlas
+        self.default = default           # used because the command was given no anatomy option
+
+    def prepare(self, cases: dict[str, list[str]]) -> None:
+        self.cases = dict(cases)
+
+    def stamp(self, case: str) -> dict:
+        return {"model": "hu", **({"because": "no -anatomy_seg or -anatomy_model was given"} if self.default else {})}
+
+    def load(self, case: str, warnings: WarningLog) -> AnatomyMasks:
+        if self.atlas is None:
+            self.atlas = Atlas.load(self.atlas_path)
+        files = self.cases.get(case)
+        if not files:
+            raise CTARRError(f"{case}: no image to compute the HU anatomy from")
+        return hu_anatomy(read_image(files[0]), self.atlas, warnings, case)

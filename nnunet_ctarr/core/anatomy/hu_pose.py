@@ -1,0 +1,163 @@
+"""The coarse pose of HU masks on the atlas (``-anatomy_model hu``, step 2).
+
+The masks are compared with the unions of the atlas' channels (all lungs, all bones): per z
+direction the slice profiles give scale and slab (1-D Dice slid along the atlas), per quarter
+turn the axial projections give the xy scale and centre; the eight orientation candidates are
+ranked by their 3-D Dice with the atlas.
+"""
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from ..base.transform import AtlasTransform, orientation_matrix
+from .atlas import Atlas
+from .groups import GROUPS
+from .hu_masks import SPACING, HUMasks
+
+#: the orientation search needs this much lung or bone (ml) in view; below, the header's is kept
+MIN_SEARCH_LUNG_ML, MIN_SEARCH_BONE_ML = 50.0, 250.0
+#: a bone voxel takes a bone group only where the atlas gives it at least this probability
+MIN_BONE_PROB = 0.05
+#: scales tried by the coarse pose along z (slice profiles) and in xy (axial projections)
+Z_SCALES = tuple(np.round(np.arange(0.8, 1.26, 0.05), 2))
+XY_SCALES = (0.85, 0.92, 1.0, 1.08, 1.17)
+LUNGS = ("lung_left", "lung_right")
+BONES = ("skull", "vertebrae_C", "ribs_left", "ribs_right", "sternum", "vertebrae_T", "vertebrae_L", "sacrum",
+         "hip_left", "hip_right")
+_CACHE: dict = {}
+
+
+def atlas_views(atlas: Atlas) -> dict:
+    """The atlas as the HU masks see it, cached per atlas: the unions of its lung and bone
+    channels (2, Z, Y, X), their slice profiles (2, Z) and summed-volume table, and the lung and
+    bone group maps (each voxel: the most probable group after spreading each group's
+    probability by one voxel, so that voxels just off an atlas structure still find it)."""
+    key = atlas.atlas_id if atlas.atlas_id != "unknown" else id(atlas)
+    if key not in _CACHE:
+        idx = {g: GROUPS.index(g) for g in LUNGS + BONES if atlas.observed[GROUPS.index(g)]}
+        union = np.stack([np.clip(sum(atlas.prob[idx[g]] for g in names if g in idx), 0, 1)
+                          for names in (LUNGS, BONES)]).astype(np.float32)
+        labels = {}
+        for kind, names, floor in (("lung", LUNGS, 1e-6), ("bone", BONES, MIN_BONE_PROB)):
+            names = [g for g in names if g in idx]
+            labels[kind] = np.zeros(atlas.shape_zyx, np.uint8)
+            if names:
+                spread = np.stack([ndi.maximum_filter(atlas.prob[idx[g]], size=3) for g in names])
+                ids = np.array([GROUPS.index(g) + 1 for g in names], np.uint8)
+                labels[kind] = np.where(spread.max(0) >= floor, ids[spread.argmax(0)], 0).astype(np.uint8)
+        cumsum = np.pad(union.astype(np.float64), ((0, 0), (1, 0), (1, 0), (1, 0))).cumsum(1).cumsum(2).cumsum(3)
+        _CACHE[key] = {"union_prob": union, "profiles": union.sum((2, 3)), "cumsum": cumsum,
+                       "lung_label": labels["lung"], "bone_label": labels["bone"]}
+    return _CACHE[key]
+
+
+# ------------------------------------------------------------------ coarse pose by projections
+def _profile_dice(q: np.ndarray, pa: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """1-D soft Dice of the binned scan profiles ``q`` (C, L) against every placement of them on
+    the atlas profiles ``pa`` (C, N): (dice per placement (C, N + L - 1), atlas index of bin 0)."""
+    L = q.shape[1]
+    pad = np.pad(pa, ((0, 0), (L - 1, L - 1)))
+    win = np.lib.stride_tricks.sliding_window_view(pad, L, axis=1)          # (C, N + L - 1, L)
+    inter = np.minimum(win, q[:, None, :]).sum(2)
+    den = q.sum(1)[:, None] + (win * (q[:, None, :] > 0).any(0)).sum(2)
+    return 2 * inter / np.maximum(den, 1e-9), np.arange(-(L - 1), pa.shape[1])
+
+
+def _z_pose(scan_prof: np.ndarray, z0: float, atlas_prof: np.ndarray, a0: float, a_sp: float, flip: bool,
+            scales: tuple[float, ...] = Z_SCALES) -> tuple[float, float, float, int, int]:
+    """Best (score, scale, z translation, first and last atlas slice) of the scan's slice profiles
+    (C, Z; areas, scaled by ``scale`` squared as an isotropic zoom would) resampled onto the atlas
+    slices and slid along the atlas' profiles (C, N), for one z direction."""
+    sign = -1.0 if flip else 1.0
+    prof = scan_prof[:, ::-1] if flip else scan_prof
+    n = prof.shape[1]
+    z_first = z0 + SPACING * (n - 1) if flip else z0        # world z of profile entry 0
+    w = prof.sum(1) / max(prof.sum(), 1e-9)
+    best = (-1.0, 1.0, 0.0, 0, 0)
+    for s in scales:
+        pos = np.arange(int(np.ceil(s * n * SPACING / a_sp))) * a_sp / (s * SPACING)
+        q = np.stack([np.interp(pos, np.arange(n), c, right=0.0) for c in prof]) * s ** 2
+        dice, start = _profile_dice(q, atlas_prof)
+        score = (w[:, None] * dice).sum(0)
+        i = int(np.argmax(score))
+        if score[i] > best[0]:
+            best = (float(score[i]), float(s), a0 + a_sp * start[i] - s * sign * z_first,
+                    int(max(start[i], 0)), int(min(start[i] + q.shape[1], atlas_prof.shape[1])))
+    return best
+
+
+def _xy_pose(pts: np.ndarray, wts: np.ndarray, amaps: np.ndarray, atlas: Atlas, k: int,
+             scale: float) -> tuple[float, np.ndarray]:
+    """(2-D soft Dice, xy translation) of the scan's axial projections (points (P, 2) in world mm,
+    weights (C, P)) turned by ``k`` quarter turns, scaled and centred on the atlas' projections
+    (C, Y, X) of the matched slab."""
+    R = scale * orientation_matrix(k, (False, False, False))[:2, :2].astype(float)
+    p = pts @ R.T
+    ay, ax = np.nonzero(amaps.sum(0) > 0)
+    aw = amaps[:, ay, ax].sum(0)
+    a_com = (aw @ np.stack([ax, ay], 1)) / max(aw.sum(), 1e-9) * atlas.spacing[:2] + atlas.origin[:2]
+    t = a_com - (wts.sum(0) @ p) / max(wts.sum(), 1e-9)
+    idx = np.rint((p + t - atlas.origin[:2]) / atlas.spacing[:2]).astype(int)
+    ok = (idx >= 0).all(1) & (idx[:, 0] < amaps.shape[2]) & (idx[:, 1] < amaps.shape[1])
+    inter = np.minimum(wts[:, ok], amaps[:, idx[ok, 1], idx[ok, 0]]).sum(1)
+    dice = 2 * inter / np.maximum(wts.sum(1) + amaps.sum((1, 2)), 1e-9)
+    return float((wts.sum(1) / max(wts.sum(), 1e-9) * dice).sum()), t
+
+
+def _box_sum(c: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Per-channel sum over the index box [lo, hi) (xyz) from a summed-volume table (C, Z+1, Y+1, X+1)."""
+    total = np.zeros(c.shape[0])
+    for corner in np.ndindex(2, 2, 2):                       # inclusion-exclusion over the 8 corners
+        x, y, z = (hi[a] if corner[a] else lo[a] for a in range(3))
+        total += (-1) ** (3 - sum(corner)) * c[:, z, y, x]
+    return total
+
+
+def _dice_3d(pts: list[np.ndarray], n: list[float], tf: AtlasTransform, box_w: tuple, atlas: Atlas) -> float:
+    """Soft Dice of the lung and bone masks (points: world mm of every 2nd voxel per axis; ``n``:
+    their voxel counts) with the atlas' unions under ``tf``, the atlas counted inside the scan's
+    field of view ``box_w`` mapped; weighted by the masks' volumes."""
+    v = atlas_views(atlas)
+    size = np.array(atlas.shape_zyx[::-1])
+    lo_w, hi_w = tf.box_to_atlas(*box_w)
+    lo = np.clip(np.floor((lo_w - atlas.origin) / atlas.spacing).astype(int), 0, size)
+    hi = np.clip(np.ceil((hi_w - atlas.origin) / atlas.spacing).astype(int) + 1, 0, size)
+    mass = _box_sum(v["cumsum"], lo, hi) * np.prod(atlas.spacing) / SPACING ** 3
+    out = []
+    for ch, p in enumerate(pts):
+        idx = np.rint((tf.to_atlas(p) - atlas.origin) / atlas.spacing).astype(int) if len(p) else np.zeros((0, 3), int)
+        ok = np.all((idx >= 0) & (idx < size), 1)
+        inter = float(v["union_prob"][ch][idx[ok, 2], idx[ok, 1], idx[ok, 0]].sum()) * n[ch] / max(len(p), 1)
+        out.append(2 * inter / max(n[ch] + float(mass[ch]), 1e-9))
+    return float(np.average(out, weights=n)) if sum(n) else 0.0
+
+
+def coarse_pose(m: HUMasks, atlas: Atlas, header_preference: float = 0.02) -> tuple[AtlasTransform, dict]:
+    """Orientation, scale and translation of the HU masks on the atlas. Per z direction the slice
+    profiles give scale and slab, per quarter turn the axial projections give the xy scale and
+    centre; the eight candidates are ranked by their 3-D Dice with the atlas. A turn or flip is
+    taken only when it beats the header orientation by ``header_preference`` and lungs are in view."""
+    v, g = atlas_views(atlas), m.geometry
+    masks = (m.lungs, m.bone)
+    prof = np.stack([x.sum((1, 2)) for x in masks]).astype(np.float32)
+    proj = np.stack([x.sum(0) for x in masks]).astype(np.float32)
+    yy, xx = np.nonzero(proj.sum(0) > 0)
+    pts2, wts2 = g.origin[:2] + SPACING * np.stack([xx, yy], 1), proj[:, yy, xx]
+    pts3 = [g.origin + np.argwhere(x[::2, ::2, ::2])[:, ::-1] * 2 * g.spacing for x in masks]
+    n3, box_w = [float(x.sum()) for x in masks], (g.origin, g.origin + (np.array(g.size_xyz) - 1) * g.spacing)
+    results = []
+    for flip in (False, True):
+        _, s, tz, lo, hi = _z_pose(prof, g.origin[2], v["profiles"], atlas.origin[2], atlas.spacing[2], flip)
+        amaps = v["union_prob"][:, lo:max(hi, lo + 1)].sum(1)
+        for k in range(4):
+            _, txy, sxy = max(_xy_pose(pts2, wts2, amaps, atlas, k, f) + (f,) for f in XY_SCALES)
+            tf = AtlasTransform(k, (False, False, flip), np.array([sxy, sxy, s]), np.r_[txy, tz])
+            results.append((_dice_3d(pts3, n3, tf, box_w, atlas), tf))
+    header, best = results[0], max(results, key=lambda r: r[0])
+    ml = SPACING ** 3 / 1000.0
+    searched = n3[0] * ml >= MIN_SEARCH_LUNG_ML or n3[1] * ml >= MIN_SEARCH_BONE_ML
+    if not searched or best[0] < header[0] + header_preference:
+        best = header
+    return best[1], {"score": round(best[0], 3), "header_score": round(header[0], 3),
+                     "orientation_searched": bool(searched)}

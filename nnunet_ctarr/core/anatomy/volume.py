@@ -1,0 +1,170 @@
+"""Multi-channel anatomy volumes on axis-aligned grids (scan masks and the atlas).
+
+A :class:`MaskVolume` holds the 19 groups on a grid whose axes are the LPS world axes
+(direction = identity); ``origin`` is the centre of voxel ``[0, 0, 0]`` in mm, arrays are
+``[z, y, x]`` (``[channel, z, y, x]`` for probabilities). A scan's anatomy is stored as a
+compact group label map (``labels``), the atlas as probabilities (``prob``); both give
+volumes, centres of mass and average-pooled probability pyramids for registration.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import SimpleITK as sitk
+
+from ..base.geometry import Geometry
+from .groups import GROUPS, N_GROUPS
+from .masks import AnatomyMasks
+
+
+def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
+    """Means over f^3 blocks of the last three axes (sizes divisible by ``f``), float32: strided
+    sums, one axis at a time (~3x faster than a mean over a 7-D reshape)."""
+    a = a.astype(np.float32, copy=False)
+    for axis in (-1, -2, -3):
+        tail = (slice(None),) * (-1 - axis)
+        acc = a[(Ellipsis, slice(0, None, f)) + tail].copy()
+        for i in range(1, f):
+            acc += a[(Ellipsis, slice(i, None, f)) + tail]
+        a = acc
+    return a / np.float32(f ** 3)
+
+
+@dataclass
+class MaskVolume:
+    origin: np.ndarray                  # (3,) xyz mm of voxel [0,0,0] centre
+    spacing: np.ndarray                 # (3,) xyz mm
+    observed: np.ndarray                # (19,) bool: the source can express this group
+    labels: np.ndarray | None = None    # (Z, Y, X) uint8 group ids (scan anatomy)
+    prob: np.ndarray | None = None      # (19, Z, Y, X) float32 (atlas)
+    coverage: np.ndarray | None = None  # (Z, Y, X) float32 in [0, 1]; None = everywhere
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def shape_zyx(self) -> tuple[int, int, int]:
+        return tuple((self.labels if self.labels is not None else self.prob[0]).shape)
+
+    @property
+    def voxel_volume(self) -> float:
+        return float(np.prod(self.spacing))
+
+    @property
+    def geometry(self) -> Geometry:
+        """The (axis-aligned) grid of the volume."""
+        return Geometry.aligned(self.origin, self.spacing, self.shape_zyx)
+
+    def extent(self) -> tuple[np.ndarray, np.ndarray]:
+        """(min, max) mm of the voxel edges, xyz."""
+        return self.geometry.bounds()
+
+    def volumes_mm3(self) -> np.ndarray:
+        if "vol" not in self._cache:
+            if self.labels is not None:
+                n = np.bincount(self.labels.ravel(), minlength=N_GROUPS + 1)[1:N_GROUPS + 1]
+            else:
+                n = self.prob.reshape(N_GROUPS, -1).sum(1, dtype=np.float64)
+            self._cache["vol"] = n.astype(np.float64) * self.voxel_volume
+        return self._cache["vol"]
+
+    def centres_of_mass(self) -> np.ndarray:
+        """(19, 3) xyz mm; NaN for empty groups."""
+        if "com" in self._cache:
+            return self._cache["com"]
+        com = np.full((N_GROUPS, 3), np.nan)
+        if self.labels is not None:
+            lab = self.labels
+            mass = np.bincount(lab.ravel(), minlength=N_GROUPS + 1).astype(np.float64)
+            for ax_xyz in range(3):
+                axis = 2 - ax_xyz
+                shape = [1, 1, 1]
+                shape[axis] = -1
+                c = self.origin[ax_xyz] + self.spacing[ax_xyz] * np.arange(lab.shape[axis])
+                w = np.broadcast_to(c.reshape(shape), lab.shape).ravel()
+                s = np.bincount(lab.ravel(), weights=w, minlength=N_GROUPS + 1)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    com[:, ax_xyz] = (s / mass)[1:N_GROUPS + 1]
+            com[mass[1:N_GROUPS + 1] == 0] = np.nan
+        else:
+            p = self.prob
+            mass = p.reshape(N_GROUPS, -1).sum(1, dtype=np.float64)
+            ok = mass > 0
+            zy = p.sum(axis=3, dtype=np.float64)                      # two passes over the volume
+            margins = (p.sum(axis=(1, 2), dtype=np.float64), zy.sum(1), zy.sum(2))   # x, y, z
+            for ax_xyz, marg in enumerate(margins):
+                c = self.origin[ax_xyz] + self.spacing[ax_xyz] * np.arange(p.shape[3 - ax_xyz])
+                com[ok, ax_xyz] = (marg[ok] @ c) / mass[ok]
+        self._cache["com"] = com
+        return com
+
+    def group_span(self) -> str:
+        """The groups present, top to bottom by centre of mass: ``vertebrae_C to urinary_bladder``."""
+        com = self.centres_of_mass()
+        have = [i for i in range(N_GROUPS) if self.observed[i] and np.isfinite(com[i, 2])]
+        order = sorted(have, key=lambda i: -com[i, 2])
+        return f"{GROUPS[order[0]]} to {GROUPS[order[-1]]}" if order else "no groups"
+
+    def pooled(self, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Average-pooled (prob (19,z,y,x), coverage (z,y,x), origin, spacing) by factor ``f``.
+
+        A ragged edge (size not divisible by ``f``) is dropped. For label maps the
+        probabilities are the per-block group fractions (one ``bincount``)."""
+        key = ("pool", f)
+        if key in self._cache:
+            return self._cache[key]
+        zyx = np.array(self.shape_zyx)
+        if np.any(zyx < f):
+            f = 1
+        if f > 2 and f % 2 == 0:                 # from the 2x pooling: the same blocks, one pass less
+            self._cache[key] = self._pooled_from(self.pooled(2), f // 2)
+            return self._cache[key]
+        n = (zyx // f) * f
+        nb = n // f
+        if self.labels is not None:
+            lab = self.labels[:n[0], :n[1], :n[2]]
+            blk = (np.arange(nb[0]).repeat(f)[:, None, None] * nb[1]
+                   + np.arange(nb[1]).repeat(f)[None, :, None]) * nb[2] + np.arange(nb[2]).repeat(f)[None, None, :]
+            cnt = np.bincount((blk * (N_GROUPS + 1) + lab).ravel(), minlength=int(nb.prod()) * (N_GROUPS + 1))
+            cnt = cnt.reshape(int(nb.prod()), N_GROUPS + 1)[:, 1:].T.astype(np.float32) / f ** 3
+            prob = np.ascontiguousarray(cnt.reshape((N_GROUPS,) + tuple(nb)))
+        else:
+            prob = _block_mean(self.prob[:, :n[0], :n[1], :n[2]], f)
+        if self.coverage is None:
+            cov = np.ones(tuple(nb), np.float32)
+        else:
+            cov = _block_mean(self.coverage[:n[0], :n[1], :n[2]], f)
+        out = (prob, cov, self.origin + 0.5 * (f - 1) * self.spacing, self.spacing * f)
+        self._cache[key] = out
+        return out
+
+    @staticmethod
+    def _pooled_from(base: tuple, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """A pooled volume pooled again by ``g`` (ragged edge dropped)."""
+        prob, cov, origin, spacing = base
+        m = (np.array(cov.shape) // g) * g
+        return (_block_mean(prob[:, :m[0], :m[1], :m[2]], g), _block_mean(cov[:m[0], :m[1], :m[2]], g),
+                origin + 0.5 * (g - 1) * spacing, spacing * g)
+
+    def label_image(self) -> sitk.Image:
+        """Group label image (0 = background) with the volume's geometry."""
+        if self.labels is not None:
+            lab = self.labels
+        else:
+            lab = np.where(self.prob.max(0) >= 0.5, self.prob.argmax(0) + 1, 0).astype(np.uint8)
+        return self.geometry.image(lab)
+
+
+def anatomy_to_volume(anat: AnatomyMasks, spacing: float = 3.0) -> MaskVolume:
+    """Nearest-neighbour resample of the group label map onto an LPS grid."""
+    lab = anat.labels
+    if lab.GetPixelID() != sitk.sitkUInt8:
+        lab = sitk.Cast(lab, sitk.sitkUInt8)
+    lab = sitk.DICOMOrient(lab, "LPS")
+    aligned = np.allclose(lab.GetDirection(), np.eye(3).ravel(), atol=1e-6)
+    if aligned and np.allclose(lab.GetSpacing(), spacing, atol=1e-6):
+        res = lab
+    else:
+        grid = Geometry.of(lab).resampling_grid(spacing).to_reference()
+        res = sitk.Resample(lab, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return MaskVolume(np.array(res.GetOrigin()), np.array(res.GetSpacing()), anat.observed.copy(),
+                      labels=sitk.GetArrayFromImage(res))
