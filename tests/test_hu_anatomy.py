@@ -5,6 +5,8 @@ rule on a case the HU anatomy cannot place."""
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -196,3 +198,153 @@ def test_crop_without_an_anatomy_option_uses_the_hu_anatomy_and_says_so(tmp_path
     assert run_in_process(main, [*base, "-o", str(tmp_path / "hu"), "-anatomy_model", "hu"]).returncode == 0
     explicit = json.loads((tmp_path / "hu" / "example_ct.ctarr.json").read_text())
     assert side["regions"]["kidneys"]["boxes"] == explicit["regions"]["kidneys"]["boxes"]
+
+
+# ------------------------------------------------------------------ out of sample (issue 21)
+def _with_spacing(img: sitk.Image, spacing) -> sitk.Image:
+    out = sitk.Image(img)
+    out.SetSpacing([float(s) for s in spacing])
+    return out
+
+
+@pytest.mark.parametrize(
+    "spacing", [(0.98, 0.98, 6.0), (4.0, 4.0, 2.5), (0.5, 0.5, 7.5), (10.0, 0.3, 3.0), (0.3, 0.3, 10.0)]
+)
+def test_mixed_thick_and_thin_spacings_give_a_result_or_one_clear_error(chest, atlas, spacing):
+    """One axis >= 3 mm and another < 3 mm crashed the old resampling (a zero Gaussian sigma): every
+    spacing gives an anatomy or a CTARRError, never anything else."""
+    img = _with_spacing(cut_box(canonical(chest[0]), np.array([20, 20, 30]), np.array([100, 100, 70])), spacing)
+    try:
+        anat = hu_anatomy(img, atlas)
+    except CTARRError:
+        return
+    assert sitk.GetArrayViewFromImage(anat.labels).max() > 0
+
+
+@pytest.mark.parametrize("n_slices", [1, 2, 3])
+def test_one_to_three_slices_give_a_result_or_one_clear_error(chest, abdomen, atlas, n_slices):
+    for image in (chest[0], abdomen[0], _with_spacing(canonical(chest[0]), (0.7, 0.7, 5.0))):
+        img = canonical(image)
+        z = img.GetSize()[2] // 2
+        try:
+            hu_anatomy(img[:, :, z:z + n_slices], atlas)
+        except CTARRError as e:
+            assert "\n" not in str(e)
+
+
+def test_working_grid_does_not_grow_with_the_input_resolution(chest):
+    """The same chest at 3 mm and resampled to 0.7 x 0.7 x 1 mm (12x the voxels): the HU masks are
+    computed on grids of the same size; a huge scan gets a coarser grid, never more voxels."""
+    from nnunet_ctarr.core.anatomy.hu_masks import MAX_VOXELS, working_grid
+    from nnunet_ctarr.core.base.geometry import Geometry
+
+    img = canonical(chest[0])
+    lo, hi = Geometry.of(img).bounds()
+    size = np.floor((hi - lo) / [0.7, 0.7, 1.0]).astype(int)
+    fine_geo = Geometry(size, [0.7, 0.7, 1.0], lo + np.array([0.35, 0.35, 0.5]))
+    fine = sitk.Resample(img, fine_geo.to_reference(sitk.sitkInt16), sitk.Transform(), sitk.sitkLinear, -1024)
+    assert fine_geo.n_voxels > 10 * Geometry.of(img).n_voxels
+    coarse_m, fine_m = hu_masks(img), hu_masks(fine)
+    assert np.abs(np.array(coarse_m.geometry.size_xyz) - fine_m.geometry.size_xyz).max() <= 1
+    assert dice(coarse_m.lungs[: fine_m.lungs.shape[0]], fine_m.lungs[: coarse_m.lungs.shape[0]]) > 0.9
+    huge = Geometry((2048, 2048, 4000), (0.5, 0.5, 0.5), (0.0, 0.0, 0.0))
+    assert working_grid(huge).n_voxels <= MAX_VOXELS * 1.01
+
+
+@pytest.mark.parametrize("subject,k,flip", [("abdomen", 2, False), ("abdomen", 1, True), ("chest", 3, True)])
+def test_orientation_recovered_on_a_turned_or_flipped_scan(chest, abdomen, atlas, subject, k, flip):
+    """The array turned by k quarter turns (and flipped in z), header kept: the HU anatomy fixes
+    the orientation that maps it back (the same as the TotalSegmentator map's registration)."""
+    image, labels = chest if subject == "chest" else abdomen
+
+    def op(a):
+        a = np.rot90(a, k, axes=(1, 2))
+        return a[::-1] if flip else a
+
+    img, lab = array_op(canonical(image), op), array_op(canonical(labels), op)
+    anat = hu_anatomy(img, atlas)
+    ref = locate(img, anatomy_of(lab, LabelScheme.named("ts_v2")), atlas).transform
+    assert anat.orientation == (ref.k_rot, ref.flip)
+    assert (ref.k_rot, ref.flip) != (0, (False, False, False))
+
+
+def test_heart_centred_crop_keeps_the_header_orientation_and_its_lungs(chest, atlas, ts_v2):
+    """A 180 mm field of view around the heart (the lungs run into the crop's edges): the lungs are
+    still found, the header orientation is kept, and a trusted lungs crop keeps the lungs in view."""
+    from nnunet_ctarr.core.localise.localisation import plan_region
+    from nnunet_ctarr.core.regions.cropping import crop_scores
+    from nnunet_ctarr.core.regions.region import load_region
+    from nnunet_ctarr.evaluation.acquisitions import fov_crops
+    from nnunet_ctarr.evaluation.scores import roi_mask
+
+    name, img, lab = next(c for c in fov_crops(*chest) if c[0] == "fov_cardiac_180mm")
+    m = hu_masks(img)
+    ts_lungs = np.isin(ts_groups_3mm(lab, ts_v2), LUNGS)
+    assert m.lungs.sum() > 0.8 * ts_lungs.sum()
+    anat = hu_anatomy(img, atlas)
+    assert anat.orientation == (0, (False, False, False))
+    loc = locate(img, anat, atlas)
+    region = load_region("lungs")
+    plan = plan_region(img, loc, region)
+    if assess(loc, atlas, region, plan, img).trusted:
+        fg = roi_mask(lab, ts_v2, region.provenance["roi_structures_totalsegmentator_v2"])
+        assert crop_scores(fg, plan.union_mask_zyx())["preserved_percent"] >= 97.0
+
+
+def test_contrast_filled_heart_is_not_bone(chest, ts_v2):
+    """The bundled chest is contrast-enhanced (heart and aorta above 150 HU): the bone mask leaves the
+    blood out and still holds the skeleton."""
+    m = hu_masks(chest[0])
+    ts = ts_groups_3mm(chest[1], ts_v2)
+    heart = ts == GROUPS.index("heart") + 1
+    assert m.bone[heart].mean() < 0.05
+    assert m.bone[np.isin(ts, BONES)].mean() > 0.6
+
+
+def _organ_regions():
+    from nnunet_ctarr.core.regions.region import load_region
+
+    return [load_region(r) for r in ("liver", "heart", "lungs", "kidneys")]
+
+
+def _trusted_organ_crops(img, atlas) -> list[str]:
+    from nnunet_ctarr.core.localise.localisation import plan_region
+
+    try:
+        loc = locate(img, hu_anatomy(img, atlas), atlas)
+    except CTARRError:
+        return []
+    out = []
+    for region in _organ_regions():
+        plan = plan_region(img, loc, region)
+        if plan.usable and assess(loc, atlas, region, plan, img).trusted:
+            out.append(region.name)
+    return out
+
+
+def test_head_neck_like_scan_is_not_taken_for_a_chest(chest, atlas):
+    """A synthetic head on the top 60 mm of the chest (neck, lung apices): the header orientation is
+    kept, bone above the atlas is skull, and no liver, heart, lungs or kidneys crop is trusted."""
+    from nnunet_ctarr.evaluation.hard_cases import head_neck
+
+    img, _ = head_neck(*chest, neck_mm=60)
+    anat = hu_anatomy(img, atlas)
+    assert anat.orientation == (0, (False, False, False))
+    assert (sitk.GetArrayViewFromImage(anat.labels) == GROUPS.index("skull") + 1).sum() > 1000
+    assert _trusted_organ_crops(img, atlas) == []
+
+
+HEADNECK = Path("/work/shared/data/headneck_openkbp") if not os.environ.get("CTARR_DATA") else \
+    Path(os.environ["CTARR_DATA"]).parent / "headneck_openkbp"
+
+
+@pytest.mark.skipif(not HEADNECK.is_dir(), reason="real head-neck scans not available (../shared/data)")
+def test_real_head_neck_scans_give_no_trusted_organ_crop(atlas):
+    """The three OpenKBP planning CTs (~4 x 4 x 2.5 mm: the spacings that crashed): no error, the
+    header orientation kept, no trusted liver, heart, lungs or kidneys crop."""
+    from nnunet_ctarr.core.base.images import read_image
+
+    for ct in sorted(HEADNECK.glob("pt_*/ct.nii.gz")):
+        img = read_image(ct)
+        assert hu_anatomy(img, atlas).orientation == (0, (False, False, False)), ct
+        assert _trusted_organ_crops(img, atlas) == [], ct

@@ -1,14 +1,15 @@
 """Anatomy from the CT's own intensities, with no network (``-anatomy_model hu``).
 
-At 3 mm: the body (largest component above -300 HU, holes filled slice by slice, the table cut
-off by an opening), the lungs (air below -400 HU inside the body in components that hold lung
-tissue: fewer than 40 % of their voxels below -900 HU, which tells them from bowel gas and
-outside air) and the skeleton (above 150 HU inside the body). These masks are registered to the
-matching unions of the atlas' channels (all lungs, all bones) over the eight orientations of the
-search; in the pose found, each lung and bone voxel takes the atlas group most probable there
-(left / right lung, ribs, vertebrae by level, sacrum, hips; bone above the atlas = skull), so the
-result is an ordinary group map: the usual registration, trust rule and QC apply unchanged.
-Organs are *unobserved* (weight 0), as for a map that cannot express them.
+On a fixed working grid (:mod:`.hu_masks`: 3 mm, the CT block-averaged and resampled once, so the
+cost does not grow with the input's resolution): the body, the lungs and the skeleton by HU
+thresholds, robust to cropped fields of view and to contrast-filled blood. These masks are
+registered to the matching unions of the atlas' channels (all lungs, all bones; :mod:`.hu_pose`):
+the orientation over the eight candidates of the search (the header's kept unless another is
+clearly better), then scale and translation refined on the same unions. In that pose each lung and
+bone voxel takes the atlas group most probable there (left / right lung, ribs, vertebrae by level,
+sacrum, hips; bone above the atlas = skull), so the result is an ordinary group map: the usual
+registration, trust rule and QC apply unchanged. Organs are *unobserved* (weight 0), as for a map
+that cannot express them.
 """
 import numpy as np
 import SimpleITK as sitk
@@ -20,7 +21,7 @@ from ..base.transform import AtlasTransform
 from .atlas import Atlas
 from .groups import GROUPS, N_GROUPS
 from .hu_masks import HU_BONE, HUMasks, hu_masks
-from .hu_pose import BONES, LUNGS, MIN_SEARCH_BONE_ML, MIN_SEARCH_LUNG_ML, atlas_views, coarse_pose
+from .hu_pose import BONES, LUNGS, MIN_SEARCH_BONE_ML, MIN_SEARCH_LUNG_ML, atlas_views, coarse_pose, refine_pose
 from .masks import AnatomyMasks
 
 __all__ = ["HUAnatomy", "HUMasks", "coarse_pose", "hu_anatomy", "hu_masks", "label_groups"]
@@ -60,15 +61,34 @@ def label_groups(m: HUMasks, tf: AtlasTransform, atlas: Atlas) -> np.ndarray:
     return np.where(m.lungs, lung, np.where(m.bone, bone, 0)).astype(np.uint8)
 
 
-def hu_anatomy(image: sitk.Image, atlas: Atlas, warnings: WarningLog | None = None,
-               source: str = "") -> AnatomyMasks:
-    """The HU anatomy of a CT as an ordinary group map (lungs and bones observed, organs not)."""
+def _check_image(image: sitk.Image, name: str) -> None:
+    """What the HU anatomy needs of an image: 3-D, one value per voxel, a positive finite spacing."""
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise CTARRError(f"{name}: the HU anatomy needs a 3-D scalar image (got {image.GetDimension()}-D with "
+                         f"{image.GetNumberOfComponentsPerPixel()} value(s) per voxel)")
+    sp = np.array(image.GetSpacing())
+    if not (np.all(np.isfinite(sp)) and np.all(sp > 0)):
+        raise CTARRError(f"{name}: voxel spacing {tuple(sp)} is not positive; cannot compute the HU anatomy")
+
+
+def hu_anatomy(image: sitk.Image, atlas: Atlas, warnings: WarningLog | None = None, source: str = "",
+               refine: bool = True) -> AnatomyMasks:
+    """The HU anatomy of a CT as an ordinary group map (lungs and bones observed, organs not).
+    ``refine=False`` labels the groups in the coarse pose (the measured alternative,
+    docs/out_of_sample.md). Any failure is a :class:`CTARRError` (one line)."""
     warnings = warnings if warnings is not None else WarningLog()
-    m = hu_masks(image)
+    name = source or "image"
+    _check_image(image, name)
+    try:
+        m = hu_masks(image)
+    except (RuntimeError, MemoryError) as e:            # SimpleITK's errors are RuntimeErrors
+        raise CTARRError(f"{name}: the HU anatomy could not resample the image ({str(e).splitlines()[-1][:200]})") \
+            from None
     if not m.lungs.any() and not m.bone.any():
-        raise CTARRError(f"{source or 'image'}: no lungs and no bone above {HU_BONE:.0f} HU found; "
-                         "is it a CT in Hounsfield units?")
+        raise CTARRError(f"{name}: no lungs and no bone above {HU_BONE:.0f} HU found; is it a CT in Hounsfield units?")
     tf, info = coarse_pose(m, atlas)
+    if refine:
+        tf, info["score"] = refine_pose(m, atlas, tf)
     if not info["orientation_searched"]:
         warnings.note(f"HU anatomy: less than {MIN_SEARCH_LUNG_ML:.0f} ml of lung and {MIN_SEARCH_BONE_ML:.0f} ml of "
                       "bone in view; the header orientation was kept for labelling")
