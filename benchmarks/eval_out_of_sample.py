@@ -186,6 +186,22 @@ def anatomy(source: str, image, labels, atlas: Atlas, name: str) -> AnatomyMasks
 
 
 # ------------------------------------------------------------------ scoring
+def group_agreement(anat: AnatomyMasks, labels) -> float | None:
+    """Mean Dice, over the groups the HU anatomy labels and the TotalSegmentator map shows, between
+    the HU group map and the map's groups (nearest neighbour on the HU grid)."""
+    ts = AnatomyMasks.from_label_image(labels, SCHEME, WarningLog(), "truth").labels
+    ts = sitk.GetArrayFromImage(
+        sitk.Resample(ts, anat.labels, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    )
+    hu = sitk.GetArrayFromImage(anat.labels)
+    out = []
+    for g in np.nonzero(anat.observed)[0] + 1:
+        a, b = hu == g, ts == g
+        if b.sum() * float(np.prod(anat.labels.GetSpacing())) >= 5000.0:  # groups with >= 5 ml in view
+            out.append(2 * float((a & b).sum()) / float(a.sum() + b.sum()))
+    return float(np.mean(out)) if out else None
+
+
 def in_view_measures(loc, atlas: Atlas, region, plan, image) -> dict:
     """For the organ-in-view rule (issue 21, item 5): the share of the atlas' probability mass of the
     region's organ groups that maps into the image, and the share of the region's boxes (with
@@ -228,6 +244,8 @@ def score(ctx: Context, suite: str, case: str, image, labels, R: np.ndarray, sou
             }
         ]
     case_m = {"seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}
+    if source.startswith("hu") and labels is not None:
+        case_m["group_dice_vs_ts"] = group_agreement(anat, labels)
     if loc is not None:
         M = np.rint(loc.transform.M).astype(int)
         case_m.update(
@@ -365,6 +383,9 @@ def summary(rows: list[dict]) -> dict:
         ],
         "trusted_not_in_view": [f"{r['case']}:{r['region']}" for r in rows if r.get("trusted") and not_in_view(r)],
         "seconds_median": float(np.median([r["seconds"] for r in by_case.values()])),
+        "group_dice_median": float(np.median(gd))
+        if (gd := [r["group_dice_vs_ts"] for r in by_case.values() if r.get("group_dice_vs_ts") is not None])
+        else None,
     }
 
 
@@ -382,15 +403,12 @@ def _other_reasons(r: dict) -> bool:
 
 
 def calibrate(rows: list[dict], source: str) -> dict:
-    """The registration-Dice and region-Dice thresholds that trust no bad crop (organ not in view,
-    wrong orientation, or > 3 % of the organ lost) and the most good ones, the other rules kept."""
+    """The registration-Dice and region-Dice thresholds that trust no bad crop (organ in view but a
+    wrong orientation, or > 3 % of the organ lost) and the most good ones, the other rules kept.
+    Crops of organs not in view are the organ-in-view rule's (:func:`calibrate_in_view`)."""
     cells = [r for r in rows if r["source"] == source and r.get("usable") and "registration_dice" in r]
     good = [r for r in cells if in_view(r) and r["orientation_ok"] and (r.get("kept_if_cropped") or 0) >= 97.0]
-    bad = [
-        r
-        for r in cells
-        if not_in_view(r) or (in_view(r) and (not r["orientation_ok"] or (r.get("kept_if_cropped") or 0) < 97.0))
-    ]
+    bad = [r for r in cells if in_view(r) and (not r["orientation_ok"] or (r.get("kept_if_cropped") or 0) < 97.0)]
 
     def trusted(r, a, b):
         rd = r.get("region_dice")
@@ -431,6 +449,34 @@ def calibrate(rows: list[dict], source: str) -> dict:
     }
 
 
+def calibrate_in_view(rows: list[dict], source: str, measure: str) -> dict:
+    """How well ``measure`` (the atlas organ's share mapped into the image, or the region boxes'
+    share inside it) tells regions whose organ is in view (>= 1 ml) from those whose organ is not
+    (< 0.5 ml, or none in a head-neck scan): the threshold that passes no organ-less region and the
+    most in-view ones, among crops the rule trusts otherwise."""
+    cells = [
+        r
+        for r in rows
+        if r["source"] == source
+        and r.get("usable")
+        and r.get(measure) is not None
+        and "registration_dice" in r
+        and not _other_reasons(r)
+    ]
+    yes, no = [r[measure] for r in cells if in_view(r)], [r[measure] for r in cells if not_in_view(r)]
+    if not yes or not no:
+        return {}
+    t = min(1.0, max(no) + 0.01)
+    return {
+        "in_view": len(yes),
+        "not_in_view": len(no),
+        "in_view_range": [round(min(yes), 3), round(max(yes), 3)],
+        "not_in_view_range": [round(min(no), 3), round(max(no), 3)],
+        "threshold": round(t, 2),
+        "in_view_passing": sum(v >= t for v in yes),
+    }
+
+
 def fmt(v, f=".2f") -> str:
     return "" if v is None else format(v, f)
 
@@ -440,8 +486,9 @@ def markdown(rows: list[dict], meta: dict, command: str) -> str:
         f"Regenerate: `{command}`",
         "",
         "| atlas | suite | source | cases | tracebacks / failed | orientation right / wrong | regions in view | "
-        "kept mean / min % | crop share | trusted | trusted losing > 3 % | trusted, organ not in view | s / case |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "kept mean / min % | crop share | trusted | trusted losing > 3 % | trusted, organ not in view | s / case | "
+        "HU groups vs TS (Dice) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for (ctx, suite, src), rs in groups_of(rows):
         s = summary(rs)
@@ -451,7 +498,7 @@ def markdown(rows: list[dict], meta: dict, command: str) -> str:
             f"{fmt(s['kept_mean'])} / {fmt(s['kept_min'])} | "
             f"{fmt(s['crop_share_mean'] and 100 * s['crop_share_mean'], '.1f')}% | "
             f"{fmt(s['trusted_rate'] and 100 * s['trusted_rate'], '.0f')}% | {len(s['trusted_losing_3pct'])} | "
-            f"{len(s['trusted_not_in_view'])} | {s['seconds_median']:.2f} |"
+            f"{len(s['trusted_not_in_view'])} | {s['seconds_median']:.2f} | {fmt(s['group_dice_median'])} |"
         )
     out += [
         "",
@@ -499,18 +546,24 @@ def markdown(rows: list[dict], meta: dict, command: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="skip the voxel-size variants (the slow ones)")
-    ap.add_argument("--out", default=None, help="markdown table (e.g. docs/out_of_sample_results.md)")
+    ap.add_argument("--out", default=None, help="markdown tables (e.g. docs/out_of_sample_results.md)")
     ap.add_argument("--json", default=None, help="every row as JSON")
-    ap.add_argument("--sources", nargs="+", default=list(DEFAULT_SOURCES), choices=SOURCES)
+    ap.add_argument("--sources", nargs="+", default=list(SOURCES), choices=SOURCES)
     ap.add_argument("--no_loso", action="store_true", help="only the in-sample atlas (development)")
+    ap.add_argument("--from_json", default=None, help="only write the tables of an earlier run's JSON")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        rows, meta = run(args.quick, Path(tmp), tuple(args.sources), not args.no_loso)
-    command = "python benchmarks/eval_out_of_sample.py" + (" --quick" if args.quick else "")
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps({"command": command, "meta": meta, "rows": rows}, indent=0, default=float)
-        )
+    if args.from_json:
+        data = json.loads(Path(args.from_json).read_text())
+        rows, meta, command = data["rows"], data["meta"], data["command"]
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            rows, meta = run(args.quick, Path(tmp), tuple(args.sources), not args.no_loso)
+        command = "python benchmarks/eval_out_of_sample.py" + (" --quick" if args.quick else "")
+        command += "" if args.sources == list(SOURCES) else " --sources " + " ".join(args.sources)
+        command += " --no_loso" if args.no_loso else ""
+    if args.json and not args.from_json:
+        compact = [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
+        Path(args.json).write_text(json.dumps({"command": command, "meta": meta, "rows": compact}, default=float))
     text = markdown(rows, meta, command)
     print(text)
     if args.out:

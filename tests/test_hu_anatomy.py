@@ -174,12 +174,14 @@ def test_atlas_gather_equals_per_voxel_mapping(atlas, k, flip):
     zyx = np.argwhere(np.ones(g.shape_zyx, bool))
     idx = np.rint((tf.to_atlas(g.origin + zyx[:, ::-1] * g.spacing) - atlas.origin) / atlas.spacing).astype(int)
     size = np.array(atlas.shape_zyx[::-1])
+    idx[:, 2] = np.clip(idx[:, 2], 0, size[2] - 1)  # above and below the atlas: its top / bottom slice
     ok = np.all((idx >= 0) & (idx < size), 1)
     ref = np.zeros(len(zyx), np.uint8)
     ref[ok] = amap[idx[ok, 2], idx[ok, 1], idx[ok, 0]]
     assert ref.astype(bool).sum() > 10000
     assert np.array_equal(vals.ravel(), ref)
-    assert np.array_equal(above.ravel(), idx[:, 2] >= size[2])
+    assert np.array_equal(above.ravel(), np.rint((tf.to_atlas(g.origin + zyx[:, ::-1] * g.spacing)[:, 2]
+                                                   - atlas.origin[2]) / atlas.spacing[2]) >= size[2])
 
 
 def test_crop_without_an_anatomy_option_uses_the_hu_anatomy_and_says_so(tmp_path):

@@ -3,8 +3,8 @@
 Where :mod:`.perturbations` changes how a scan is *stored* (turns, flips, zoom, header orientation),
 this module changes how it was *acquired*: slice thickness and pixel size (a thicker slice is the
 average of the thinner ones it covers, then sampled; a finer grid is interpolated), the field of
-view (a heart-centred reconstruction, the lungs only, the upper abdomen, the pelvis), noise, an
-arterial contrast phase (blood, heart and kidneys enhanced) and the voxel type. Each copy keeps its
+view (a heart-centred reconstruction, the lungs only, the upper abdomen, the pelvis), noise, the
+contrast phase (an arterial angiography, or no contrast agent) and the voxel type. Each copy keeps its
 world geometry, and its truth is the TotalSegmentator v2 label map on the copy's grid (nearest
 neighbour), so organ voxels kept by a crop are counted exactly as on the original.
 """
@@ -23,11 +23,17 @@ from .perturbations import Perturbed, array_op, cut_box, linear_map
 
 _TS = {name: idx for idx, name in totalsegmentator_scheme(2).items()}
 LUNG = [i for n, i in _TS.items() if n.startswith("lung_")]
-#: arterial phase: HU added to blood and enhancing organs (a CT angiography of the heart and aorta)
-CONTRAST_HU = {"heart": 300, "aorta": 300, "pulmonary_vein": 250, "atrial_appendage_left": 300,
-               "brachiocephalic_trunk": 300, "subclavian_artery_left": 280, "subclavian_artery_right": 280,
-               "common_carotid_artery_left": 280, "common_carotid_artery_right": 280, "iliac_artery_left": 250,
-               "iliac_artery_right": 250, "kidney_left": 150, "kidney_right": 150, "spleen": 80, "liver": 50}
+_BLOOD = ("heart", "aorta", "pulmonary_vein", "atrial_appendage_left", "brachiocephalic_trunk",
+          "subclavian_artery_left", "subclavian_artery_right", "common_carotid_artery_left",
+          "common_carotid_artery_right", "iliac_artery_left", "iliac_artery_right", "superior_vena_cava",
+          "inferior_vena_cava", "portal_vein_and_splenic_vein", "brachiocephalic_vein_left",
+          "brachiocephalic_vein_right")
+#: median HU of blood and enhancing organs per contrast phase ("arterial": a CT angiography of the
+#: heart and aorta; "native": no contrast agent)
+PHASE_HU = {"arterial": {**dict.fromkeys(_BLOOD, 380.0), "kidney_left": 180.0, "kidney_right": 180.0,
+                         "spleen": 130.0, "liver": 80.0},
+            "native": {**dict.fromkeys(_BLOOD, 40.0), "kidney_left": 30.0, "kidney_right": 30.0,
+                       "spleen": 45.0, "liver": 55.0}}
 
 
 def _array(img: sitk.Image) -> np.ndarray:
@@ -90,14 +96,17 @@ def with_noise(image: sitk.Image, sigma_hu: float, seed: int = 0) -> sitk.Image:
     return _like(np.clip(np.round(arr), -32768, 32767).astype(np.int16), image)
 
 
-def with_contrast(image: sitk.Image, labels: sitk.Image) -> sitk.Image:
-    """An arterial contrast phase: :data:`CONTRAST_HU` added inside those structures."""
+def with_contrast(image: sitk.Image, labels: sitk.Image, phase: str = "arterial") -> sitk.Image:
+    """The scan in another contrast phase: each structure of :data:`PHASE_HU` shifted so that its
+    median is the phase's (texture and noise kept)."""
     lab = _array(match_grid(labels, image))
-    add = np.zeros(256 if lab.max() < 256 else int(lab.max()) + 1, np.float32)
-    for name, hu in CONTRAST_HU.items():
-        add[_TS[name]] = hu
-    arr = _array(image).astype(np.float32) + add[lab]
-    return _like(np.clip(arr, -32768, 32767).astype(np.int16), image)
+    arr = _array(image).astype(np.float32)
+    out = arr.copy()
+    for name, target in PHASE_HU[phase].items():
+        inside = lab == _TS[name]
+        if inside.any():
+            out[inside] += target - float(np.median(arr[inside]))
+    return _like(np.clip(np.round(out), -32768, 32767).astype(np.int16), image)
 
 
 def match_grid(labels: sitk.Image, image: sitk.Image) -> sitk.Image:
@@ -153,10 +162,11 @@ def acquisition_suite(image: sitk.Image, labels: sitk.Image, thick: bool = True)
     for name, img, lab in fov_crops(image, labels):
         yield Perturbed(name, img, lab, eye)
         if name == "fov_cardiac_180mm":
-            yield Perturbed(name + "_contrast", with_contrast(img, lab), lab, eye)
+            yield Perturbed(name + "_arterial", with_contrast(img, lab, "arterial"), lab, eye)
     for sigma in (40, 100):
         yield Perturbed(f"noise_{sigma}hu", with_noise(image, sigma), labels, eye)
-    yield Perturbed("contrast_arterial", with_contrast(image, labels), labels, eye)
+    for phase in PHASE_HU:
+        yield Perturbed(f"contrast_{phase}", with_contrast(image, labels, phase), labels, eye)
     for code in ("RAS", "PIR"):
         yield Perturbed(f"stored_{code}", sitk.DICOMOrient(image, code), sitk.DICOMOrient(labels, code), eye)
     for name, pid in (("float32", sitk.sitkFloat32), ("int32", sitk.sitkInt32), ("float64", sitk.sitkFloat64)):

@@ -28,9 +28,10 @@ __all__ = ["HUAnatomy", "HUMasks", "coarse_pose", "hu_anatomy", "hu_masks", "lab
 
 
 def _atlas_on_scan(atlas_map: np.ndarray, tf: AtlasTransform, g: Geometry, atlas: Atlas) -> tuple[np.ndarray, ...]:
-    """An atlas map (Z, Y, X) at the scan's voxels (nearest; 0 outside the atlas) and whether each
-    voxel lies above the atlas. ``tf`` is axis-aligned, so each atlas axis reads one scan axis:
-    index arithmetic and one gather, no per-voxel coordinates."""
+    """An atlas map (Z, Y, X) at the scan's voxels (nearest; 0 outside the atlas in x and y, the top
+    or bottom slice's value above or below it) and whether each voxel lies above the atlas. ``tf``
+    is axis-aligned, so each atlas axis reads one scan axis: index arithmetic and one gather, no
+    per-voxel coordinates."""
     M, size = tf.M, np.array(atlas.shape_zyx[::-1])
     perm = [int(np.nonzero(M[i])[0][0]) for i in range(3)]          # atlas axis i <- scan axis perm[i]
     index, ok = [None] * 3, [None] * 3
@@ -40,7 +41,7 @@ def _atlas_on_scan(atlas_map: np.ndarray, tf: AtlasTransform, g: Geometry, atlas
         ok[i], index[i] = (k >= 0) & (k < size[i]), np.clip(k, 0, size[i] - 1)
         if i == 2:
             above = k >= size[2]
-    inside = ok[2][:, None, None] & ok[1][None, :, None] & ok[0][None, None, :]
+    inside = ok[1][None, :, None] & ok[0][None, None, :]
     vals = atlas_map[np.ix_(index[2], index[1], index[0])] * inside    # dims: scan axes perm[2], perm[1], perm[0]
     dims = [perm[2], perm[1], perm[0]]
     vals = np.transpose(vals, [dims.index(2 - e) for e in range(3)])  # dims: scan z, y, x
@@ -50,9 +51,12 @@ def _atlas_on_scan(atlas_map: np.ndarray, tf: AtlasTransform, g: Geometry, atlas
 
 
 def label_groups(m: HUMasks, tf: AtlasTransform, atlas: Atlas) -> np.ndarray:
-    """Group label map (Z, Y, X) of the HU masks: each lung and bone voxel, mapped by ``tf``,
-    takes the most probable atlas lung / bone group there (probabilities spread by a voxel);
-    bone above the atlas is skull, bone where the atlas has no bone stays unlabelled."""
+    """Group label map (Z, Y, X) of the HU masks: each lung and bone voxel, mapped by ``tf``, takes
+    the atlas' lung side or most probable bone group there (:func:`.hu_pose.atlas_views`); above or
+    below the atlas that of its top or bottom slice, so anatomy outside the atlas stays visible to
+    the trust rule (a scan reaching below the atlas' pelvis is "outside the atlas", not a smaller
+    scan); bone above an atlas without a skull is skull, bone where the atlas has no bone stays
+    unlabelled."""
     v = atlas_views(atlas)
     lung, above = _atlas_on_scan(v["lung_label"], tf, m.geometry, atlas)
     bone, _ = _atlas_on_scan(v["bone_label"], tf, m.geometry, atlas)

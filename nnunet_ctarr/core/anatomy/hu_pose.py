@@ -38,28 +38,55 @@ _CACHE: dict = {}
 
 
 def atlas_views(atlas: Atlas) -> dict:
-    """The atlas as the HU masks see it, cached per atlas: the unions of its lung and bone
-    channels (2, Z, Y, X), their slice profiles (2, Z) and summed-volume table, and the lung and
-    bone group maps (each voxel: the most probable group after spreading each group's
-    probability by one voxel, so that voxels just off an atlas structure still find it)."""
+    """The atlas as the HU masks see it, cached per atlas: the unions of its lung and bone channels
+    (2, Z, Y, X), smoothed for the refinement, their slice profiles (2, Z) and summed-volume table,
+    and the lung and bone group maps (:func:`_lung_sides`, :func:`_bone_groups`)."""
     key = atlas.atlas_id if atlas.atlas_id != "unknown" else id(atlas)
     if key not in _CACHE:
         idx = {g: GROUPS.index(g) for g in LUNGS + BONES if atlas.observed[GROUPS.index(g)]}
-        union = np.stack([np.clip(sum(atlas.prob[idx[g]] for g in names if g in idx), 0, 1)
-                          for names in (LUNGS, BONES)]).astype(np.float32)
-        labels = {}
-        for kind, names, floor in (("lung", LUNGS, 1e-6), ("bone", BONES, MIN_BONE_PROB)):
-            names = [g for g in names if g in idx]
-            labels[kind] = np.zeros(atlas.shape_zyx, np.uint8)
-            if names:
-                spread = np.stack([ndi.maximum_filter(atlas.prob[idx[g]], size=3) for g in names])
-                ids = np.array([GROUPS.index(g) + 1 for g in names], np.uint8)
-                labels[kind] = np.where(spread.max(0) >= floor, ids[spread.argmax(0)], 0).astype(np.uint8)
-        cumsum = np.pad(union.astype(np.float64), ((0, 0), (1, 0), (1, 0), (1, 0))).cumsum(1).cumsum(2).cumsum(3)
-        smooth = np.stack([ndi.gaussian_filter(u, SMOOTH_VOXELS) for u in union])
+        union = np.stack([np.clip(sum((atlas.prob[idx[g]] for g in names if g in idx), np.zeros(atlas.shape_zyx)),
+                                  0, 1) for names in (LUNGS, BONES)]).astype(np.float32)
+        cumsum = np.pad(union, ((0, 0), (1, 0), (1, 0), (1, 0))).cumsum(1).cumsum(2).cumsum(3)
+        smooth = np.stack([ndi.gaussian_filter(u, SMOOTH_VOXELS, truncate=2.0) for u in union])
         _CACHE[key] = {"union_prob": union, "union_smooth": smooth, "profiles": union.sum((2, 3)), "cumsum": cumsum,
-                       "lung_label": labels["lung"], "bone_label": labels["bone"]}
+                       "lung_label": _lung_sides(atlas, idx), "bone_label": _bone_groups(atlas, idx)}
     return _CACHE[key]
+
+
+def _lung_sides(atlas: Atlas, idx: dict) -> np.ndarray:
+    """Left or right lung for every atlas voxel in the slices the lungs span (+- 5): the side of the
+    slice's midline between the two lungs' centres, so that every lung voxel of a scan finds its
+    side, however far it lies from the atlas' lungs."""
+    out = np.zeros(atlas.shape_zyx, np.uint8)
+    if not {"lung_left", "lung_right"} <= idx.keys():
+        return out
+    x = atlas.origin[0] + atlas.spacing[0] * np.arange(atlas.shape_zyx[2])
+    mass = [atlas.prob[idx[g]].sum(1) for g in ("lung_left", "lung_right")]          # (Z, X)
+    com = [(mm @ x) / np.maximum(mm.sum(1), 1e-9) for mm in mass]
+    both = (mass[0].sum(1) > 0) & (mass[1].sum(1) > 0)
+    mid = np.full(len(both), 0.5 * (com[0][both].mean() + com[1][both].mean()) if both.any() else float(x.mean()))
+    mid[both] = 0.5 * (com[0][both] + com[1][both])
+    span = ndi.binary_dilation((mass[0] + mass[1]).sum(1) > 0, iterations=5)
+    left, right = GROUPS.index("lung_left") + 1, GROUPS.index("lung_right") + 1
+    out[:] = np.where(x[None, :] >= mid[:, None], left, right)[:, None, :]          # +x = patient left
+    out[~span] = 0
+    return out
+
+
+def _bone_groups(atlas: Atlas, idx: dict) -> np.ndarray:
+    """Each voxel: the most probable bone group after spreading each group's probability by one voxel
+    (voxels just off an atlas bone still find it), where that is at least :data:`MIN_BONE_PROB`."""
+    best = np.zeros(atlas.shape_zyx, np.float32)
+    out = np.zeros(atlas.shape_zyx, np.uint8)
+    for g in (g for g in BONES if g in idx):
+        sl = ndi.find_objects((atlas.prob[idx[g]] > 0).astype(np.uint8))
+        if not sl:
+            continue
+        sl = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl[0])
+        spread = ndi.maximum_filter(atlas.prob[idx[g]][sl], size=3)
+        take = (spread > best[sl]) & (spread >= MIN_BONE_PROB)
+        best[sl][take], out[sl][take] = spread[take], GROUPS.index(g) + 1
+    return out
 
 
 def channel_weights(ml: np.ndarray) -> np.ndarray:

@@ -24,16 +24,31 @@ from .files import atomic_write
 from .geometry import Geometry
 from .integrity import check_complete
 
+#: the last image read: (path, size, modification time) and the image (see read_image)
+_LAST_READ: list = [None, None]
+
 
 def read_image(path: str | Path) -> sitk.Image:
     """Read a 3D image from a file (NIfTI, NRRD, MHA/MHD) or a DICOM folder.
 
     A DICOM folder with several series yields the series with the most slices.
-    Raises :class:`CTARRError` with a one-line message on any problem.
+    Raises :class:`CTARRError` with a one-line message on any problem. The same unchanged file read
+    twice in a row (a case's image, then again by the HU anatomy) is decompressed once: the second
+    read returns a copy-on-write copy of the first.
     """
     path = Path(path)
     if not path.exists():
         raise CTARRError(f"input not found: {path}")
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if _LAST_READ[0] == key:
+        return sitk.Image(_LAST_READ[1])
+    img = _read(path)
+    _LAST_READ[:] = [key, img]
+    return sitk.Image(img)
+
+
+def _read(path: Path) -> sitk.Image:
     try:
         if path.is_dir():
             series = dicom_series(path)
