@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import ABDOMEN, SMALL, run_in_process
 
-import nnunet_ctarr.core.outputs.case_writer as crop_writer
+import nnunet_ctarr.core.pipeline as pipeline
 from nnunet_ctarr.cli.crop import main
 from nnunet_ctarr.core.base.errors import CTARRError
 from nnunet_ctarr.core.base.images import read_image, write_image
@@ -108,7 +108,7 @@ def test_output_path_that_is_a_file_fails_before_registration(tmp_path, monkeypa
     def no_registration(*a, **k):
         raise AssertionError("registration ran although the output cannot be written")
 
-    monkeypatch.setattr(crop_writer, "locate", no_registration)
+    monkeypatch.setattr(pipeline, "locate_case", no_registration)
     afile = tmp_path / "out.txt"
     afile.write_text("x")
     r = run_in_process(main, ["-i", str(SMALL[0]), "-anatomy_seg", str(SMALL[1]), "-r", "liver", "-o", str(afile)])

@@ -104,10 +104,6 @@ class Geometry:
         return np.array(self.direction).reshape(3, 3)
 
     @property
-    def n_voxels(self) -> int:
-        return int(np.prod(self.size_xyz))
-
-    @property
     def head_feet_axis(self) -> int:
         """The index axis (0 = x, 1 = y, 2 = z) closest to the world head-feet (z) axis."""
         return int(np.argmax(np.abs(self.matrix[2])))
@@ -171,8 +167,7 @@ class Geometry:
     @staticmethod
     def slices_zyx(start_xyz, stop_xyz) -> tuple[slice, slice, slice]:
         """Numpy (z, y, x) slices of a half-open index box given in (x, y, z)."""
-        from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice  # heavy import
-        return bounding_box_to_slice([[int(a), int(b)] for a, b in zip(start_xyz[::-1], stop_xyz[::-1])])
+        return tuple(slice(int(a), int(b)) for a, b in zip(start_xyz[::-1], stop_xyz[::-1]))
 
     def sub_box(self, start_xyz, stop_xyz) -> Geometry:
         """The geometry of the index box (a crop: same spacing and direction, origin at its first voxel)."""
