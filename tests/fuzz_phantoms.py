@@ -4,6 +4,7 @@ test_fuzz_inputs.py; nothing here asserts."""
 
 from __future__ import annotations
 
+import locale
 import os
 from pathlib import Path
 
@@ -101,6 +102,14 @@ def write_dicom_series(img: sitk.Image, folder: Path, tilt_deg: float = 0.0, dro
     if tilt_deg:
         t = np.radians(tilt_deg)
         col = np.cos(t) * d[:, 1] + np.sin(t) * d[:, 2]
+    saved = locale.setlocale(locale.LC_ALL, None)           # GDCM's writer sets the C locale (ASCII text)
+    try:
+        return _write_slices(img, folder, row, col, tilt_deg, drop_slice)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_slices(img: sitk.Image, folder: Path, row, col, tilt_deg: float, drop_slice: int | None) -> list:
     uid = f"1.2.826.0.1.3680043.2.1125.{abs(hash((str(folder), tilt_deg))) % 10**12}"
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()

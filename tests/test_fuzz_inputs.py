@@ -184,6 +184,46 @@ def test_invalid_headers_are_one_line(tmp_path):
     _one_line_error(tmp_path / "junk.nrrd", "cannot read")
 
 
+# ----------------------------------------------------------------- anatomy maps and mask folders
+def test_anatomy_maps_of_every_form_give_the_same_groups(tmp_path):
+    from nnunet_ctarr.core.anatomy.masks import load_anatomy
+
+    img = phantom((40, 36, 16), (1.2, 1.2, 3.0), rotation(0, 15, 20), origin_xyz=(7, -3, 12))
+    labels = phantom_labels(img)
+    counts = np.bincount(sitk.GetArrayViewFromImage(labels).ravel(), minlength=20)[1:]
+    forms = {"u8.nii.gz": sitk.sitkUInt8, "i16.nrrd": sitk.sitkInt16, "u32.mha": sitk.sitkUInt32,
+             "i64.nii.gz": sitk.sitkInt64, "f32.nii.gz": sitk.sitkFloat32}
+    for name, pixel in forms.items():
+        sitk.WriteImage(sitk.Cast(labels, pixel), str(tmp_path / name))
+    write_nibabel(labels, tmp_path / "four_d.nii.gz", extra_dims=(1,))
+    for name in [*forms, "four_d.nii.gz"]:
+        anatomy = load_anatomy(tmp_path / name, "ctarr19")
+        assert Geometry.of(anatomy.labels).same_grid(Geometry.of(img), tol=1e-4), name
+        assert np.array_equal(anatomy.group_voxel_counts(), counts), name
+    masks = tmp_path / "segmentations"
+    masks.mkdir()
+    arr = sitk.GetArrayFromImage(labels)
+    for i, (structure, group) in enumerate((("lung_upper_lobe_left", 12), ("lung_upper_lobe_right", 13),
+                                            ("heart", 14), ("vertebrae_T5", 6))):
+        mask = sitk.GetImageFromArray((arr == group).astype(("uint8", "int16", "float32", "uint8")[i]))
+        mask.CopyInformation(labels)
+        mask = sitk.Flip(mask, [False, True, False]) if structure == "heart" else mask    # same voxels, y flipped
+        sitk.WriteImage(mask, str(masks / f"{structure}.nii.gz"))
+    anatomy = load_anatomy(masks)
+    assert np.array_equal(anatomy.group_voxel_counts(), counts)
+    huge = sitk.Cast(labels, sitk.sitkUInt32)
+    huge[0, 0, 0] = 4_000_000_000                             # a stray id: ignored, no 4-billion-entry table
+    sitk.WriteImage(huge, str(tmp_path / "huge.nrrd"))
+    assert np.array_equal(load_anatomy(tmp_path / "huge.nrrd", "ctarr19").group_voxel_counts(), counts)
+    negative = sitk.Cast(labels, sitk.sitkInt16) - 1
+    sitk.WriteImage(negative, str(tmp_path / "negative.nii.gz"))
+    with pytest.raises(CTARRError, match="negative values"):
+        load_anatomy(tmp_path / "negative.nii.gz")
+    sitk.WriteImage(labels[:, :, :2], str(tmp_path / "thin.nii.gz"))
+    with pytest.raises(CTARRError, match="too thin"):
+        load_anatomy(tmp_path / "thin.nii.gz")
+
+
 # ----------------------------------------------------------------- the crop command on a few of them
 def _crop(tmp_path: Path, image: Path, anatomy: Path | None) -> int:
     from nnunet_ctarr.cli import crop

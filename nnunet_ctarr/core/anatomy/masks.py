@@ -41,10 +41,9 @@ class AnatomyMasks:
         if unknown:
             warnings.warn(f"anatomy map {source}: label id(s) {unknown[:10]} are not in the "
                           f"{scheme.name} scheme and were ignored")
-        lut = scheme.lut
-        if int(ids.max()) >= lut.size:
-            lut = np.concatenate([lut, np.zeros(int(ids.max()) - lut.size + 1, np.uint8)])
-        groups = lut[arr]
+        lut = scheme.lut                           # ids beyond the scheme (ignored above) map to 0
+        groups = lut[arr] if int(ids.max()) < lut.size else \
+            np.where(arr < lut.size, lut[np.minimum(arr, lut.size - 1)], 0).astype(lut.dtype)
         out = sitk.GetImageFromArray(groups)
         out.CopyInformation(img)
         return cls(out, scheme.observed.copy(), f"{source} ({scheme.name})")
