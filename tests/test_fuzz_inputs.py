@@ -178,7 +178,10 @@ def test_invalid_headers_are_one_line(tmp_path):
     (tmp_path / "zero.mha").write_bytes(head.replace(b"ElementSpacing = 1 1 1", b"ElementSpacing = 1 1 0"))
     (tmp_path / "singular.mha").write_bytes(head.replace(b"TransformMatrix = 1 0 0 0 1 0 0 0 1",
                                                          b"TransformMatrix = 1 0 0 1 0 0 0 0 1"))
+    (tmp_path / "sheared60.mha").write_bytes(head.replace(b"TransformMatrix = 1 0 0 0 1 0 0 0 1",
+                                                          b"TransformMatrix = 1 0 0 0.866 0.5 0 0 0 1"))
     (tmp_path / "junk.nrrd").write_bytes(b"NRRD0004\ntype: what\n\n")
+    _one_line_error(tmp_path / "sheared60.mha", "sheared by 60")
     _one_line_error(tmp_path / "zero.mha", "spacing")
     _one_line_error(tmp_path / "singular.mha", "direction")
     _one_line_error(tmp_path / "junk.nrrd", "cannot read")

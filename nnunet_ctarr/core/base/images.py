@@ -28,6 +28,7 @@ from .geometry import Geometry
 from .integrity import check_complete, nifti_bytes
 
 MIN_SLICES = 3          # voxels along every axis below which an image is not a usable 3-D volume
+MAX_SHEAR_DEG = 45      # a sheared grid beyond this is an error, not resampled (gantry tilts are <= 30°)
 
 
 def read_image(path: str | Path, label: bool = False, warnings: WarningLog | None = None) -> sitk.Image:
@@ -128,6 +129,9 @@ def _orthogonal(img: sitk.Image, path: Path, label: bool, warnings: WarningLog) 
     if np.abs(sheared - corners).max() <= 0.05:
         return img
     angle = max(np.degrees(np.arccos(np.clip(new_spacing[i] / spacing[i], -1, 1))) for i in range(3))
+    if angle > MAX_SHEAR_DEG:
+        raise CTARRError(f"{path}: the voxel axes are sheared by {angle:.0f}° (more than {MAX_SHEAR_DEG}°); "
+                         "fix the file's geometry")
     lo, hi = np.floor(sheared.min(0) + 1e-6), np.ceil(sheared.max(0) - 1e-6)
     out_origin = origin + q @ (lo * new_spacing)
     fill = 0.0 if label else float(sitk.GetArrayViewFromImage(img).min())
