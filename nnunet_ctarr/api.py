@@ -75,7 +75,7 @@ def read_channels(image: ImageLike | list[ImageLike], hu_check: bool = True, all
     out = []
     for k, item in enumerate(items):
         name = f"image {Path(item).name}" if not isinstance(item, sitk.Image) else f"channel {k}"
-        img = item if isinstance(item, sitk.Image) else read_image(item)
+        img = item if isinstance(item, sitk.Image) else read_image(item, warnings=warnings)
         img, n_bad = check_finite(img, name, allow_nonfinite, None if isinstance(item, sitk.Image) else Path(item))
         if n_bad:
             warnings.warn(f"{name}: {n_bad} NaN/infinite voxel(s) replaced by the image minimum")
@@ -152,7 +152,7 @@ def crop(image: ImageLike | list[ImageLike], regions: str | Region | list[str | 
     anat = _load_anatomy(anatomy_source(anatomy, atlas=atlas), name, image, channels[0], warnings, prepared)
     lab = None
     if labels is not None:
-        lab_img = labels if isinstance(labels, sitk.Image) else read_image(labels)
+        lab_img = labels if isinstance(labels, sitk.Image) else read_image(labels, label=True, warnings=warnings)
         lab = match_label_to_image(lab_img, channels[0], "label map" if isinstance(labels, sitk.Image)
                                    else f"label map {Path(labels).name}")
     seconds["read_anatomy_labels"] = time.perf_counter() - t0

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .. import api
 from ..core.anatomy.atlas import Atlas
-from ..core.base.cases import case_id, list_inputs, match_case_file
+from ..core.base.cases import InputCase, list_cases, match_case_file
 from ..core.base.errors import CTARRError, WarningLog
 from ..core.base.files import as_json, check_output_folder
 from ..core.localise.decision import Status
@@ -97,12 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     atlas = Atlas.load(args.atlas)
     for region in regions:
         check_region_atlas(region, atlas.atlas_id, WarningLog())
-    all_inputs = list_inputs(args.input)
-    cases = [case_id(p) for p in all_inputs]
+    all_inputs = list_cases(args.input)                      # nnU-Net's CASE_0000, CASE_0001 ...: one case
+    cases = [c.case for c in all_inputs]
     inputs = select_part(all_inputs, args)
     out = check_output_folder(args.output)
     anatomy = anatomy_source(args, device=args.device, verbose=args.verbose)
-    anatomy.prepare({case_id(p): [str(p)] for p in inputs})   # a model predicts here, once, before any worker
+    anatomy.prepare({c.case: [str(p) for p in c.channels] for c in inputs})   # a model predicts once, before workers
     opts = CropOptions(args.margin, args.z_only, args.pad, args.fill_value, args.qc, not args.no_hu_check,
                        args.allow_nonfinite, args.on_untrusted, args.boxes_only)
     job = _CropJob(args.labels, cases, out, regions, opts, args.resume, args.verbose)
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     return 130 if report.interrupted else (0 if report.all_clean else 1)
 
 
-def _run(job: _CropJob, inputs: list[Path], anatomy, atlas, n_workers: int) -> BatchReport:
+def _run(job: _CropJob, inputs: list[InputCase], anatomy, atlas, n_workers: int) -> BatchReport:
     """Every case into the report; a failed case is a row with its reason, Ctrl-C or a dead worker
     stops the run with the rows so far (the cases not done are named)."""
     report = BatchReport()
@@ -129,7 +129,7 @@ def _run(job: _CropJob, inputs: list[Path], anatomy, atlas, n_workers: int) -> B
                 report.add(record, done_before)
     except (KeyboardInterrupt, WorkerDied) as e:
         report.interrupted = True
-        left = [case_id(p) for p in inputs if case_id(p) not in done]
+        left = [c.case for c in inputs if c.case not in done]
         msg = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e)
         logging.getLogger("nnunet_ctarr").error(f"{msg}; not done: {len(left)} case(s)")
         for c in left:
@@ -163,16 +163,19 @@ class _CropJob:
     verbose: bool
 
 
-def _crop_one(src: Path) -> tuple[str, CaseRecord | None, bool, str | None, str | None]:
-    """One case: (case, sidecar record, found done by --continue, error, traceback). Never raises:
-    a user error is its one line, anything else an internal error whose traceback is kept."""
-    job, case = WORKER["job"], case_id(src)
+def _crop_one(src: InputCase) -> tuple[str, CaseRecord | None, bool, str | None, str | None]:
+    """One case (every channel cropped with the boxes of channel 0): (case, sidecar record, found
+    done by --continue, error, traceback). Never raises: a user error is its one line, anything else
+    an internal error whose traceback is kept."""
+    job, case = WORKER["job"], src.case
     try:
         lab = match_case_file(Path(job.labels), case, job.cases, "label map") if job.labels else None
-        stamp = case_stamp(case, [src], WORKER["atlas"], job.opts, lab is not None, WORKER["anatomy"].stamp(case))
+        stamp = case_stamp(case, list(src.channels), WORKER["atlas"], job.opts, lab is not None,
+                           WORKER["anatomy"].stamp(case))
         if job.resume and (record := _done_before(job, stamp)) is not None:
             return case, record, True, None, None
-        crops = api.crop(src, job.regions, WORKER["anatomy"], atlas=WORKER["atlas"], labels=lab, prepared=True,
+        crops = api.crop(list(src.channels), job.regions, WORKER["anatomy"], atlas=WORKER["atlas"], labels=lab,
+                         prepared=True,
                          on_untrusted=job.opts.on_untrusted, margin_mm=job.opts.margin_mm, z_only=job.opts.z_only,
                          pad=job.opts.pad, fill_value=job.opts.fill_value, boxes_only=job.opts.boxes_only,
                          hu_check=job.opts.hu_check, allow_nonfinite=job.opts.allow_nonfinite, case=case)

@@ -9,12 +9,24 @@ import SimpleITK as sitk
 
 from ..anatomy.groups import GROUPS
 from ..anatomy.volume import MaskVolume
+from ..base.files import atomic_write
 from ..regions.cropping import CropPlan
 
 
 def _colors() -> np.ndarray:
     import matplotlib
     return matplotlib.colormaps["tab20"](np.arange(len(GROUPS)))[:, :3]
+
+
+def save_figure(fig, path: str | Path, dpi: int) -> None:
+    """Save a matplotlib figure as PNG atomically (umask permissions; a full disk or a folder that
+    cannot be written is one :class:`CTARRError` naming the path, and no partial file is left), and
+    close it."""
+    import matplotlib.pyplot as plt
+    try:
+        atomic_write(Path(path), ".png", lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def picture_name(case: str, region: str) -> str:
@@ -63,5 +75,4 @@ def render_qc(path: str | Path, image: sitk.Image, vol: MaskVolume, plan: CropPl
     axes[0].set_ylabel("z (mm, superior up)")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)
