@@ -20,6 +20,7 @@ from ..core.base.files import check_output_folder
 from ..core.base.nnunet_format import group_channels
 from ..core.regions.region import check_region_atlas
 from .common import parse, prepare_inputs, run_cli
+from .dicom_output import add_output_type_arg, plan_dicom_outputs, write_dicom_outputs
 from .options import Parser, add_anatomy_args, add_atlas_arg, add_crops_arg, add_inference_args
 from .options import inference_anatomy_and_device as anatomy_and_device
 
@@ -52,11 +53,13 @@ def build_parser() -> Parser:
     p.add_argument("--on_miss", choices=["empty", "full"], default="empty",
                    help="a model's region outside the field of view: the model contributes nothing (default, "
                         "warning) or predicts the full volume")
+    add_output_type_arg(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
+    dicom_plan = plan_dicom_outputs(args)   # DICOM inputs checked before any prediction
     from ..inference.multi_predictor import MultiModelPredictor
     from ..inference.multi_spec import load_spec
     spec = load_spec(args.spec)
@@ -94,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     if predictor.failed:
         print(f"error: {len(predictor.failed)} of {len(lists)} case(s) not predicted: {', '.join(predictor.failed)}",
               file=sys.stderr)
-    return 1 if predictor.failed else 0
+    return max(1 if predictor.failed else 0, write_dicom_outputs(dicom_plan, args.o))
 
 
 def entry() -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .cases import IMAGE_EXTENSIONS, dicom_series
+from .cases import IMAGE_EXTENSIONS, dicom_series_files
 from .errors import CTARRError
 from .files import atomic_write
 from .geometry import Geometry
@@ -36,11 +36,10 @@ def read_image(path: str | Path) -> sitk.Image:
         raise CTARRError(f"input not found: {path}")
     try:
         if path.is_dir():
-            series = dicom_series(path)
-            if not series:
+            files = dicom_series_files(path)
+            if not files:
                 raise CTARRError(f"{path} is a folder without a DICOM series")
             reader = sitk.ImageSeriesReader()
-            files = max((reader.GetGDCMSeriesFileNames(str(path), s) for s in series), key=len)
             reader.SetFileNames(files)
             img = reader.Execute()
         else:
