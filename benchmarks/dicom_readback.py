@@ -2,11 +2,12 @@
 
     python benchmarks/dicom_readback.py [--out docs/dicom_output_check]
 
-Readers that share nothing with the writers (pydicom + numpy + matplotlib's point-in-polygon; no
-highdicom, nothing of nnunet_ctarr): a SEG frame is placed in world coordinates from the SEG's own
+Readers that share nothing with the writers (pydicom + numpy, an own even-odd scan-line fill; no
+highdicom, no scikit-image, nothing of nnunet_ctarr): a SEG frame is placed in world coordinates from the SEG's own
 plane position and orientation and mapped onto the source slice whose plane holds it; an RTSTRUCT
-contour is matched to the slice whose plane holds its points, and that slice's pixel centres (in
-world coordinates) inside an odd number of its contours are the mask. The slice's referenced UID
+contour is matched to the slice whose plane holds its points, taken into that plane (mm along the
+slice's row and column directions), and the slice's pixel centres inside an odd number of its
+contours are the mask. The slice's referenced UID
 must agree with the one geometry picks.
 
 Series: the bundled real CT series (20 slices, 512 x 512, JPEG 2000) with its UIDs repaired in a
@@ -30,7 +31,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import SimpleITK as sitk
-from matplotlib.path import Path as Polygon
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,17 +174,36 @@ def read_seg(path: Path, folder: Path, labels: dict[int, str]) -> np.ndarray:
     return out
 
 
+def _fill_evenodd(poly_uv: np.ndarray, ps: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Pixel centres (u = column x PixelSpacing[1], v = row x PixelSpacing[0], in mm) inside the
+    polygon by the even-odd rule: a scan line through each row of centres, filled between pairs of
+    edge crossings (half-open edges: a vertex on the line is counted once)."""
+    u0, v0 = poly_uv[:, 0], poly_uv[:, 1]
+    u1, v1 = np.roll(u0, -1), np.roll(v0, -1)
+    mask = np.zeros(shape, bool)
+    rows = np.arange(max(0, int(np.ceil(v0.min() / ps[0]))), min(shape[0] - 1, int(np.floor(v0.max() / ps[0]))) + 1)
+    y = rows[:, None] * ps[0]
+    crossing = ((v0 <= y) & (v1 > y)) | ((v1 <= y) & (v0 > y))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = u0 + (y - v0) * (u1 - u0) / (v1 - v0)
+    for i, r in enumerate(rows):
+        xs = np.sort(x[i][crossing[i]])
+        for a, b in zip(xs[0::2], xs[1::2]):  # centres with a <= u < b
+            mask[r, max(0, int(np.ceil(a / ps[1]))) : min(shape[1], int(np.ceil(b / ps[1])))] = True
+    return mask
+
+
 def read_rtstruct(path: Path, folder: Path) -> dict[str, np.ndarray]:
-    """ROI name -> mask on the series' index grid: the pixel centres (in world) of the slice whose
-    plane holds a contour, inside an odd number of that slice's contours (holes are contours too)."""
+    """ROI name -> mask on the series' index grid: the pixel centres of the slice whose plane holds a
+    contour (contour points taken into the slice's plane in mm) inside an odd number of that slice's
+    contours (holes are contours too)."""
     g, ds = _geometry(folder), pydicom.dcmread(path)
     assert ds.StudyInstanceUID == g["study"]
     fr = ds.ReferencedFrameOfReferenceSequence[0]
     assert fr.FrameOfReferenceUID == g["for"]
     assert fr.RTReferencedStudySequence[0].RTReferencedSeriesSequence[0].SeriesInstanceUID == g["series"]
     names = {int(r.ROINumber): str(r.ROIName) for r in ds.StructureSetROISequence}
-    basis = np.stack([g["row"], g["col"]], axis=1)  # world offset -> in-plane (u, v) mm
-    rows, cols = g["shape"][1:]
+    basis = np.stack([g["row"], g["col"]], axis=1)  # world offset from a slice's first pixel -> in-plane (u, v) mm
     masks = {}
     for roi in ds.ROIContourSequence:
         m = np.zeros(g["shape"], bool)
@@ -192,12 +211,7 @@ def read_rtstruct(path: Path, folder: Path) -> dict[str, np.ndarray]:
             pts = np.array(c.get_item("ContourData").value.split(b"\\"), float).reshape(-1, 3)  # DS text
             k = _slice_of(pts, g)
             assert c.ContourImageSequence[0].ReferencedSOPInstanceUID == g["uids"][k]
-            poly = (pts - g["ipp"][k]) @ basis
-            (c0, r0), (c1, r1) = np.floor(poly.min(0) / g["ps"][::-1]), np.ceil(poly.max(0) / g["ps"][::-1])
-            rr, cc = np.mgrid[max(int(r0), 0) : min(int(r1) + 1, rows), max(int(c0), 0) : min(int(c1) + 1, cols)]
-            centres = g["ipp"][k] + cc[..., None] * g["ps"][1] * g["row"] + rr[..., None] * g["ps"][0] * g["col"]
-            inside = Polygon(poly).contains_points(((centres - g["ipp"][k]) @ basis).reshape(-1, 2)).reshape(rr.shape)
-            m[k, rr[inside], cc[inside]] ^= True
+            m[k] ^= _fill_evenodd((pts - g["ipp"][k]) @ basis, g["ps"], g["shape"][1:])
         masks[names[int(roi.ReferencedROINumber)]] = m
     return masks
 

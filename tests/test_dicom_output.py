@@ -1,8 +1,8 @@
 """DICOM SEG and RTSTRUCT outputs (core/outputs/dicom*.py, -output_type of the predict commands),
-read back by the independent readers of benchmarks/dicom_readback.py (pydicom + numpy + matplotlib's
-point-in-polygon; no highdicom, nothing of the package): SEG frames placed in world coordinates from
-the SEG's own plane position and orientation, RTSTRUCT contours filled at the pixel centres in world
-coordinates.
+read back by the independent readers of benchmarks/dicom_readback.py (pydicom + numpy; no
+highdicom, no scikit-image, nothing of the package): SEG frames placed in world coordinates from
+the SEG's own plane position and orientation, RTSTRUCT contours taken into their slice's plane and
+filled at its pixel centres (even-odd rule).
 
 Series: the bundled real CT series with its UIDs repaired in a copy (it ships anonymised with empty
 Study/Series UIDs), the same series stored with the column direction flipped (rows mirrored), and

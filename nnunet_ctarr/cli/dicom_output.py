@@ -98,16 +98,20 @@ def write_dicom_outputs(plan: DicomOutputPlan | None, output_folder: str | Path)
     if plan is None:
         return 0
     out = Path(output_folder)
-    dj = json.loads((out / "dataset.json").read_text())
-    labels, ending = output_labels(dj), dj.get("file_ending", ".nii.gz")
+    try:                                 # nnU-Net and the multi predictor write it with the predictions
+        dj = json.loads((out / "dataset.json").read_text())
+    except (OSError, ValueError):
+        dj = None
+    ending = (dj or {}).get("file_ending", ".nii.gz")
+    suffix = DICOM_KINDS[plan.kind]
+    todo = {c: f for c, f in plan.cases.items() if _to_write(plan, out / f"{c}{ending}", out / f"{c}{suffix}")}
+    if todo and dj is None:
+        print(f"error: no {plan.kind}: {out / 'dataset.json'} (the labels) is missing or unreadable", file=sys.stderr)
+        return 1
     failed = 0
-    for case, files in plan.cases.items():
-        pred, dst = out / f"{case}{ending}", out / f"{case}{DICOM_KINDS[plan.kind]}"
-        fresh = pred.is_file() and pred.stat().st_mtime_ns >= plan.started_ns
-        if not (fresh or (plan.keep_existing and pred.is_file() and not dst.is_file())):
-            continue                     # not predicted (reported by the command) or done before
+    for case, files in todo.items():
         try:
-            r = _write_case(plan, pred, files, labels, dst)
+            r = _write_case(plan, out / f"{case}{ending}", files, output_labels(dj), out / f"{case}{suffix}")
         except CTARRError as e:
             print(f"error: {case}: no {plan.kind}: {e}", file=sys.stderr)
             failed = 1
@@ -115,6 +119,14 @@ def write_dicom_outputs(plan: DicomOutputPlan | None, output_folder: str | Path)
         empty = f"; without voxels: {', '.join(r.empty)}" if r.empty else ""
         print(f"{case}: {plan.kind} -> {r.path} ({len(r.segments)} label(s){empty})", file=sys.stderr)
     return failed
+
+
+def _to_write(plan: DicomOutputPlan, pred: Path, dst: Path) -> bool:
+    """Predicted by this run, or before it with --continue_prediction and no DICOM object yet (a
+    case not predicted is reported by the command)."""
+    if not pred.is_file():
+        return False
+    return pred.stat().st_mtime_ns >= plan.started_ns or (plan.keep_existing and not dst.is_file())
 
 
 def _write_case(plan: DicomOutputPlan, pred: Path, files: list[str], labels: dict[int, str], dst: Path):
