@@ -19,6 +19,7 @@ from ..core.localise.decision import Status
 from ..core.regions.model_config import config_crops, config_region, read_model_config
 from ..core.regions.region import check_region_atlas
 from .common import parse, prepare_inputs, run_cli
+from .dicom_output import add_output_type_arg, plan_dicom_outputs, write_dicom_outputs
 from .options import (
     Parser,
     add_anatomy_args,
@@ -76,6 +77,7 @@ def build_parser() -> Parser:
     add_qc_arg(p, "a QC picture per case into the output folder")
     p.add_argument("--save_ctarr_json", action="store_true", help="<case>.ctarr.json per case in the output folder")
     add_atlas_arg(p)
+    add_output_type_arg(p)
     return p
 
 
@@ -94,6 +96,7 @@ def _model_folder(args) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
+    dicom_plan = plan_dicom_outputs(args)   # DICOM inputs checked before any prediction
     from ..training.trainer_path import ensure_ext_trainer_path
     ensure_ext_trainer_path()                 # models trained with the CTARR trainers are found
     from ..inference.predictor import nnUNetPredictorCTARR
@@ -124,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                               qc_folder=args.o if args.qc else None, fit_tiles=crops == "fitted")
         outs = [os.path.join(args.o, case_id(files[0])) for files in source] if isinstance(source, list) else args.o
         _predict(predictor, args, source, outs)
-    return _report(predictor.ctarr_plans)
+    return max(_report(predictor.ctarr_plans), write_dicom_outputs(dicom_plan, args.o))
 
 
 def _predict(predictor, args, source, outs) -> None:

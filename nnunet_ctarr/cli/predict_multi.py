@@ -20,6 +20,7 @@ from ..core.base.files import check_output_folder
 from ..core.base.nnunet_format import group_channels
 from ..core.regions.region import check_region_atlas
 from .common import parse, prepare_inputs, run_cli
+from .dicom_output import add_output_type_arg, plan_dicom_outputs, write_dicom_outputs
 from .options import (
     Parser,
     add_anatomy_args,
@@ -63,11 +64,13 @@ def build_parser() -> Parser:
                              "nothing")
     add_deprecated(p, "--on_miss", "on_miss", "(nothing: a region outside the field of view contributes nothing)",
                    {"empty": "empty", "*": "removed: a region outside the field of view contributes nothing"})
+    add_output_type_arg(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
+    dicom_plan = plan_dicom_outputs(args)   # DICOM inputs checked before any prediction
     from ..inference.multi_predictor import MultiModelPredictor
     from ..inference.multi_spec import load_spec
     spec = load_spec(args.spec)
@@ -105,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     if predictor.failed:
         print(f"error: {len(predictor.failed)} of {len(lists)} case(s) not predicted: {', '.join(predictor.failed)}",
               file=sys.stderr)
-    return 1 if predictor.failed else 0
+    return max(1 if predictor.failed else 0, write_dicom_outputs(dicom_plan, args.o))
 
 
 def entry() -> None:

@@ -45,6 +45,15 @@ def dicom_series(folder: Path) -> list[str]:
         return []
 
 
+def dicom_series_files(folder: Path) -> list[str]:
+    """The files of the series that :func:`images.read_image` reads from ``folder`` (the series with
+    the most slices), in SimpleITK's slice order: index ``k`` of the image's z axis is file ``k``.
+    Empty list if the folder holds no series."""
+    reader = sitk.ImageSeriesReader()
+    return list(max((reader.GetGDCMSeriesFileNames(str(folder), s) for s in dicom_series(folder)), key=len,
+                    default=()))
+
+
 def is_dicom_dir(path: Path) -> bool:
     return path.is_dir() and len(dicom_series(path)) > 0
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .cases import dicom_series
+from .cases import dicom_series_files
 from .errors import CTARRError
 
 POSITION = "0020|0032"          # ImagePositionPatient
@@ -25,11 +25,10 @@ UNEVEN_TOLERANCE = 0.1          # share of the mean slice step two neighbouring 
 def read_dicom_folder(folder: Path) -> sitk.Image:
     """The series with the most slices in ``folder``, on the grid its slice positions define
     (a sheared grid for a gantry-tilted series). Raises RuntimeError as SimpleITK does."""
-    series = dicom_series(folder)
-    if not series:
+    files = dicom_series_files(folder)          # the one place that picks the series and its slice order
+    if not files:
         raise CTARRError(f"{folder} is a folder without a DICOM series")
     reader = sitk.ImageSeriesReader()
-    files = max((reader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len)
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
     img = reader.Execute()
