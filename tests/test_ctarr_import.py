@@ -3,6 +3,8 @@ from this package's own atlas and regions (tests/ctarr_fabricate.py: the documen
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 from dataclasses import replace
@@ -18,6 +20,7 @@ from nnunet_ctarr.cli.import_ctarr import main
 from nnunet_ctarr.core.anatomy.atlas import Atlas
 from nnunet_ctarr.core.anatomy.masks import load_anatomy
 from nnunet_ctarr.core.base.errors import CTARRError, WarningLog
+from nnunet_ctarr.core.build.atlas_set import write_set
 from nnunet_ctarr.core.build.ctarr_import import convert, read_checkout
 from nnunet_ctarr.core.localise.localisation import locate, plan_region
 from nnunet_ctarr.core.regions.region import Region, builtin_regions, load_region, load_regions
@@ -35,22 +38,33 @@ def checkout(originals, tmp_path_factory):
     return root, fabricate(root, *originals, git=True)
 
 
+@pytest.fixture(scope="module")
+def imported(checkout, tmp_path_factory):
+    """The command run on the checkout under umask 0o027: (data folder, printed text, the atlas)."""
+    data, out = tmp_path_factory.mktemp("data"), io.StringIO()
+    old = os.umask(0o027)
+    try:
+        with contextlib.redirect_stdout(out):
+            assert main([str(checkout[0]), "-o", str(data)]) == 0
+    finally:
+        os.umask(old)
+    return data, out.getvalue(), Atlas.load(data / "ctarr" / "atlas.npz")
+
+
 def _ranges(image, loc, region, clipped: bool) -> np.ndarray:
     """Index boxes (K, 2, 3) of a region in the image: the crops (clipped) or the full boxes."""
     boxes = plan_region(image, loc, region).boxes
     return np.array([[b.start_xyz, b.stop_xyz] if clipped else [b.full_start_xyz, b.full_stop_xyz] for b in boxes])
 
 
-def test_import_gives_the_original_atlas_boxes_and_crops(tmp_path, originals, checkout, capsys):
+def test_import_gives_the_original_atlas_boxes_and_crops(originals, checkout, imported):
     atlas, regions = originals
     root, written = checkout
     commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
                             text=True, check=True).stdout.strip()
-    assert main([str(root), "-o", str(tmp_path / "data")]) == 0
-    out = capsys.readouterr().out
-    assert f"(commit {commit[:12]})" in out and "12 region(s), margin 10 mm" in out
-    folder = tmp_path / "data" / "ctarr"
-    imp = Atlas.load(folder / "atlas.npz")
+    assert f"(commit {commit[:12]})" in imported[1] and "12 region(s), margin 10 mm" in imported[1]
+    folder = imported[0] / "ctarr"
+    imp = imported[2]
     centre = atlas_centre_xyz(atlas)
     # (a) the atlas, up to upstream's centre origin (the grid centre is at 0 mm)
     assert imp.prob.shape == atlas.prob.shape
@@ -61,7 +75,7 @@ def test_import_gives_the_original_atlas_boxes_and_crops(tmp_path, originals, ch
     assert (imp.coverage == 1).all() and imp.meta["provenance"]["commit"] == commit
     # the boxes with their margins, brain included
     got = {n: Region.from_file(folder / "regions" / f"{n}.json") for n in written}
-    assert sorted(got) == sorted(written) and "brain" in got
+    assert sorted(p.stem for p in (folder / "regions").iterdir()) == sorted(written) and "brain" in got
     for r in regions + [Region("brain", brain_box_xyz(atlas), 10.0)]:
         g = got[r.name]
         assert g.margin_mm == 10 and g.atlas_id == imp.atlas_id
@@ -85,22 +99,29 @@ def test_import_gives_the_original_atlas_boxes_and_crops(tmp_path, originals, ch
     assert n_cropped == 12  # every box of the 11 regions (kidneys: 2) reaches into the abdomen CT
 
 
-def test_mirrored_checkout_mirrors_atlas_and_boxes_together(tmp_path, originals, checkout):
+def test_mirrored_checkout_mirrors_atlas_and_boxes_together(tmp_path, originals, checkout, imported):
     atlas, regions = originals
     fabricate(tmp_path / "b", atlas, regions, mirrored=True)
     a, b = read_checkout(checkout[0]), read_checkout(tmp_path / "b")
     assert not np.array_equal(a.atlas_raw, b.atlas_raw)
     assert not np.allclose(a.boxes["spleen"], b.boxes["spleen"])
-    ia, ib = convert(a), convert(b)
-    assert ia.axis_map.sign_xyz == (1, 1, -1) and ib.axis_map.sign_xyz == (-1, 1, -1)
-    assert np.array_equal(ia.atlas.prob, ib.atlas.prob)
-    for ra, rb in zip(ia.regions, ib.regions):
-        np.testing.assert_allclose(ra.boxes_mm, rb.boxes_mm, atol=1e-9)
-    # spleen on the patient's left (+x) in both
-    spleen = ia.regions[[r.name for r in ia.regions].index("spleen")]
-    assert spleen.boxes_mm[0, 0, 0] > 0
-    # atlas from a mirrored checkout, boxes from a plain one: refused, never silently mirrored
-    fabricate(tmp_path / "c", atlas, regions, mirrored=True, mirror_boxes=False)
+    ib = convert(b)
+    assert ib.axis_map.sign_xyz == (-1, 1, -1)
+    plain = imported[2]
+    assert plain.meta["provenance"]["axis_map"][0].startswith("x (patient left) = +upstream")
+    assert np.array_equal(plain.prob, ib.atlas.prob)
+    for r in ib.regions:
+        np.testing.assert_allclose(r.boxes_mm, Region.from_file(imported[0] / "ctarr" / "regions" / f"{r.name}.json")
+                                   .boxes_mm, atol=0.006)
+    spleen = ib.regions[[r.name for r in ib.regions].index("spleen")]
+    assert spleen.boxes_mm[0, 0, 0] > 0  # on the patient's left (+x)
+    # atlas from the mirrored checkout, boxes from the plain one: refused, never silently mirrored
+    storage, mixed = tmp_path / "b" / "ctarr" / "file_storage", tmp_path / "c" / "ctarr" / "file_storage"
+    mixed.mkdir(parents=True)
+    (mixed / "seg_atlas.npy").symlink_to(storage / "seg_atlas.npy")
+    for f in (checkout[0] / "ctarr" / "file_storage").glob("[!s]*.npy"):  # the boxes but spine, spleen, stomach
+        (mixed / f.name).symlink_to(f)
+    (mixed / "spleen.npy").symlink_to(checkout[0] / "ctarr" / "file_storage" / "spleen.npy")
     with pytest.raises(CTARRError, match="disagree left-right") as e:
         convert(read_checkout(tmp_path / "c"))
     assert "spleen.npy" in str(e.value) and "\n" not in str(e.value)
@@ -130,27 +151,24 @@ def test_not_a_ctarr_checkout_is_refused_in_one_line(tmp_path, originals, capsys
     assert not (tmp_path / "data" / "ctarr").exists()
 
 
-def test_selected_by_name_and_written_with_the_umask(tmp_path, originals, checkout, monkeypatch, capsys):
+def test_selected_by_name_and_written_with_the_umask(originals, checkout, imported, monkeypatch):
     atlas, regions = originals
-    monkeypatch.setenv("NNUNET_CTARR_DATA", str(tmp_path / "data"))
-    old = os.umask(0o027)
-    try:
-        assert main([str(checkout[0])]) == 0
-    finally:
-        os.umask(old)
-    assert "use: -atlas ctarr -r ctarr:REGION" in capsys.readouterr().out
-    monkeypatch.chdir(checkout[0].parent)  # holds the clone, a folder named ctarr: the set is still meant
-    folder = tmp_path / "data" / "ctarr"
+    monkeypatch.setenv("NNUNET_CTARR_DATA", str(imported[0]))
+    folder = imported[0] / "ctarr"
     assert {oct(p.stat().st_mode & 0o777) for p in folder.rglob("*") if p.is_file()} == {"0o640"}
     assert oct(folder.stat().st_mode & 0o777) == oct((folder / "regions").stat().st_mode & 0o777) == "0o750"
+    monkeypatch.chdir(checkout[0].parent)  # holds the clone, a folder named ctarr: the set is still meant
     a = Atlas.load("ctarr")
-    assert a.atlas_id == load_region("ctarr:spleen").atlas_id != Atlas.load().atlas_id
+    assert a.atlas_id == load_region("ctarr:spleen").atlas_id == imported[2].atlas_id != atlas.atlas_id
     assert sorted(r.name for r in load_regions(["ctarr:all"])) == sorted([r.name for r in regions] + ["brain"])
-    assert load_region("liver").atlas_id == Atlas.load().atlas_id  # built-in names are untouched
-    for bad, msg in (("ctarx", "no atlas file 'ctarx' and no imported atlas set"),):
-        with pytest.raises(CTARRError, match=msg):
-            Atlas.load(bad)
+    assert load_region("liver").atlas_id == atlas.atlas_id  # built-in names are untouched
+    with pytest.raises(CTARRError, match="no atlas file 'ctarx' and no imported atlas set"):
+        Atlas.load("ctarx")
     with pytest.raises(CTARRError, match="unknown region 'livr' in atlas set 'ctarr'"):
         load_region("ctarr:livr")
     with pytest.raises(CTARRError, match="no imported atlas set 'other'"):
         load_regions(["other:all"])
+    # the clone itself is never replaced (-o its parent folder, default name ctarr)
+    with pytest.raises(CTARRError, match="exists and is not an atlas set"):
+        write_set(a, [], "", checkout[0].parent, "ctarr")
+    assert (checkout[0] / "ctarr" / "file_storage" / "seg_atlas.npy").is_file()

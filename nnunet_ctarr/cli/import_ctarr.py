@@ -12,7 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.base.user_data import ENV, data_root
-from ..core.build.ctarr_import import convert, read_checkout, write_set
+from ..core.build.atlas_set import write_set
+from ..core.build.ctarr_import import convert, notice, read_checkout
 from .common import parse, run_cli
 from .options import Parser
 
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     checkout = read_checkout(args.checkout)
     imported = convert(checkout)
     root = Path(args.output).expanduser() if args.output else data_root()
-    folder = write_set(imported, root, args.name)
+    folder = write_set(imported.atlas, imported.regions, notice(imported), root, args.name)
     a = imported.atlas
     commit = checkout.commit[:12] if checkout.commit else "unknown: no .git"
     print(f"ctarr checkout {checkout.root} (commit {commit}) -> {folder}")
@@ -47,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
           f"groups without data: {', '.join(a.meta['groups_without_data']) or 'none'}")
     print("axes: " + "; ".join(imported.axis_map.describe()))
     print(f"{len(imported.regions)} region(s), margin 10 mm: {', '.join(r.name for r in imported.regions) or 'none'}")
+    for r in imported.regions:
+        share = r.provenance.get("atlas_mass_in_box", {}).get("share", 1.0)
+        if share < 0.5:
+            print(f"warning: region {r.name} holds only {share:.0%} of the atlas "
+                  f"{'+'.join(r.provenance['atlas_mass_in_box']['groups'])} (with its 10 mm margin)")
     same_root = root.resolve() == data_root().resolve()
     print(f"use: -atlas {args.name} -r {args.name}:REGION" if same_root else
           f"use: {ENV}={root} and -atlas {args.name} -r {args.name}:REGION, or -atlas {folder / 'atlas.npz'} "

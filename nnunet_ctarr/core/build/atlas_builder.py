@@ -6,14 +6,14 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from ..anatomy.groups import GROUPS, N_GROUPS
 from ..anatomy.atlas import Atlas
+from ..anatomy.groups import GROUPS, N_GROUPS
+from ..anatomy.volume import MaskVolume
 from ..base.errors import CTARRError
 from ..base.geometry import Geometry
-from ..localise.settings import RegistrationSettings
-from ..localise.registration import register
 from ..base.transform import AtlasTransform
-from ..anatomy.volume import MaskVolume
+from ..localise.registration import register
+from ..localise.settings import RegistrationSettings
 from .warp import warp_to_atlas
 
 
