@@ -155,7 +155,9 @@ def add_anatomy_args(p: argparse.ArgumentParser, model: bool = True, required: b
 
 
 def add_atlas_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-atlas", default=None, help="atlas .npz (default: the shipped starter atlas)")
+    p.add_argument("-atlas", default=None, help="atlas .npz, or the name of an imported atlas set (nnUNetv2_ctarr_"
+                                                "import_ctarr; its regions: -r NAME:REGION) (default: the shipped "
+                                                "starter atlas)")
 
 
 def add_device_arg(p: argparse.ArgumentParser, default: str = "cpu",

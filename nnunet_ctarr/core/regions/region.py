@@ -19,6 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..base.errors import CTARRError, WarningLog
+from ..base.user_data import set_region, set_regions
 
 
 @dataclass
@@ -83,20 +84,26 @@ def builtin_regions() -> dict[str, Path]:
 
 
 def load_region(name_or_path: str) -> Region:
-    """A built-in region by name, or a region JSON file by path."""
+    """A built-in region by name, a region JSON file by path, or ``SET:REGION`` of an imported set."""
     p = Path(name_or_path)
     if p.suffix == ".json" and p.exists():
         return Region.from_file(p)
+    if ":" in name_or_path and not p.exists():
+        return Region.from_file(set_region(name_or_path))
     regions = builtin_regions()
     if name_or_path in regions:
         return Region.from_file(regions[name_or_path])
     raise CTARRError(f"unknown region '{name_or_path}'; available: {', '.join(regions) or 'none'} "
-                     "(or pass a region .json file)")
+                     "(or pass a region .json file, or SET:REGION of an imported atlas set)")
 
 
 def load_regions(names: list[str]) -> list[Region]:
-    """The regions of a ``-r`` list (``all``: every built-in one); a name given twice counts once."""
-    names = list(builtin_regions()) if names == ["all"] else list(dict.fromkeys(names))
+    """The regions of a ``-r`` list (``all``: every built-in one; ``SET:all``: every region of an
+    imported set); a name given twice counts once."""
+    expanded = []
+    for n in list(builtin_regions()) if names == ["all"] else names:
+        expanded += [f"{n[:-4]}:{r}" for r in set_regions(n[:-4])] if n.endswith(":all") else [n]
+    names = list(dict.fromkeys(expanded))
     regions = [load_region(n) for n in names]
     dup = {r.name for r in regions if sum(q.name == r.name for q in regions) > 1}
     if dup:
