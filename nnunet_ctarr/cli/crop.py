@@ -15,7 +15,7 @@ from ..core.outputs.batch_report import BatchReport
 from ..core.outputs.case_writer import CropOptions, case_stamp, region_definition, write_case
 from ..core.outputs.records import CaseRecord, ReportRow
 from ..core.outputs.sidecar import finished_regions
-from ..core.regions.region import Region, builtin_regions, check_region_atlas, load_region, load_regions
+from ..core.regions.region import Region, atlas_named_by, builtin_regions, check_region_atlas, load_region, load_regions
 from .common import WORKER, WorkerDied, init_worker, internal_error, map_cases, parse, run_cli
 from .options import (
     Parser,
@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         parser.error(f"missing required argument(s): {' '.join(missing)}")
     regions = load_regions(args.regions)
+    args.atlas = atlas_named_by(args.regions, args.atlas)      # -r SET:REGION brings its set's atlas
     atlas = Atlas.load(args.atlas)
     for region in regions:
         check_region_atlas(region, atlas.atlas_id, WarningLog())

@@ -19,7 +19,7 @@ from ..core.base.nnunet_format import load_raw_dataset, raw_root
 from ..core.localise.decision import Policy, Status
 from ..core.outputs.case_writer import versions
 from ..core.regions.model_config import CONFIG_NAME, make_config
-from ..core.regions.region import check_region_atlas, load_region
+from ..core.regions.region import atlas_named_by, check_region_atlas, load_region
 from ..training.crop_records import crop_and_record, crop_settings, finished_row, recorded_rows
 from ..training.dataset_crops import CropJob
 from .common import WORKER, init_worker, map_cases, parse, run_cli
@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
     src = load_raw_dataset(args.d, need_labels=True)
     region = load_region(args.regions)
+    args.atlas = atlas_named_by([args.regions], args.atlas)
     atlas_id = Atlas.load(args.atlas).atlas_id
     check_region_atlas(region, atlas_id, WarningLog())
     name, dst = _target(args, src, region)

@@ -20,7 +20,7 @@ from ..core.base.errors import CTARRError, WarningLog
 from ..core.base.files import check_output_folder, write_csv, write_text
 from ..core.localise.decision import Policy, Status
 from ..core.outputs.batch_report import outcome_lines
-from ..core.regions.region import Region, check_region_atlas, load_regions
+from ..core.regions.region import Region, atlas_named_by, check_region_atlas, load_regions
 from ..evaluation.resume import case_stamp, finished_rows, run_settings, write_results
 from ..evaluation.scores import load_perturbations
 from ..evaluation.table import (
@@ -125,6 +125,7 @@ def _stamps(job: _EvalJob, inputs: list[Path]) -> dict[str, dict]:
 def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
     src, labels_dir = _image_and_label_folders(args)
+    args.atlas = atlas_named_by(args.regions, args.atlas)      # -r SET:REGION brings its set's atlas
     regions, atlas = load_regions(args.regions), Atlas.load(args.atlas)
     for region in regions:
         check_region_atlas(region, atlas.atlas_id, WarningLog())

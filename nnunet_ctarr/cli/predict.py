@@ -17,7 +17,7 @@ from ..core.base.errors import CTARRError, WarningLog
 from ..core.base.files import check_output_folder
 from ..core.localise.decision import Status
 from ..core.regions.model_config import config_crops, config_region, read_model_config
-from ..core.regions.region import check_region_atlas
+from ..core.regions.region import atlas_named_by, check_region_atlas
 from .common import parse, prepare_inputs, run_cli
 from .dicom_output import add_output_type_arg, plan_dicom_outputs, write_dicom_outputs
 from .options import (
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     margin = args.margin if args.margin is not None else float(model_ctarr.get("margin_mm", 0.0))
     crops = config_crops(model_ctarr, args.crops)
     anatomy, device = anatomy_and_device(args)
-    atlas = Atlas.load(args.atlas)
+    atlas = Atlas.load(atlas_named_by([args.regions] if args.regions else [], args.atlas))
     check_region_atlas(region, atlas.atlas_id, WarningLog())
     check_output_folder(args.o)
     with tempfile.TemporaryDirectory(prefix="ctarr_inputs_") as tmp:

@@ -73,6 +73,15 @@ def check_region_atlas(region: Region, atlas_id: str, warnings: WarningLog) -> N
                       "(pass the atlas it was learned on with -atlas)")
 
 
+def atlas_named_by(names: list[str], atlas: str | None) -> str | None:
+    """The ``-atlas`` a command uses: the one given; else, when every region is named ``SET:REGION``
+    of one imported set, that set's atlas (its boxes are in that atlas's frame); else the default."""
+    sets = {n.partition(":")[0] for n in names if ":" in n and not Path(n).exists()}
+    if atlas is None and len(sets) == 1 and all(":" in n for n in names):
+        return sets.pop()
+    return atlas
+
+
 def builtin_regions() -> dict[str, Path]:
     """Region name -> JSON file shipped in ``region_defs/``."""
     folder = resources.files("nnunet_ctarr.region_defs")
