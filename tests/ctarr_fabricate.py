@@ -10,6 +10,7 @@ Upstream axes for axially stored (RAS) build scans: "z" = inferior (NIfTI k reve
 "x" = posterior (j reversed), "y" = patient left (i reversed); ``mirrored=True`` makes "y" point
 to patient right (LAS-stored build scans), for the atlas and the boxes alike.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -41,8 +42,8 @@ def upstream_atlas(atlas: Atlas, mirrored: bool = False) -> np.ndarray:
 def upstream_boxes(boxes_xyz: np.ndarray, centre_xyz: np.ndarray, mirrored: bool = False) -> np.ndarray:
     """(K, 2, 3) package xyz boxes -> upstream (z, x, y) boxes in the centred frame."""
     lo, hi = boxes_xyz[:, 0] - centre_xyz, boxes_xyz[:, 1] - centre_xyz
-    zl, zh = -hi[:, 2], -lo[:, 2]                       # "z" points inferior
-    xl, xh = lo[:, 1], hi[:, 1]                         # "x" points posterior
+    zl, zh = -hi[:, 2], -lo[:, 2]  # "z" points inferior
+    xl, xh = lo[:, 1], hi[:, 1]  # "x" points posterior
     yl, yh = (-hi[:, 0], -lo[:, 0]) if mirrored else (lo[:, 0], hi[:, 0])  # "y": left (right if mirrored)
     return np.stack([np.stack([zl, xl, yl], 1), np.stack([zh, xh, yh], 1)], 1).astype(np.float64)
 
@@ -54,8 +55,14 @@ def brain_box_xyz(atlas: Atlas) -> np.ndarray:
     return np.array([[[mid[0] - 75, mid[1] - 90, hi[2] - 150], [mid[0] + 75, mid[1] + 90, hi[2]]]])
 
 
-def fabricate(root: Path, atlas: Atlas, regions: list[Region], mirrored: bool = False,
-              mirror_boxes: bool | None = None, git: bool = False) -> dict[str, np.ndarray]:
+def fabricate(
+    root: Path,
+    atlas: Atlas,
+    regions: list[Region],
+    mirrored: bool = False,
+    mirror_boxes: bool | None = None,
+    git: bool = False,
+) -> dict[str, np.ndarray]:
     """Write a ctarr checkout at ``root``; returns region name -> the *tight-plus-margin-minus-10*
     package boxes that were written (what the import must give back, up to the centre shift).
     ``mirror_boxes`` (default: ``mirrored``) lets the boxes disagree with the atlas."""

@@ -29,11 +29,13 @@ def _parts(size_xyz) -> dict[str, np.ndarray]:
     """(z, y, x) masks of the phantom's parts, in coordinates -1..1 along each index axis."""
     nx, ny, nz = size_xyz
     z, y, x = np.meshgrid(*(np.linspace(-1, 1, n) if n > 1 else np.zeros(1) for n in (nz, ny, nx)), indexing="ij")
-    return {"body": (x / 0.8) ** 2 + (y / 0.6) ** 2 < 1,
-            "lung_left": ((x - 0.4) / 0.25) ** 2 + (y / 0.3) ** 2 + (z / 0.8) ** 2 < 1,
-            "lung_right": ((x + 0.4) / 0.25) ** 2 + (y / 0.3) ** 2 + (z / 0.8) ** 2 < 1,
-            "heart": (x / 0.15) ** 2 + ((y + 0.25) / 0.15) ** 2 + (z / 0.4) ** 2 < 1,
-            "spine": (x / 0.12) ** 2 + ((y - 0.4) / 0.12) ** 2 < 1}
+    return {
+        "body": (x / 0.8) ** 2 + (y / 0.6) ** 2 < 1,
+        "lung_left": ((x - 0.4) / 0.25) ** 2 + (y / 0.3) ** 2 + (z / 0.8) ** 2 < 1,
+        "lung_right": ((x + 0.4) / 0.25) ** 2 + (y / 0.3) ** 2 + (z / 0.8) ** 2 < 1,
+        "heart": (x / 0.15) ** 2 + ((y + 0.25) / 0.15) ** 2 + (z / 0.4) ** 2 < 1,
+        "spine": (x / 0.12) ** 2 + ((y - 0.4) / 0.12) ** 2 < 1,
+    }
 
 
 def _on_grid(arr_zyx: np.ndarray, spacing_xyz, direction, origin_xyz) -> sitk.Image:
@@ -62,18 +64,29 @@ def phantom_labels(img: sitk.Image) -> sitk.Image:
 
     parts = _parts(img.GetSize())
     arr = np.zeros(parts["body"].shape, np.uint8)
-    for name, group in (("lung_left", "lung_left"), ("lung_right", "lung_right"), ("heart", "heart"),
-                        ("spine", "vertebrae_T")):
+    for name, group in (
+        ("lung_left", "lung_left"),
+        ("lung_right", "lung_right"),
+        ("heart", "heart"),
+        ("spine", "vertebrae_T"),
+    ):
         arr[parts[name]] = GROUPS.index(group) + 1
     return _on_grid(arr, img.GetSpacing(), img.GetDirection(), img.GetOrigin())
 
 
-def write_nibabel(img: sitk.Image, path: Path, stored=None, slope: float = 1.0, inter: float = 0.0,
-                  extra_dims: tuple[int, ...] = (), affine: np.ndarray | None = None) -> Path:
+def write_nibabel(
+    img: sitk.Image,
+    path: Path,
+    stored=None,
+    slope: float = 1.0,
+    inter: float = 0.0,
+    extra_dims: tuple[int, ...] = (),
+    affine: np.ndarray | None = None,
+) -> Path:
     """``img`` as a NIfTI written by nibabel: stored as ``stored`` with ``scl_slope``/``scl_inter``
     (voxel = stored * slope + inter), extra trailing axes (e.g. ``(1,)`` for a 4-D file with one
     volume), or a given (possibly sheared) RAS affine."""
-    arr = sitk.GetArrayFromImage(img).T                                           # (x, y, z)
+    arr = sitk.GetArrayFromImage(img).T  # (x, y, z)
     if extra_dims:
         arr = np.broadcast_to(arr.reshape(arr.shape + (1,) * len(extra_dims)), arr.shape + tuple(extra_dims))
     if affine is None:
@@ -82,7 +95,7 @@ def write_nibabel(img: sitk.Image, path: Path, stored=None, slope: float = 1.0, 
         affine[:3, :3], affine[:3, 3] = LPS_TO_RAS @ m, LPS_TO_RAS @ np.array(img.GetOrigin())
     stored = stored or arr.dtype
     raw = (arr - inter) / slope
-    if np.issubdtype(np.dtype(stored), np.integer):           # saturate, as a scanner's export would
+    if np.issubdtype(np.dtype(stored), np.integer):  # saturate, as a scanner's export would
         raw = np.clip(np.round(raw), np.iinfo(stored).min, np.iinfo(stored).max)
     raw = raw.astype(stored)
     nii = nibabel.Nifti1Image(raw, affine, dtype=np.dtype(stored))
@@ -102,7 +115,7 @@ def write_dicom_series(img: sitk.Image, folder: Path, tilt_deg: float = 0.0, dro
     if tilt_deg:
         t = np.radians(tilt_deg)
         col = np.cos(t) * d[:, 1] + np.sin(t) * d[:, 2]
-    saved = locale.setlocale(locale.LC_ALL, None)           # GDCM's writer sets the C locale (ASCII text)
+    saved = locale.setlocale(locale.LC_ALL, None)  # GDCM's writer sets the C locale (ASCII text)
     try:
         return _write_slices(img, folder, row, col, tilt_deg, drop_slice)
     finally:
@@ -119,13 +132,20 @@ def _write_slices(img: sitk.Image, folder: Path, row, col, tilt_deg: float, drop
             continue
         pos = np.array(img.TransformIndexToPhysicalPoint((0, 0, k)))
         positions.append(pos)
-        s = img[:, :, k:k + 1]
-        tags = {"0008|0060": "CT", "0020|000e": uid, "0020|000d": uid + ".1", "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
-                "0008|0018": f"{uid}.2.{k}", "0020|0013": str(k + 1),
-                "0020|0032": "\\".join(f"{v:.6f}" for v in pos),
-                "0020|0037": "\\".join(f"{v:.6f}" for v in (*row, *col)),
-                "0028|0030": f"{img.GetSpacing()[1]:.6f}\\{img.GetSpacing()[0]:.6f}",
-                "0018|0050": f"{img.GetSpacing()[2]:.6f}", "0018|1120": f"{tilt_deg:.1f}"}
+        s = img[:, :, k : k + 1]
+        tags = {
+            "0008|0060": "CT",
+            "0020|000e": uid,
+            "0020|000d": uid + ".1",
+            "0008|0016": "1.2.840.10008.5.1.4.1.1.2",
+            "0008|0018": f"{uid}.2.{k}",
+            "0020|0013": str(k + 1),
+            "0020|0032": "\\".join(f"{v:.6f}" for v in pos),
+            "0020|0037": "\\".join(f"{v:.6f}" for v in (*row, *col)),
+            "0028|0030": f"{img.GetSpacing()[1]:.6f}\\{img.GetSpacing()[0]:.6f}",
+            "0018|0050": f"{img.GetSpacing()[2]:.6f}",
+            "0018|1120": f"{tilt_deg:.1f}",
+        }
         for tag, value in tags.items():
             s.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"slice{k:04d}.dcm"))

@@ -311,3 +311,73 @@ def test_continue_does_not_redo_a_case_with_nothing_written(tmp_path):
     assert r.returncode == 0, r.stderr  # outside is a clean answer
     assert side.stat().st_mtime_ns == before
     assert "outside the field of view" in r.stderr + r.stdout
+
+
+def test_two_channel_case_is_one_case_cropped_with_the_boxes_of_channel_0(tmp_path):
+    """nnU-Net's CASE_0000 + CASE_0001: one case, every channel cut with the same boxes (located on channel 0)."""
+    imgs, anat = tmp_path / "imgs", tmp_path / "anat"
+    imgs.mkdir(), anat.mkdir()
+    ct = sitk.ReadImage(str(SMALL[0]))
+    sitk.WriteImage(ct, str(imgs / "sm_0000.nii.gz"))
+    sitk.WriteImage(sitk.Cast(ct, sitk.sitkFloat32) * 0.5 + 7.0, str(imgs / "sm_0001.nii.gz"))  # another "channel"
+    shutil.copy(SMALL[1], anat / "sm.nii.gz")
+    out = tmp_path / "o"
+    r = run_cli(["-i", str(imgs), "-anatomy_seg", str(anat), "-r", "liver", "-o", str(out)])
+    assert r.returncode == 0, r.stderr
+    side = json.loads((out / "sm.ctarr.json").read_text())
+    assert len(side["input"]) == 2 and side["input"][0].endswith("sm_0000.nii.gz")
+    names = side["regions"]["liver"]["outputs"][0]["images"]
+    assert names == ["sm_liver_0000.nii.gz", "sm_liver_0001.nii.gz"]
+    a, b = (sitk.ReadImage(str(out / n)) for n in names)
+    assert a.GetSize() == b.GetSize() and a.GetOrigin() == b.GetOrigin() and a.GetSpacing() == b.GetSpacing()
+    assert np.allclose(sitk.GetArrayViewFromImage(a) * 0.5 + 7.0, sitk.GetArrayViewFromImage(b))
+
+
+def test_two_inputs_writing_the_same_case_are_an_error_before_any_work(tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    shutil.copy(SMALL[0], imgs / "sm.nii.gz")
+    shutil.copy(SMALL[0], imgs / "sm_0000.nii.gz")
+    r = run_cli(["-i", str(imgs), "-anatomy_seg", str(SMALL[1]), "-r", "liver", "-o", str(tmp_path / "o")])
+    _one_line_error(r, "would all write case 'sm'")
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_continue_over_a_sidecar_of_the_previous_schema_redoes_the_case(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    old = {"case": "example_ct_sm", "input": str(SMALL[0]), "regions": {"liver": {"mode": "crop", "outputs": []}}}
+    (out / "example_ct_sm.ctarr.json").write_text(json.dumps(old))  # 0.1's sidecar: no schema field
+    r = run_cli(["-i", str(SMALL[0]), "-anatomy_seg", str(SMALL[1]), "-r", "liver", "-o", str(out), "--continue"])
+    assert r.returncode == 0, r.stderr
+    side = json.loads((out / "example_ct_sm.ctarr.json").read_text())
+    assert side["schema"] == 2 and side["regions"]["liver"]["status"] == "cropped"
+    assert (out / "example_ct_sm_liver.nii.gz").exists()
+
+
+def test_a_bug_in_one_case_fails_that_case_only_and_the_report_is_written(tmp_path, monkeypatch):
+    """Any exception of a case is its failed row (one line, the traceback in ctarr_errors.log); the
+    batch goes on and always writes its report."""
+    from nnunet_ctarr import api
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for name in ("a", "b", "c"):
+        shutil.copy(SMALL[0], imgs / f"{name}.nii.gz")
+    real = api.crop
+
+    def buggy(image, *a, **k):
+        if k.get("case") == "b":
+            raise ZeroDivisionError("a bug")
+        return real(image, *a, **k)
+
+    monkeypatch.setattr(api, "crop", buggy)
+    out = tmp_path / "o"
+    r = run_cli(["-i", str(imgs), "-anatomy_seg", str(SMALL[1]), "-r", "liver", "-o", str(out)])
+    assert r.returncode == 1 and "Traceback" not in r.stderr + r.stdout
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("error")] == [
+        ln for ln in r.stderr.splitlines() if ln.startswith("error: b: internal error ZeroDivisionError")
+    ]
+    rows = json.loads((out / "ctarr_report.json").read_text())["rows"]
+    assert [(x["case"], x["status"]) for x in rows] == [("a", "cropped"), ("b", "failed"), ("c", "cropped")]
+    assert "ZeroDivisionError: a bug" in (out / "ctarr_errors.log").read_text()

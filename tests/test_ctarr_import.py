@@ -60,8 +60,9 @@ def _ranges(image, loc, region, clipped: bool) -> np.ndarray:
 def test_import_gives_the_original_atlas_boxes_and_crops(originals, checkout, imported):
     atlas, regions = originals
     root, written = checkout
-    commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                            text=True, check=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert f"(commit {commit[:12]})" in imported[1] and "12 region(s), margin 10 mm" in imported[1]
     folder = imported[0] / "ctarr"
     imp = imported[2]
@@ -111,8 +112,9 @@ def test_mirrored_checkout_mirrors_atlas_and_boxes_together(tmp_path, originals,
     assert plain.meta["provenance"]["axis_map"][0].startswith("x (patient left) = +upstream")
     assert np.array_equal(plain.prob, ib.atlas.prob)
     for r in ib.regions:
-        np.testing.assert_allclose(r.boxes_mm, Region.from_file(imported[0] / "ctarr" / "regions" / f"{r.name}.json")
-                                   .boxes_mm, atol=0.006)
+        np.testing.assert_allclose(
+            r.boxes_mm, Region.from_file(imported[0] / "ctarr" / "regions" / f"{r.name}.json").boxes_mm, atol=0.006
+        )
     spleen = ib.regions[[r.name for r in ib.regions].index("spleen")]
     assert spleen.boxes_mm[0, 0, 0] > 0  # on the patient's left (+x)
     # atlas from the mirrored checkout, boxes from the plain one: refused, never silently mirrored
@@ -132,10 +134,12 @@ def _broken(kind: str, root, atlas) -> None:
     storage = root / "ctarr" / "file_storage"
     storage.mkdir(parents=True)
     good = upstream_atlas(atlas)
-    files = {"no_atlas": {"liver.npy": np.zeros((1, 2, 3))},
-             "atlas_shape": {"seg_atlas.npy": good[:3]},
-             "pickle": {"seg_atlas.npy": np.array([{"a": 1}], dtype=object)},
-             "box": {"seg_atlas.npy": good, "liver.npy": np.zeros((2, 3))}}[kind]
+    files = {
+        "no_atlas": {"liver.npy": np.zeros((1, 2, 3))},
+        "atlas_shape": {"seg_atlas.npy": good[:3]},
+        "pickle": {"seg_atlas.npy": np.array([{"a": 1}], dtype=object)},
+        "box": {"seg_atlas.npy": good, "liver.npy": np.zeros((2, 3))},
+    }[kind]
     for name, arr in files.items():
         np.save(storage / name, arr, allow_pickle=True)
 

@@ -23,7 +23,7 @@ from nnunet_ctarr.core.base.errors import CTARRError
 from nnunet_ctarr.core.base.geometry import Geometry
 from nnunet_ctarr.core.base.images import read_image
 
-PIR = np.array([[0, 0, -1], [1, 0, 0], [0, -1, 0]], float)         # index x -> posterior, y -> inferior, z -> right
+PIR = np.array([[0, 0, -1], [1, 0, 0], [0, -1, 0]], float)  # index x -> posterior, y -> inferior, z -> right
 
 
 def _read_same(path: Path, written: sitk.Image, tol: float = 0.0) -> sitk.Image:
@@ -37,7 +37,7 @@ def _read_same(path: Path, written: sitk.Image, tol: float = 0.0) -> sitk.Image:
 
 
 def _one_line_error(path: Path, needle: str) -> str:
-    with pytest.raises(CTARRError) as e:          # any other exception type fails the test
+    with pytest.raises(CTARRError) as e:  # any other exception type fails the test
         read_image(path)
     msg = str(e.value)
     assert "\n" not in msg and ".cxx" not in msg and ".hxx" not in msg and "0x" not in msg, msg
@@ -84,7 +84,7 @@ def test_sheared_grids_are_resampled_to_their_world_positions(tmp_path):
     those): both come back on an orthogonal grid with every structure where it was written."""
     img = phantom((48, 40, 24), (0.8, 0.8, 2.0), origin_xyz=(5, -10, 30))
     m = np.eye(3)
-    m[:, 2] = [0.0, np.sin(np.radians(12)), np.cos(np.radians(12))]       # slice axis leaning 12 deg in y
+    m[:, 2] = [0.0, np.sin(np.radians(12)), np.cos(np.radians(12))]  # slice axis leaning 12 deg in y
     sheared = sitk.Image(img)
     sheared.SetDirection(tuple(m.ravel()))
     sitk.WriteImage(sheared, str(tmp_path / "shear.nrrd"))
@@ -96,7 +96,7 @@ def test_sheared_grids_are_resampled_to_their_world_positions(tmp_path):
         got = read_image(tmp_path / name)
         d = np.array(got.GetDirection()).reshape(3, 3)
         assert np.allclose(d.T @ d, np.eye(3), atol=1e-6)
-        for lo, hi in ((350, 5000), (-500, 5000)):              # the spine rod, the body (midway thresholds)
+        for lo, hi in ((350, 5000), (-500, 5000)):  # the spine rod, the body (midway thresholds)
             assert np.allclose(world_centroid(got, lo, hi), world_centroid(sheared, lo, hi), atol=0.3), name
 
 
@@ -113,7 +113,7 @@ def test_gantry_tilted_dicom_is_placed_by_its_slice_positions(tmp_path):
     slices 2 mm apart ~10 mm off); read_image puts every structure where the files say it is."""
     img = phantom((48, 40, 20), (0.8, 0.8, 2.0), origin_xyz=(-20, -16, 100))
     write_dicom_series(img, tmp_path / "tilt", tilt_deg=15)
-    truth = sitk.Image(img)                                  # the grid the files describe (sheared)
+    truth = sitk.Image(img)  # the grid the files describe (sheared)
     d = np.eye(3)
     d[:, 1] = [0, np.cos(np.radians(15)), np.sin(np.radians(15))]
     truth.SetDirection(tuple(d.ravel()))
@@ -133,13 +133,14 @@ def test_dicom_series_with_a_missing_slice_is_refused(tmp_path):
 
 
 # ----------------------------------------------------------------- pixel types, scaling, 4-D, vectors
-@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "float32",
-                                   "float64"])
+@pytest.mark.parametrize(
+    "dtype", ["int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "float32", "float64"]
+)
 def test_every_pixel_type_reads_exactly(tmp_path, dtype):
     hu = phantom((40, 32, 10), (0.7, 0.7, 3.0), rotation(0, 0, 90))
     arr = sitk.GetArrayFromImage(hu).astype(float)
     info = np.iinfo(dtype) if dtype[0] in "ui" else None
-    if info is not None:                                  # fit the phantom's range into the type
+    if info is not None:  # fit the phantom's range into the type
         arr = np.clip(np.round((arr + 1000) / 1700 * min(info.max, 4000) + max(info.min, -1000)), info.min, info.max)
     img = sitk.GetImageFromArray(arr.astype(dtype))
     img.CopyInformation(hu)
@@ -149,8 +150,9 @@ def test_every_pixel_type_reads_exactly(tmp_path, dtype):
         assert sitk.GetArrayViewFromImage(got).dtype == np.dtype(dtype)
 
 
-@pytest.mark.parametrize("stored,slope,inter", [("uint16", 1.0, -1024.0), ("int16", 0.5, 0.0),
-                                                ("uint8", 2.21, -1024.0)])
+@pytest.mark.parametrize(
+    "stored,slope,inter", [("uint16", 1.0, -1024.0), ("int16", 0.5, 0.0), ("uint8", 2.21, -1024.0)]
+)
 def test_scaled_nifti_reads_in_hounsfield_units(tmp_path, stored, slope, inter):
     img = phantom((40, 32, 12), (0.7, 0.7, 2.5), origin_xyz=(3, 4, 5))
     path = write_nibabel(sitk.Cast(img, sitk.sitkFloat32), tmp_path / f"scaled_{stored}.nii.gz", stored, slope, inter)
@@ -176,10 +178,12 @@ def test_invalid_headers_are_one_line(tmp_path):
     sitk.WriteImage(phantom((8, 8, 8), (1, 1, 1)), str(tmp_path / "ok.mha"), False)
     head = (tmp_path / "ok.mha").read_bytes()
     (tmp_path / "zero.mha").write_bytes(head.replace(b"ElementSpacing = 1 1 1", b"ElementSpacing = 1 1 0"))
-    (tmp_path / "singular.mha").write_bytes(head.replace(b"TransformMatrix = 1 0 0 0 1 0 0 0 1",
-                                                         b"TransformMatrix = 1 0 0 1 0 0 0 0 1"))
-    (tmp_path / "sheared60.mha").write_bytes(head.replace(b"TransformMatrix = 1 0 0 0 1 0 0 0 1",
-                                                          b"TransformMatrix = 1 0 0 0.866 0.5 0 0 0 1"))
+    (tmp_path / "singular.mha").write_bytes(
+        head.replace(b"TransformMatrix = 1 0 0 0 1 0 0 0 1", b"TransformMatrix = 1 0 0 1 0 0 0 0 1")
+    )
+    (tmp_path / "sheared60.mha").write_bytes(
+        head.replace(b"TransformMatrix = 1 0 0 0 1 0 0 0 1", b"TransformMatrix = 1 0 0 0.866 0.5 0 0 0 1")
+    )
     (tmp_path / "junk.nrrd").write_bytes(b"NRRD0004\ntype: what\n\n")
     _one_line_error(tmp_path / "sheared60.mha", "sheared by 60")
     _one_line_error(tmp_path / "zero.mha", "spacing")
@@ -194,8 +198,13 @@ def test_anatomy_maps_of_every_form_give_the_same_groups(tmp_path):
     img = phantom((40, 36, 16), (1.2, 1.2, 3.0), rotation(0, 15, 20), origin_xyz=(7, -3, 12))
     labels = phantom_labels(img)
     counts = np.bincount(sitk.GetArrayViewFromImage(labels).ravel(), minlength=20)[1:]
-    forms = {"u8.nii.gz": sitk.sitkUInt8, "i16.nrrd": sitk.sitkInt16, "u32.mha": sitk.sitkUInt32,
-             "i64.nii.gz": sitk.sitkInt64, "f32.nii.gz": sitk.sitkFloat32}
+    forms = {
+        "u8.nii.gz": sitk.sitkUInt8,
+        "i16.nrrd": sitk.sitkInt16,
+        "u32.mha": sitk.sitkUInt32,
+        "i64.nii.gz": sitk.sitkInt64,
+        "f32.nii.gz": sitk.sitkFloat32,
+    }
     for name, pixel in forms.items():
         sitk.WriteImage(sitk.Cast(labels, pixel), str(tmp_path / name))
     write_nibabel(labels, tmp_path / "four_d.nii.gz", extra_dims=(1,))
@@ -206,16 +215,17 @@ def test_anatomy_maps_of_every_form_give_the_same_groups(tmp_path):
     masks = tmp_path / "segmentations"
     masks.mkdir()
     arr = sitk.GetArrayFromImage(labels)
-    for i, (structure, group) in enumerate((("lung_upper_lobe_left", 12), ("lung_upper_lobe_right", 13),
-                                            ("heart", 14), ("vertebrae_T5", 6))):
+    for i, (structure, group) in enumerate(
+        (("lung_upper_lobe_left", 12), ("lung_upper_lobe_right", 13), ("heart", 14), ("vertebrae_T5", 6))
+    ):
         mask = sitk.GetImageFromArray((arr == group).astype(("uint8", "int16", "float32", "uint8")[i]))
         mask.CopyInformation(labels)
-        mask = sitk.Flip(mask, [False, True, False]) if structure == "heart" else mask    # same voxels, y flipped
+        mask = sitk.Flip(mask, [False, True, False]) if structure == "heart" else mask  # same voxels, y flipped
         sitk.WriteImage(mask, str(masks / f"{structure}.nii.gz"))
     anatomy = load_anatomy(masks)
     assert np.array_equal(anatomy.group_voxel_counts(), counts)
     huge = sitk.Cast(labels, sitk.sitkUInt32)
-    huge[0, 0, 0] = 4_000_000_000                             # a stray id: ignored, no 4-billion-entry table
+    huge[0, 0, 0] = 4_000_000_000  # a stray id: ignored, no 4-billion-entry table
     sitk.WriteImage(huge, str(tmp_path / "huge.nrrd"))
     assert np.array_equal(load_anatomy(tmp_path / "huge.nrrd", "ctarr19").group_voxel_counts(), counts)
     negative = sitk.Cast(labels, sitk.sitkInt16) - 1
@@ -242,24 +252,30 @@ def test_crop_command_on_scaled_four_d_tilted_and_thin_inputs(tmp_path):
     base = phantom((48, 40, 24), (6.0, 6.0, 8.0), origin_xyz=(-141, -117, -92))
     labels = tmp_path / "labels.nii.gz"
     sitk.WriteImage(phantom_labels(base), str(labels))
-    scaled = write_nibabel(sitk.Cast(base, sitk.sitkFloat32), tmp_path / "scaled_4d.nii.gz", "uint16", 1.0, -1024.0,
-                           extra_dims=(1,))
+    scaled = write_nibabel(
+        sitk.Cast(base, sitk.sitkFloat32), tmp_path / "scaled_4d.nii.gz", "uint16", 1.0, -1024.0, extra_dims=(1,)
+    )
     assert isinstance(_crop(tmp_path / "s", scaled, labels), int)
-    assert (tmp_path / "s" / "out" / "scaled_4d_lungs.nii.gz").exists()          # a crop or the whole image
+    assert (tmp_path / "s" / "out" / "scaled_4d_lungs.nii.gz").exists()  # a crop or the whole image
     write_dicom_series(base, tmp_path / "tilted", tilt_deg=15)
     grid = read_image(tmp_path / "tilted")
-    sitk.WriteImage(sitk.Resample(phantom_labels(base), grid, sitk.Transform(), sitk.sitkNearestNeighbor),
-                    str(tmp_path / "tilted_labels.nii.gz"))
+    sitk.WriteImage(
+        sitk.Resample(phantom_labels(base), grid, sitk.Transform(), sitk.sitkNearestNeighbor),
+        str(tmp_path / "tilted_labels.nii.gz"),
+    )
     assert isinstance(_crop(tmp_path / "t", tmp_path / "tilted", tmp_path / "tilted_labels.nii.gz"), int)
     written = sitk.ReadImage(str(tmp_path / "t" / "out" / "tilted_lungs.nii.gz"))
-    assert Geometry.of(grid).overlap(Geometry.of(written))[1] > 0.999              # on the tilt-corrected grid
+    assert Geometry.of(grid).overlap(Geometry.of(written))[1] > 0.999  # on the tilt-corrected grid
     sitk.WriteImage(phantom((48, 40, 2), (6.0, 6.0, 8.0)), str(tmp_path / "two.nii.gz"))
-    assert _crop(tmp_path / "two", tmp_path / "two.nii.gz", labels) == 1               # one error line, exit 1
+    assert _crop(tmp_path / "two", tmp_path / "two.nii.gz", labels) == 1  # one error line, exit 1
 
 
-@pytest.mark.xfail(raises=RuntimeError, strict=False,
-                   reason="issue 21: hu_masks builds a zero Gaussian sigma when one axis is >= 3 mm and another < 3 mm "
-                          "(the HU anatomy is being rewritten on another branch)")
+@pytest.mark.xfail(
+    raises=RuntimeError,
+    strict=False,
+    reason="issue 21: hu_masks builds a zero Gaussian sigma when one axis is >= 3 mm and another < 3 mm "
+    "(the HU anatomy is being rewritten on another branch)",
+)
 def test_crop_command_hu_default_on_thick_slices(tmp_path):
     sitk.WriteImage(phantom((64, 64, 12), (0.98, 0.98, 6.0)), str(tmp_path / "thick.nii.gz"))
     assert isinstance(_crop(tmp_path, tmp_path / "thick.nii.gz", None), int)

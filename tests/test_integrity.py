@@ -182,4 +182,4 @@ def test_scaled_nifti_is_cropped(tmp_path):
     start = Geometry.of(full).offset_of(Geometry.of(crop))
     stop = start + np.array(crop.GetSize())
     sub = sitk.GetArrayViewFromImage(full)[Geometry.slices_zyx(start, stop)]
-    assert np.array_equal(sitk.GetArrayViewFromImage(crop), sub)               # the scaled HU voxels, not cut
+    assert np.array_equal(sitk.GetArrayViewFromImage(crop), sub)  # the scaled HU voxels, not cut

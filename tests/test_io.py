@@ -125,8 +125,10 @@ def test_label_grid_that_does_not_cover_the_image_is_an_error():
         match_label_to_image(other, img)
 
 
-@pytest.mark.parametrize("name,content", [("junk.nrrd", b"NRRD0004\ntype: nonsense\n\n"), ("junk.mha", b"x" * 64),
-                                          ("noext.dat", b"\0" * 500)])
+@pytest.mark.parametrize(
+    "name,content",
+    [("junk.nrrd", b"NRRD0004\ntype: nonsense\n\n"), ("junk.mha", b"x" * 64), ("noext.dat", b"\0" * 500)],
+)
 def test_unreadable_files_are_one_line_without_itk_source_paths(tmp_path, name, content):
     p = tmp_path / name
     p.write_bytes(content)
@@ -148,13 +150,17 @@ def _touch(folder, *names):
 def test_single_case_matches_anatomy_like_a_batch(tmp_path):
     """The finding: ``-i example_ct.nii.gz -anatomy_seg folder/`` with the three bundled maps said
     'several files match'; a batch of the three scans found each one's map."""
-    maps = _touch(tmp_path / "maps", "example_ct_totalseg_v2.nii.gz", "example_ct_sm_totalseg_v2.nii.gz",
-                  "example_ct_dicom_totalseg_v2.nii.gz")
+    maps = _touch(
+        tmp_path / "maps",
+        "example_ct_totalseg_v2.nii.gz",
+        "example_ct_sm_totalseg_v2.nii.gz",
+        "example_ct_dicom_totalseg_v2.nii.gz",
+    )
     batch = ["example_ct", "example_ct_sm", "example_ct_dicom"]
     for case in batch:
         expected = maps / f"{case}_totalseg_v2.nii.gz"
         assert match_case_file(maps, case, batch, "anatomy") == expected
-        assert match_case_file(maps, case, [case], "anatomy") == expected              # single file, same answer
+        assert match_case_file(maps, case, [case], "anatomy") == expected  # single file, same answer
     # the exact case id comes first: <case>.<ext>, <case>_0000.<ext>, a folder <case>/
     for exact in ("example_ct.nii.gz", "example_ct_0000.nrrd", "example_ct/"):
         folder = _touch(tmp_path / exact.replace("/", "_d"), exact, "example_ct_totalseg_v2.nii.gz")
@@ -176,16 +182,27 @@ def test_nnunet_channel_files_are_one_case_channel_0_first(tmp_path):
     shutil.copytree(DICOM[0], folder / "d")
     cases = list_cases(folder)
     assert [(c.case, [p.name for p in c.channels]) for c in cases] == [
-        ("a", ["a.nii.gz"]), ("b", ["b_0000.nii.gz", "b_0001.nii.gz"]), ("c", ["c_0000.nrrd"]), ("d", ["d"])]
+        ("a", ["a.nii.gz"]),
+        ("b", ["b_0000.nii.gz", "b_0001.nii.gz"]),
+        ("c", ["c_0000.nrrd"]),
+        ("d", ["d"]),
+    ]
     assert all(isinstance(c, InputCase) for c in cases) and cases[1].first.name == "b_0000.nii.gz"
-    assert [p.name for p in list_inputs(folder)] == ["a.nii.gz", "b_0000.nii.gz", "b_0001.nii.gz", "c_0000.nrrd",
-                                                     "d"]  # list_inputs keeps listing every input
+    assert [p.name for p in list_inputs(folder)] == [
+        "a.nii.gz",
+        "b_0000.nii.gz",
+        "b_0001.nii.gz",
+        "c_0000.nrrd",
+        "d",
+    ]  # list_inputs keeps listing every input
     with pytest.raises(CTARRError, match=r"b_0000.nii.gz, b_0001.nii.gz would all write case 'b'"):
         check_unique_case_ids(list_inputs(folder))
 
 
-@pytest.mark.parametrize("names", [("a.nii.gz", "a.nrrd"), ("a.nii.gz", "a_0000.nii.gz"), ("a.mha", "a/"),
-                                   ("a_0000.nii.gz", "a_0002.nii.gz")])
+@pytest.mark.parametrize(
+    "names",
+    [("a.nii.gz", "a.nrrd"), ("a.nii.gz", "a_0000.nii.gz"), ("a.mha", "a/"), ("a_0000.nii.gz", "a_0002.nii.gz")],
+)
 def test_inputs_that_would_write_the_same_outputs_are_refused_before_any_work(tmp_path, names):
     folder = _touch(tmp_path / "in", *names)
     if "a/" in names:

@@ -32,10 +32,12 @@ def _assert_clean(folder, keep=()) -> None:
 
 def _disk_full_after(n_bytes: int):
     """A writer that puts ``n_bytes`` into the file and then fails as a full disk does."""
+
     def write(path, *a, **k):
         with open(path, "wb") as f:
             f.write(b"\0" * n_bytes)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
     return write
 
 
@@ -51,13 +53,13 @@ def test_nifti_cut_by_a_full_disk_is_an_error_not_a_file(tmp_path, monkeypatch, 
         open(path, "wb").write(data[: len(data) // 2])
 
     target = tmp_path / f"ct{suffix}"
-    write_image(_image(4), target)                                  # an older, complete file
+    write_image(_image(4), target)  # an older, complete file
     before = target.read_bytes()
     monkeypatch.setattr(images.sitk, "WriteImage", cut_short)
     with pytest.raises(CTARRError, match=rf"cannot write .*ct{suffix.replace('.', '[.]')}: .*incomplete"):
         write_image(_image(), target)
     _assert_clean(tmp_path, [target.name])
-    assert target.read_bytes() == before                             # the older file is untouched
+    assert target.read_bytes() == before  # the older file is untouched
     monkeypatch.setattr(images.sitk, "WriteImage", real)
     write_image(_image(), target)
     assert read_image(target).GetSize() == (64, 64, 40)
@@ -68,7 +70,7 @@ def test_json_text_and_qc_picture_on_a_full_disk(tmp_path, monkeypatch):
 
     import matplotlib.figure
 
-    monkeypatch.setattr(json, "dump", lambda obj, f, **k: (f.write("{\"half"), _disk_full_after(0)(os.devnull)))
+    monkeypatch.setattr(json, "dump", lambda obj, f, **k: (f.write('{"half'), _disk_full_after(0)(os.devnull)))
     with pytest.raises(CTARRError, match=r"cannot write .*side\.json: No space left on device"):
         write_json(tmp_path / "side.json", {"a": 1})
     monkeypatch.setattr(files.Path, "write_text", lambda self, text: _disk_full_after(10)(self))
@@ -80,7 +82,7 @@ def test_json_text_and_qc_picture_on_a_full_disk(tmp_path, monkeypatch):
     fig = plt.figure()
     with pytest.raises(CTARRError, match=r"cannot write .*case_liver_qc\.png: No space left on device"):
         qc.save_figure(fig, tmp_path / "case_liver_qc.png", dpi=50)
-    assert not plt.fignum_exists(fig.number)                       # closed also on failure
+    assert not plt.fignum_exists(fig.number)  # closed also on failure
     _assert_clean(tmp_path)
 
 
@@ -93,8 +95,9 @@ def test_crop_with_qc_on_a_full_disk_is_one_error_line(tmp_path, monkeypatch):
 
     monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda self, path, **k: _disk_full_after(0)(path))
     out = tmp_path / "out"
-    r = run_in_process(main, ["-i", str(SMALL[0]), "-anatomy_seg", str(SMALL[1]), "-r", "liver", "-o", str(out),
-                              "--qc"])
+    r = run_in_process(
+        main, ["-i", str(SMALL[0]), "-anatomy_seg", str(SMALL[1]), "-r", "liver", "-o", str(out), "--qc"]
+    )
     assert r.returncode != 0
     assert "Traceback" not in r.stderr
     errors = [ln for ln in r.stderr.splitlines() if "No space left on device" in ln]

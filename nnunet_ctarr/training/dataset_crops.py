@@ -105,8 +105,10 @@ def dataset_row(case: str, split: str, r: RegionRecord) -> dict:
     fg = r.measures.get("foreground_voxels")
     pres = r.label_voxels_preserved_percent
     lost = None if fg is None or pres is None else int(round(fg * (100.0 - pres) / 100.0))
-    t = r.transform or {}
-    return {"case": case, "split": split, "status": r.status.value, "outputs": [output_case(o) for o in r.outputs],
+    t, boxes = r.transform or {}, {b["box"]: b for b in r.boxes}
+    outputs = [{"case": output_case(o), **(boxes[o.box] if o.box is not None else {"whole_image": True})}
+               for o in r.outputs]
+    return {"case": case, "split": split, "status": r.status.value, "outputs": outputs,
             "files": [n for o in r.outputs for n in o.names], "trusted": r.trusted, "reasons": "; ".join(r.reasons),
             "why": r.why, "voxel_reduction": r.measures.get("voxel_reduction"), "foreground_voxels": fg,
             "lost_foreground_voxels": lost, "lost_foreground_pct": None if pres is None else round(100.0 - pres, 4),

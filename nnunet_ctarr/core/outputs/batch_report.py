@@ -48,7 +48,8 @@ class BatchReport:
         """``N of M cropped ...`` and, per non-clean status, the cases with their first reason."""
         n = self.counts()["done before"]
         note = (f" ({n} done before)" if n else "") + (" (INTERRUPTED: rows so far)" if self.interrupted else "")
-        return outcome_lines([r.to_json() for r in self.rows], STATUSES, CLEAN, "cropped", out, one_region, note)
+        return outcome_lines([r.to_json() for r in self.rows], STATUSES, ("cropped", "done before"), "cropped", out,
+                             one_region, note)
 
     def write(self, folder: Path, part: str = "", qc: bool = False) -> None:
         """``ctarr_report[part].json``, ``.csv`` and ``.html`` in ``folder`` (atomic, umask
