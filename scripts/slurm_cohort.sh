@@ -40,6 +40,7 @@ done
   || die "no nnUNetv2_ctarr_crop / nnUNetv2_ctarr_report in $VENV/bin (give --venv)"
 [ "$PARTS" -ge 1 ] 2>/dev/null || die "--parts must be a number >= 1"
 NODE=$(hostname -s)
+STARTED=""
 
 running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
@@ -95,23 +96,24 @@ setup_slurm() {
                                    chown munge:munge /etc/munge/munge.key; chmod 0400 /etc/munge/munge.key; }
   mkdir -p /run/munge /var/lib/slurm/slurmctld /var/lib/slurm/slurmd /var/log/slurm
   chown munge:munge /run/munge
-  running /run/munge/munged.pid || runuser -u munge -- munged
+  running /run/munge/munged.pid || { runuser -u munge -- munged; STARTED+=" munged"; }
   wait_for 20 munged sh -c 'munge -n | unmunge'
   local changed=0
   if ! write_conf | cmp -s - "$CONF"; then write_conf > "$CONF"; changed=1; fi
   if running /run/slurmctld.pid; then
     [ $changed = 0 ] || scontrol reconfigure
   else
-    slurmctld
+    slurmctld; STARTED+=" slurmctld"
   fi
   wait_for 30 slurmctld sh -c 'scontrol ping | grep -q UP'
-  running /run/slurmd.pid || slurmd
+  running /run/slurmd.pid || { slurmd; STARTED+=" slurmd"; }
   for _ in $(seq 30); do   # a node left down or drained by an earlier run is resumed
     node_ready && break
     sinfo -h -n "$NODE" -o %T | grep -qE '^(down|drain)' && scontrol update nodename="$NODE" state=resume
     sleep 1
   done
   node_ready || die "node $NODE is $(sinfo -h -n "$NODE" -o %T) (see /var/log/slurm/slurmd.log)"
+  echo "slurm: started:${STARTED:- nothing (all running)}; conf $CONF $([ $changed = 1 ] && echo written || echo unchanged)"
   echo "slurm: $(sinfo -V), node $NODE $(sinfo -h -n "$NODE" -o '%T, %c CPUs'), partition $(sinfo -h -o %P | head -1)"
 }
 
