@@ -101,7 +101,8 @@ def test_interrupted_duplicated_and_mixed_splits_are_named(parts, runs):
     shutil.copy(parts / "ctarr_report.part0of2.json", p1)  # both parts report a and c
     r = _merge(parts, "-inputs", str(runs / "imgs"))
     assert r.returncode == 1
-    assert "case a is in the reports of parts 0 and 1 of 2 (part 0's rows kept)" in r.stdout
+    assert "part 1 of 2 reports 2 case(s) of an earlier part (those rows kept; " in r.stdout
+    assert ": a (also in part 0), c (also in part 0)" in r.stdout
     assert [row["case"] for row in _rows(parts)].count("a") == 1
 
     shutil.copy(parts / "ctarr_report.part0of2.json", parts / "ctarr_report.part0of3.json")

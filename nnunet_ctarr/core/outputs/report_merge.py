@@ -132,12 +132,15 @@ class _Merger:
         by_case: dict[str, list[ReportRow]] = {}
         for r in rows:
             by_case.setdefault(r.case, []).append(r)
+        twice = []
         for j, (case, rs) in enumerate(by_case.items()):
             if case in self.rows:
-                self.problems.append(f"case {case} is in the reports of parts {self.where[case]} and {k} of {self.n} "
-                                     f"(part {self.where[case]}'s rows kept)")
+                twice.append(f"{case} (also in part {self.where[case]})")
                 continue
             self.rows[case], self.where[case], self.order[case] = rs, k, (0, j * self.n + k)
+        if twice:
+            self.problems.append(f"part {k} of {self.n} reports {len(twice)} case(s) of an earlier part (those rows "
+                                 f"kept; did the input folder change between parts?): {names(twice)}")
         if interrupted:
             self.interrupted = True
             left = [c for c, rs in by_case.items() if all((r.error or "").startswith("not done") for r in rs)]
@@ -153,7 +156,7 @@ class _Merger:
         ref = next((_run_settings(side[c]) for c in self.rows if c in side), None)
         regions = list(dict.fromkeys(r.region for rs in self.rows.values() for r in rs))
         pool = self.cases if self.cases is not None else sorted(side)
-        rebuilt, stale = [], []
+        rebuilt, stale, short = [], [], []
         for case in (c for c in pool if c in side and c not in self.rows):
             rec = side[case]
             if ref is not None and _run_settings(rec) != ref:
@@ -161,8 +164,7 @@ class _Merger:
                 continue
             keep = {r: rec.regions[r] for r in (regions or rec.regions) if r in rec.regions}
             if regions and len(keep) < len(regions):
-                self.problems.append(f"case {case}: its sidecar lacks region(s) "
-                                     f"{', '.join(r for r in regions if r not in keep)}")
+                short.append(f"{case} ({', '.join(r for r in regions if r not in keep)})")
             part = BatchReport()
             part.add(rec.with_regions(keep))
             self.rows[case], self.where[case], self.order[case] = part.rows, -1, (1, case)
@@ -170,6 +172,8 @@ class _Merger:
         if stale:
             self.problems.append(f"{len(stale)} sidecar(s) written with other settings or version than the "
                                  f"reported cases, not taken: {names(stale)}")
+        if short:
+            self.problems.append(f"{len(short)} sidecar(s) lack regions of the reported cases: {names(short)}")
         for k, why in missing.items():
             wanted = self.cases[k::self.n] if self.cases is not None else None
             lacking = [c for c in wanted if c not in self.rows] if wanted is not None else None
