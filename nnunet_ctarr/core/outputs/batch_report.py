@@ -29,6 +29,7 @@ REASON_CHARS = 200
 class BatchReport:
     rows: list[ReportRow] = field(default_factory=list)
     interrupted: bool = False
+    problems: list[str] = field(default_factory=list)   # a merge of part reports: what is missing (.report_merge)
 
     def add(self, record: CaseRecord, done_before: bool = False) -> None:
         """The rows of a case's sidecar record (``done_before``: found done by ``--continue``)."""
@@ -42,7 +43,7 @@ class BatchReport:
 
     @property
     def all_clean(self) -> bool:
-        return not self.interrupted and all(r.status in CLEAN for r in self.rows)
+        return not self.interrupted and not self.problems and all(r.status in CLEAN for r in self.rows)
 
     def summary_lines(self, out: Path, one_region: bool) -> list[str]:
         """``N of M cropped ...`` and, per non-clean status, the cases with their first reason."""
@@ -51,14 +52,16 @@ class BatchReport:
         return outcome_lines([r.to_json() for r in self.rows], STATUSES, ("cropped", "done before"), "cropped", out,
                              one_region, note)
 
-    def write(self, folder: Path, part: str = "", qc: bool = False) -> None:
+    def write(self, folder: Path, part: str = "", qc: bool = False, pictures: Path | None = None) -> None:
         """``ctarr_report[part].json``, ``.csv`` and ``.html`` in ``folder`` (atomic, umask
-        permissions); ``qc``: the run drew QC pictures into ``folder`` (the page embeds them)."""
+        permissions); ``qc``: the run drew QC pictures into ``folder`` (or ``pictures``; the page embeds them)."""
         stem = f"ctarr_report{part}"
         rows = [r.to_json() for r in self.rows]
-        write_json(folder / f"{stem}.json", {"counts": self.counts(), "interrupted": self.interrupted, "rows": rows})
+        extra = {"problems": self.problems} if self.problems else {}
+        write_json(folder / f"{stem}.json",
+                   {"counts": self.counts(), "interrupted": self.interrupted, **extra, "rows": rows})
         write_csv(folder / f"{stem}.csv", rows, FIELDS)
-        write_report_html(folder / f"{stem}.html", rows, folder if qc else None)
+        write_report_html(folder / f"{stem}.html", rows, (pictures or folder) if qc else None)
 
 
 def shorten(text: str, n: int = REASON_CHARS) -> str:
