@@ -219,9 +219,8 @@ def case_line(row: ReportRow, out: Path, one_region: bool = True) -> str:
     if row.status in (Status.WHOLE.value, Status.SKIPPED.value):
         what = "nothing written" if row.status == Status.SKIPPED.value else f"whole image written -> {out}"
         return f"{who}: not trusted ({row.reasons}); {what}"
-    what = "box(es)" if row.n_outputs == 0 else "crop(s)"
-    n = row.n_outputs or "no"
-    return (f"{who}: {n} {what}, {100 * row.voxel_fraction_kept:.1f}% of the voxels, "
+    what = f"{row.n_outputs} crop(s)" if row.n_outputs else f"{row.n_boxes} box(es) (boxes only)"
+    return (f"{who}: {what}, {100 * row.voxel_fraction_kept:.1f}% of the voxels, "
             f"orientation {row.orientation}, Dice {row.registration_dice:.2f}, "
             + ("trusted" if row.trusted else "NOT TRUSTED (cropped anyway)") + f" -> {out}")
 

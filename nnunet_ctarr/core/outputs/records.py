@@ -110,7 +110,7 @@ class CaseRecord:
 
 
 #: the batch report's columns
-FIELDS = ("case", "region", "status", "n_outputs", "trusted", "reasons", "orientation", "scale_xyz",
+FIELDS = ("case", "region", "status", "n_outputs", "n_boxes", "trusted", "reasons", "orientation", "scale_xyz",
           "registration_dice", "region_dice", "voxel_fraction_kept", "label_voxels_preserved_percent", "seconds",
           "warnings", "error")
 
@@ -122,6 +122,7 @@ class ReportRow:
     region: str
     status: str
     n_outputs: int = 0
+    n_boxes: int = 0                # boxes cut (or, with --boxes_only, to cut)
     trusted: bool | None = None
     reasons: str = ""
     orientation: str | None = None
@@ -139,7 +140,9 @@ class ReportRow:
         """The row of a region record; a clean record found by ``--continue`` is ``done before``."""
         t = r.transform or {}
         status = "done before" if done_before and r.status is Status.CROPPED else r.status.value
-        return cls(case, r.name, status, len(r.outputs), r.trusted, "; ".join(r.reasons) or r.why,
+        cut = r.status in (Status.CROPPED, Status.ANYWAY)
+        n_boxes = sum(b.get("status") != "outside" for b in r.boxes) if cut else 0
+        return cls(case, r.name, status, len(r.outputs), n_boxes, r.trusted, "; ".join(r.reasons) or r.why,
                    t.get("orientation"), t.get("scale_xyz"), r.measures.get("registration_dice"),
                    r.measures.get("region_dice"), r.voxel_fraction_kept, r.label_voxels_preserved_percent,
                    r.seconds, " | ".join(r.warnings), r.error)
