@@ -10,7 +10,7 @@ may be an nnU-Net raw dataset folder (imagesTr + labelsTr) or image/label folder
 """
 from __future__ import annotations
 
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from ..evaluation.table import (
     summary,
     worst_rows,
 )
-from .common import WORKER, init_worker, map_cases, parse, run_cli
+from .common import WORKER, init_worker, internal_error, map_cases, parse, run_cli, without_case
 from .options import (
     Parser,
     add_anatomy_args,
@@ -96,6 +96,7 @@ class _EvalJob:
     regions: list[Region]
     settings: EvalSettings
     known: dict
+    verbose: bool = False
 
 
 def _evaluate_one(img: Path) -> list[dict]:
@@ -106,8 +107,12 @@ def _evaluate_one(img: Path) -> list[dict]:
         return evaluate_case(img, lab, WORKER["anatomy"], job.regions, WORKER["atlas"], job.settings,
                              job.known.get(case))
     except CTARRError as e:
-        print(f"error: {case}: {e}", file=sys.stderr)
+        logging.getLogger("nnunet_ctarr").error(f"{case}: {without_case(str(e), case)}")
         return failed_rows(case, job.regions, str(e))
+    except Exception as e:                     # noqa: BLE001 (one case's bug must not lose the batch)
+        line, tb = internal_error(e)
+        logging.getLogger("nnunet_ctarr").error(f"{case}: {line}\n{tb}" if job.verbose else f"{case}: {line}")
+        return failed_rows(case, job.regions, line)
 
 
 def _stamps(job: _EvalJob, inputs: list[Path]) -> dict[str, dict]:
@@ -133,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     inputs = select_part(all_inputs, args)
     settings = EvalSettings(Policy(args.on_untrusted, args.margin), tuple(args.label_ids) if args.label_ids else None)
     job = _EvalJob(labels_dir, [case_id(p) for p in all_inputs], regions, settings,
-                   load_perturbations(args.perturbations))
+                   load_perturbations(args.perturbations), args.verbose)
     out = check_output_folder(args.out)
     run = run_settings(args.margin, args.label_ids, atlas.atlas_id,
                        {"seg": args.anatomy_seg, "format": args.anatomy_format, "model": args.anatomy_model},
