@@ -34,7 +34,7 @@ from ..evaluation.table import (
     summary,
     worst_rows,
 )
-from .common import WORKER, init_worker, internal_error, map_cases, parse, run_cli, without_case
+from .common import WORKER, WorkerDied, init_worker, internal_error, map_cases, parse, run_cli, without_case
 from .options import (
     Parser,
     add_anatomy_args,
@@ -149,16 +149,34 @@ def main(argv: list[str] | None = None) -> int:
     anatomy = anatomy_source(args, device=args.device, verbose=args.verbose)
     if todo:                  # a model predicts here, once, before any worker; not for rows kept
         anatomy.prepare({case_id(p): [str(p)] for p in todo})
-    new = dict(zip(todo, map_cases(_evaluate_one, todo, args.np, init_worker,
-                                   (job, anatomy, atlas if args.np <= 1 else args.atlas), "ctarr evaluate")))
+    new, interrupted = _evaluate_all(todo, job, anatomy, atlas if args.np <= 1 else args.atlas, args.np)
     rows = sort_rows([r for p in inputs for r in (done.get(case_id(p)) or new[p])], regions)
     md = _write_tables(out, part_suffix(args), rows, regions, args.images, run, stamps)
+    if interrupted:
+        return 130
     if args.qc:
         _draw(out, rows, args.qc_worst, inputs, set(done), anatomy, regions, atlas, settings)
     print("\n".join(md))
     print("\n".join(outcome_lines(rows, STATUSES, (Status.CROPPED.value,), "cropped", out, len(regions) == 1,
                                   f" ({len(done)} case(s) done before)" if done else "")))
     return 0 if all(r["status"] == Status.CROPPED.value for r in rows) else 1
+
+
+def _evaluate_all(todo: list[Path], job: _EvalJob, anatomy, atlas, n_workers: int) -> tuple[dict, bool]:
+    """Rows of every case to evaluate; Ctrl-C or a dead worker keeps the rows so far (the others
+    are failed rows saying so) so that the tables are written."""
+    new: dict[Path, list[dict]] = {}
+    try:
+        for p, rows in zip(todo, map_cases(_evaluate_one, todo, n_workers, init_worker, (job, anatomy, atlas),
+                                           "ctarr evaluate")):
+            new[p] = rows
+    except (KeyboardInterrupt, WorkerDied) as e:
+        msg = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e)
+        logging.getLogger("nnunet_ctarr").error(f"{msg}; the tables hold the cases done so far")
+        for p in todo:
+            new.setdefault(p, failed_rows(case_id(p), job.regions, f"not done: {msg}"))
+        return new, True
+    return new, False
 
 
 def _write_tables(out: Path, part: str, rows: list[dict], regions: list[Region], images: str, run: dict,
