@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(md))
     print("\n".join(outcome_lines(rows, STATUSES, (Status.CROPPED.value,), "cropped", out, len(regions) == 1,
                                   f" ({len(done)} case(s) done before)" if done else "")))
-    return 0 if all(r["status"] == Status.CROPPED.value for r in rows) else 1
+    return 0 if all(r["status"] in (Status.CROPPED.value, Status.OUTSIDE.value) for r in rows) else 1
 
 
 def _evaluate_all(todo: list[Path], job: _EvalJob, anatomy, atlas, n_workers: int) -> tuple[dict, bool]:

@@ -70,7 +70,7 @@ def build_parser() -> Parser:
     add_fallback_arg(p, what="when the trust rule refuses the localisation (docs/trust.md): predict the whole image "
                              "(whole, default: nothing lost), write no output for the case (skip), or predict the "
                              "crop anyway (anyway). A region outside the field of view writes background")
-    add_deprecated(p, "--on_miss", "on_miss", "(nothing: a region outside the field of view writes background)",
+    add_deprecated(p, "--on_miss", "on_miss", "(a region outside the field of view writes background)",
                    {"empty": "empty", "*": "removed: a region outside the field of view now writes background; an "
                                            "untrusted localisation predicts the whole image (--on_untrusted whole)"})
     add_crops_arg(p)
