@@ -453,16 +453,8 @@ def calibrate_in_view(rows: list[dict], source: str, measure: str) -> dict:
     """How well ``measure`` (the atlas organ's share mapped into the image, or the region boxes'
     share inside it) tells regions whose organ is in view (>= 1 ml) from those whose organ is not
     (< 0.5 ml, or none in a head-neck scan): the threshold that passes no organ-less region and the
-    most in-view ones, among crops the rule trusts otherwise."""
-    cells = [
-        r
-        for r in rows
-        if r["source"] == source
-        and r.get("usable")
-        and r.get(measure) is not None
-        and "registration_dice" in r
-        and not _other_reasons(r)
-    ]
+    most in-view ones, among the crops the current rule trusts."""
+    cells = [r for r in rows if r["source"] == source and r.get("trusted") and r.get(measure) is not None]
     yes, no = [r[measure] for r in cells if in_view(r)], [r[measure] for r in cells if not_in_view(r)]
     if not yes or not no:
         return {}
@@ -474,6 +466,9 @@ def calibrate_in_view(rows: list[dict], source: str, measure: str) -> dict:
         "not_in_view_range": [round(min(no), 3), round(max(no), 3)],
         "threshold": round(t, 2),
         "in_view_passing": sum(v >= t for v in yes),
+        "in_view_below": {
+            q: [round(r["organ_ml"], 1) for r in cells if in_view(r) and r[measure] < q] for q in (0.1, 0.25, 0.5)
+        },
     }
 
 
@@ -518,6 +513,24 @@ def markdown(rows: list[dict], meta: dict, command: str) -> str:
             f"{c['current']['good_trusted']} | {c['proposed']['min_plausible_dice']}, "
             f"{c['proposed']['min_region_dice']} | {c['proposed']['bad_trusted']} / {c['proposed']['good_trusted']} |"
         )
+    out += [
+        "",
+        "### Organ in view (for the organ-in-view rule; crops the other rules trust)",
+        "",
+        "| source | measure | in view / not | range in view | range not in view | threshold | in view passing | "
+        "in view below 0.1 / 0.25 / 0.5 (their organ ml) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for src in SOURCES:
+        for measure in ("atlas_organ_in_view", "box_in_view"):
+            c = calibrate_in_view(rows, src, measure)
+            if c:
+                out.append(
+                    f"| {src} | {measure} | {c['in_view']} / {c['not_in_view']} | {c['in_view_range']} | "
+                    f"{c['not_in_view_range']} | {c['threshold']} | {c['in_view_passing']} | "
+                    + " / ".join(f"{len(v)} ({max(v) if v else 0:.0f})" for v in c["in_view_below"].values())
+                    + " |"
+                )
     out += [
         "",
         "### Failing rows",

@@ -41,10 +41,9 @@ class AnatomyMasks:
         if unknown:
             warnings.warn(f"anatomy map {source}: label id(s) {unknown[:10]} are not in the "
                           f"{scheme.name} scheme and were ignored")
-        lut = scheme.lut
-        if int(ids.max()) >= lut.size:
-            lut = np.concatenate([lut, np.zeros(int(ids.max()) - lut.size + 1, np.uint8)])
-        groups = lut[arr]
+        lut = scheme.lut                           # ids beyond the scheme (ignored above) map to 0
+        groups = lut[arr] if int(ids.max()) < lut.size else \
+            np.where(arr < lut.size, lut[np.minimum(arr, lut.size - 1)], 0).astype(lut.dtype)
         out = sitk.GetImageFromArray(groups)
         out.CopyInformation(img)
         return cls(out, scheme.observed.copy(), f"{source} ({scheme.name})")
@@ -66,12 +65,12 @@ def load_mask_folder(folder: Path, warnings: WarningLog) -> AnatomyMasks:
     if not known:
         raise CTARRError(f"{folder}: none of the {len(files)} mask names is a structure CTARR knows "
                          "(expected TotalSegmentator names like liver.nii.gz, vertebrae_L1.nii.gz)")
-    ref = read_image(next(iter(known.values())))
+    ref = read_image(next(iter(known.values())), label=True, warnings=warnings)
     groups = np.zeros(sitk.GetArrayViewFromImage(ref).shape, np.uint8)
     observed = np.zeros(N_GROUPS, bool)
     # write larger group ids first so that organs win over bones where masks overlap
     for n, p in sorted(known.items(), key=lambda kv: GROUPS.index(group_of(kv[0]))):
-        m = _mask_on_grid(read_image(p), ref, p.name, warnings)
+        m = _mask_on_grid(read_image(p, label=True, warnings=warnings), ref, p.name, warnings)
         gi = GROUPS.index(group_of(n))
         observed[gi] = True
         groups[sitk.GetArrayViewFromImage(m) > 0] = gi + 1
@@ -106,6 +105,6 @@ def load_anatomy(path: str | Path, fmt: str = "auto", warnings: WarningLog | Non
         return load_mask_folder(path, warnings)
     if fmt == "mask_folder":
         raise CTARRError(f"--anatomy_format mask_folder needs a folder, got file {path}")
-    img, _ = check_finite(read_image(path), f"anatomy map {path.name}", path=path)
+    img, _ = check_finite(read_image(path, label=True, warnings=warnings), f"anatomy map {path.name}", path=path)
     scheme = detect_scheme(img, path, warnings) if fmt == "auto" else LabelScheme.named(fmt)
     return AnatomyMasks.from_label_image(img, scheme, warnings, source=path.name)

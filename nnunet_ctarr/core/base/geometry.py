@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import CTARRError
+from .errors import CTARRError, itk_message
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
@@ -58,8 +58,8 @@ class Geometry:
         reader.SetFileName(str(path))
         try:
             reader.ReadImageInformation()
-        except RuntimeError:
-            raise CTARRError(f"cannot read {path}: not a readable image") from None
+        except RuntimeError as e:
+            raise CTARRError(f"cannot read {path}: not a readable image ({itk_message(e)})") from None
         return cls(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
 
     @classmethod
@@ -102,10 +102,6 @@ class Geometry:
     def matrix(self) -> np.ndarray:
         """Direction as a 3x3 array."""
         return np.array(self.direction).reshape(3, 3)
-
-    @property
-    def n_voxels(self) -> int:
-        return int(np.prod(self.size_xyz))
 
     @property
     def head_feet_axis(self) -> int:
@@ -171,8 +167,7 @@ class Geometry:
     @staticmethod
     def slices_zyx(start_xyz, stop_xyz) -> tuple[slice, slice, slice]:
         """Numpy (z, y, x) slices of a half-open index box given in (x, y, z)."""
-        from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice  # heavy import
-        return bounding_box_to_slice([[int(a), int(b)] for a, b in zip(start_xyz[::-1], stop_xyz[::-1])])
+        return tuple(slice(int(a), int(b)) for a, b in zip(start_xyz[::-1], stop_xyz[::-1]))
 
     def sub_box(self, start_xyz, stop_xyz) -> Geometry:
         """The geometry of the index box (a crop: same spacing and direction, origin at its first voxel)."""
