@@ -25,6 +25,9 @@ from .hu_pose import BONES, LUNGS, MIN_SEARCH_BONE_ML, MIN_SEARCH_LUNG_ML, atlas
 from .masks import AnatomyMasks
 from .sources import AnatomySource
 
+#: a group the HU anatomy labels with less than this (ml) is left out
+MIN_GROUP_ML = 2.0
+
 __all__ = ["HUAnatomy", "HUMasks", "coarse_pose", "hu_anatomy", "hu_masks", "label_groups"]
 
 
@@ -57,13 +60,17 @@ def label_groups(m: HUMasks, tf: AtlasTransform, atlas: Atlas) -> np.ndarray:
     below the atlas that of its top or bottom slice, so anatomy outside the atlas stays visible to
     the trust rule (a scan reaching below the atlas' pelvis is "outside the atlas", not a smaller
     scan); bone above an atlas without a skull is skull, bone where the atlas has no bone stays
-    unlabelled."""
+    unlabelled, and so does a group with less than :data:`MIN_GROUP_ML` (a sliver at the edge of
+    the field of view carries no position and would count fully in the registration's mean Dice)."""
     v = atlas_views(atlas)
     lung, above = _atlas_on_scan(v["lung_label"], tf, m.geometry, atlas)
     bone, _ = _atlas_on_scan(v["bone_label"], tf, m.geometry, atlas)
     if not atlas.observed[GROUPS.index("skull")]:
         bone = np.where(above, GROUPS.index("skull") + 1, bone)
-    return np.where(m.lungs, lung, np.where(m.bone, bone, 0)).astype(np.uint8)
+    labels = np.where(m.lungs, lung, np.where(m.bone, bone, 0)).astype(np.uint8)
+    small = np.bincount(labels.ravel(), minlength=N_GROUPS + 1) * m.voxel_ml < MIN_GROUP_ML
+    small[0] = False
+    return np.where(small[labels], 0, labels).astype(np.uint8)
 
 
 def _check_image(image: sitk.Image, name: str) -> None:
