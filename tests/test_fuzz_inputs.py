@@ -270,12 +270,6 @@ def test_crop_command_on_scaled_four_d_tilted_and_thin_inputs(tmp_path):
     assert _crop(tmp_path / "two", tmp_path / "two.nii.gz", labels) == 1  # one error line, exit 1
 
 
-@pytest.mark.xfail(
-    raises=RuntimeError,
-    strict=False,
-    reason="issue 21: hu_masks builds a zero Gaussian sigma when one axis is >= 3 mm and another < 3 mm "
-    "(the HU anatomy is being rewritten on another branch)",
-)
 def test_crop_command_hu_default_on_thick_slices(tmp_path):
     sitk.WriteImage(phantom((64, 64, 12), (0.98, 0.98, 6.0)), str(tmp_path / "thick.nii.gz"))
     assert isinstance(_crop(tmp_path, tmp_path / "thick.nii.gz", None), int)
