@@ -15,6 +15,7 @@ from ..base.cases import match_case_file
 from ..base.errors import CTARRError, WarningLog
 from ..base.files import input_stamp
 from ..base.nnunet_format import foreground_labels
+from .grid import WORKING_SPACING_MM
 from .groups import LabelScheme
 from .label_maps import detect_scheme
 from .masks import AnatomyMasks, load_anatomy
@@ -40,7 +41,9 @@ class PrecomputedAnatomy:
         self.cases = list(cases)
 
     def load(self, case: str, warnings: WarningLog) -> AnatomyMasks:
-        return load_anatomy(match_case_file(self.path, case, self.cases, "anatomy segmentation"), self.fmt, warnings)
+        """The case's anatomy for the registration (a mask folder is built on the working grid)."""
+        path = match_case_file(self.path, case, self.cases, "anatomy segmentation")
+        return load_anatomy(path, self.fmt, warnings, WORKING_SPACING_MM)
 
     def stamp(self, case: str) -> dict:
         """The case's anatomy file (or mask folder) with its size and modification time."""

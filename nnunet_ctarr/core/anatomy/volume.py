@@ -14,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..base.geometry import Geometry
+from .grid import WORKING_SPACING_MM, sample_nearest
 from .groups import GROUPS, N_GROUPS
 from .masks import AnatomyMasks
 
@@ -63,7 +64,7 @@ class MaskVolume:
             if self.labels is not None:
                 n = np.bincount(self.labels.ravel(), minlength=N_GROUPS + 1)[1:N_GROUPS + 1]
             else:
-                n = self.prob.reshape(N_GROUPS, -1).sum(1, dtype=np.float64)
+                n = self._prob_moments()[0]
             self._cache["vol"] = n.astype(np.float64) * self.voxel_volume
         return self._cache["vol"]
 
@@ -86,16 +87,27 @@ class MaskVolume:
                     com[:, ax_xyz] = (s / mass)[1:N_GROUPS + 1]
             com[mass[1:N_GROUPS + 1] == 0] = np.nan
         else:
-            p = self.prob
-            mass = p.reshape(N_GROUPS, -1).sum(1, dtype=np.float64)
+            mass, first = self._prob_moments()
             ok = mass > 0
-            zy = p.sum(axis=3, dtype=np.float64)                      # two passes over the volume
-            margins = (p.sum(axis=(1, 2), dtype=np.float64), zy.sum(1), zy.sum(2))   # x, y, z
-            for ax_xyz, marg in enumerate(margins):
-                c = self.origin[ax_xyz] + self.spacing[ax_xyz] * np.arange(p.shape[3 - ax_xyz])
-                com[ok, ax_xyz] = (marg[ok] @ c) / mass[ok]
+            com[ok] = first[ok] / mass[ok, None]
         self._cache["com"] = com
         return com
+
+    def _prob_moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per group: the probability mass (19,) and its first moments in mm (19, 3), in one pass over
+        the probabilities (a float32 matrix product over x, float64 from there on; relative error
+        ~1e-7 against float64 sums)."""
+        if "moments" not in self._cache:
+            p = self.prob
+            nz, ny, nx = p.shape[1:]
+            c = [self.origin[a] + self.spacing[a] * np.arange(n) for a, n in enumerate((nx, ny, nz))]
+            rows = p.reshape(-1, nx) @ np.stack([np.ones(nx), c[0]], 1).astype(np.float32)   # (19*Z*Y, 2)
+            rows = rows.astype(np.float64).reshape(N_GROUPS, nz, ny, 2)
+            zy = rows[..., 0]
+            mass = zy.sum((1, 2))
+            first = np.stack([rows[..., 1].sum((1, 2)), zy.sum(1) @ c[1], zy.sum(2) @ c[2]], 1)
+            self._cache["moments"] = (mass, first)
+        return self._cache["moments"]
 
     def group_span(self) -> str:
         """The groups present, top to bottom by centre of mass: ``vertebrae_C to urinary_bladder``."""
@@ -154,17 +166,9 @@ class MaskVolume:
         return self.geometry.image(lab)
 
 
-def anatomy_to_volume(anat: AnatomyMasks, spacing: float = 3.0) -> MaskVolume:
-    """Nearest-neighbour resample of the group label map onto an LPS grid."""
-    lab = anat.labels
-    if lab.GetPixelID() != sitk.sitkUInt8:
-        lab = sitk.Cast(lab, sitk.sitkUInt8)
-    lab = sitk.DICOMOrient(lab, "LPS")
-    aligned = np.allclose(lab.GetDirection(), np.eye(3).ravel(), atol=1e-6)
-    if aligned and np.allclose(lab.GetSpacing(), spacing, atol=1e-6):
-        res = lab
-    else:
-        grid = Geometry.of(lab).resampling_grid(spacing).to_reference()
-        res = sitk.Resample(lab, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    return MaskVolume(np.array(res.GetOrigin()), np.array(res.GetSpacing()), anat.observed.copy(),
-                      labels=sitk.GetArrayFromImage(res))
+def anatomy_to_volume(anat: AnatomyMasks, spacing: float = WORKING_SPACING_MM) -> MaskVolume:
+    """The group label map picked nearest-neighbour onto the LPS working grid (:mod:`.grid`); a
+    source's label ids are mapped to groups after the picking, on the small grid."""
+    grid, ids = sample_nearest(anat.label_map, spacing)
+    labels = anat.lut[ids] if anat.lut is not None else ids.astype(np.uint8, copy=False)
+    return MaskVolume(grid.origin, grid.spacing, anat.observed.copy(), labels=np.ascontiguousarray(labels))

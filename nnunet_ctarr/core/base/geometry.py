@@ -171,8 +171,7 @@ class Geometry:
     @staticmethod
     def slices_zyx(start_xyz, stop_xyz) -> tuple[slice, slice, slice]:
         """Numpy (z, y, x) slices of a half-open index box given in (x, y, z)."""
-        from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice  # heavy import
-        return bounding_box_to_slice([[int(a), int(b)] for a, b in zip(start_xyz[::-1], stop_xyz[::-1])])
+        return tuple(slice(int(a), int(b)) for a, b in zip(start_xyz[::-1], stop_xyz[::-1]))
 
     def sub_box(self, start_xyz, stop_xyz) -> Geometry:
         """The geometry of the index box (a crop: same spacing and direction, origin at its first voxel)."""

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .cases import IMAGE_EXTENSIONS, dicom_series
+from .cases import dicom_series
 from .errors import CTARRError
-from .files import atomic_write
 from .geometry import Geometry
 from .integrity import check_complete
+from .nifti import DEFAULT_LEVEL, save_image
 
 
 def read_image(path: str | Path) -> sitk.Image:
@@ -98,9 +98,8 @@ def match_label_to_image(label: sitk.Image, image: sitk.Image, name: str = "labe
     return sitk.Resample(label, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, label.GetPixelID())
 
 
-def write_image(img: sitk.Image, path: str | Path, compress: bool = True) -> None:
+def write_image(img: sitk.Image, path: str | Path, compress: bool = True, level: int = DEFAULT_LEVEL) -> None:
     """Write atomically (a temporary file in the same folder is renamed into place), with the
-    permissions of the user's umask."""
-    path = Path(path)
-    ext = next((e for e in IMAGE_EXTENSIONS if path.name.lower().endswith(e)), path.suffix)
-    atomic_write(path, ext, lambda tmp: sitk.WriteImage(img, tmp, compress))
+    permissions of the user's umask. NIfTI (``.nii.gz`` at ISA-L ``level`` 0-3, ``.nii``
+    uncompressed) by :mod:`.nifti`, other formats by SimpleITK (``compress``: its own compression)."""
+    save_image(img, path, level, compress)
