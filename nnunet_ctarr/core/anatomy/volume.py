@@ -74,17 +74,19 @@ class MaskVolume:
             return self._cache["com"]
         com = np.full((N_GROUPS, 3), np.nan)
         if self.labels is not None:
-            lab = self.labels
+            lab = self.labels.astype(np.intp)
             mass = np.bincount(lab.ravel(), minlength=N_GROUPS + 1).astype(np.float64)
             for ax_xyz in range(3):
                 axis = 2 - ax_xyz
+                n = lab.shape[axis]
                 shape = [1, 1, 1]
-                shape[axis] = -1
-                c = self.origin[ax_xyz] + self.spacing[ax_xyz] * np.arange(lab.shape[axis])
-                w = np.broadcast_to(c.reshape(shape), lab.shape).ravel()
-                s = np.bincount(lab.ravel(), weights=w, minlength=N_GROUPS + 1)
+                shape[axis] = n
+                # voxels per (slice along the axis, group): exact counts, one bincount
+                per = np.bincount((lab + (N_GROUPS + 1) * np.arange(n).reshape(shape)).ravel(),
+                                  minlength=n * (N_GROUPS + 1)).reshape(n, N_GROUPS + 1)
+                c = self.origin[ax_xyz] + self.spacing[ax_xyz] * np.arange(n)
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    com[:, ax_xyz] = (s / mass)[1:N_GROUPS + 1]
+                    com[:, ax_xyz] = ((c @ per) / mass)[1:N_GROUPS + 1]
             com[mass[1:N_GROUPS + 1] == 0] = np.nan
         else:
             mass, first = self._prob_moments()
@@ -94,20 +96,48 @@ class MaskVolume:
         return com
 
     def _prob_moments(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per group: the probability mass (19,) and its first moments in mm (19, 3), in one pass over
-        the probabilities (a float32 matrix product over x, float64 from there on; relative error
-        ~1e-7 against float64 sums)."""
+        """Per group: the probability mass (19,) and its first moments in mm (19, 3), from two float32
+        sums (over x and over y; each row summed pairwise, relative error ~1e-7), float64 from there
+        on. Their nonzero rows give every group's bounding box (:meth:`_supports`)."""
         if "moments" not in self._cache:
             p = self.prob
             nz, ny, nx = p.shape[1:]
             c = [self.origin[a] + self.spacing[a] * np.arange(n) for a, n in enumerate((nx, ny, nz))]
-            rows = p.reshape(-1, nx) @ np.stack([np.ones(nx), c[0]], 1).astype(np.float32)   # (19*Z*Y, 2)
-            rows = rows.astype(np.float64).reshape(N_GROUPS, nz, ny, 2)
-            zy = rows[..., 0]
+            zy = p.sum(axis=3).astype(np.float64)                    # (19, Z, Y)
+            zx = p.sum(axis=2).astype(np.float64)                    # (19, Z, X)
             mass = zy.sum((1, 2))
-            first = np.stack([rows[..., 1].sum((1, 2)), zy.sum(1) @ c[1], zy.sum(2) @ c[2]], 1)
+            first = np.stack([zx.sum(1) @ c[0], zy.sum(1) @ c[1], zy.sum(2) @ c[2]], 1)
             self._cache["moments"] = (mass, first)
+            self._cache["nonzero_zyx"] = (zy.any(2), zy.any(1), zx.any(1))
         return self._cache["moments"]
+
+    def _supports(self) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """Per group: the (z, y, x) index box [lo, hi) of its nonzero probabilities (None: empty)."""
+        if "supports" not in self._cache:
+            self._prob_moments()
+            boxes = []
+            for k in range(N_GROUPS):
+                hit = [np.nonzero(v[k])[0] for v in self._cache["nonzero_zyx"]]
+                boxes.append(None if any(len(h) == 0 for h in hit) else
+                             (np.array([h[0] for h in hit]), np.array([h[-1] + 1 for h in hit])))
+            self._cache["supports"] = boxes
+        return self._cache["supports"]
+
+    def _pooled_prob(self, f: int, nb: np.ndarray) -> np.ndarray:
+        """Block means of the probabilities by ``f`` (``nb`` blocks, ragged edge dropped), each group
+        only over the blocks that touch its nonzero box (the others are exactly 0): the values of one
+        :func:`_block_mean` over the whole volume, with ~1/20 of the work on the atlas."""
+        out = np.zeros((N_GROUPS,) + tuple(int(v) for v in nb), np.float32)
+        for g, box in enumerate(self._supports()):
+            if box is None:
+                continue
+            lo, hi = box[0] // f, np.minimum(-(-box[1] // f), nb)
+            if np.any(hi <= lo):
+                continue
+            blocks = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+            voxels = tuple(slice(int(a) * f, int(b) * f) for a, b in zip(lo, hi))
+            out[(g,) + blocks] = _block_mean(self.prob[(g,) + voxels], f)
+        return out
 
     def group_span(self) -> str:
         """The groups present, top to bottom by centre of mass: ``vertebrae_C to urinary_bladder``."""
@@ -140,7 +170,7 @@ class MaskVolume:
             cnt = cnt.reshape(int(nb.prod()), N_GROUPS + 1)[:, 1:].T.astype(np.float32) / f ** 3
             prob = np.ascontiguousarray(cnt.reshape((N_GROUPS,) + tuple(nb)))
         else:
-            prob = _block_mean(self.prob[:, :n[0], :n[1], :n[2]], f)
+            prob = self._pooled_prob(f, nb)
         if self.coverage is None:
             cov = np.ones(tuple(nb), np.float32)
         else:
