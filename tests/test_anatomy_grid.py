@@ -3,11 +3,14 @@ there give the MaskVolume that mapping the full-resolution map and resampling it
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import ABDOMEN, CHEST, DICOM, SMALL
 
+import nnunet_ctarr
 from nnunet_ctarr.core.anatomy.grid import GridSampler
 from nnunet_ctarr.core.anatomy.groups import GROUPS, LabelScheme
 from nnunet_ctarr.core.anatomy.label_maps import present_labels
@@ -71,8 +74,12 @@ def test_source_ids_are_mapped_lazily_and_counted_exactly(ts_v2):
 
 def test_present_labels_is_numpys_unique():
     rng = np.random.default_rng(1)
-    for arr in (rng.integers(0, 300, (20, 30, 40)).astype(np.uint16), rng.integers(0, 5, (8, 9, 10)).astype(np.uint8),
-                rng.integers(0, 1 << 20, (5, 6, 7)).astype(np.int32), rng.integers(0, 9, (5, 6, 7)).astype(np.float32)):
+    for arr in (
+        rng.integers(0, 300, (20, 30, 40)).astype(np.uint16),
+        rng.integers(0, 5, (8, 9, 10)).astype(np.uint8),
+        rng.integers(0, 1 << 20, (5, 6, 7)).astype(np.int32),
+        rng.integers(0, 9, (5, 6, 7)).astype(np.float32),
+    ):
         assert np.array_equal(present_labels(arr), np.unique(arr))
 
 
@@ -85,3 +92,18 @@ def test_mask_folder_built_on_the_working_grid(ts_root):
         a, b = anatomy_to_volume(full), anatomy_to_volume(small)
         assert np.array_equal(a.origin, b.origin) and np.array_equal(a.labels, b.labels)
         assert np.array_equal(a.observed, b.observed) and b.labels.any()
+
+
+def test_atlas_file_inflated_by_isal_equals_numpy_and_damage_is_one_line(tmp_path):
+    from nnunet_ctarr.core.anatomy.atlas import DEFAULT_ATLAS, Atlas, read_npz
+    from nnunet_ctarr.core.base.errors import CTARRError
+
+    path = Path(nnunet_ctarr.__file__).parent / "resources" / DEFAULT_ATLAS
+    ours, ref = read_npz(path), np.load(path)
+    assert sorted(ours) == sorted(ref.files)
+    assert all(np.array_equal(ours[k], ref[k]) for k in ref.files)
+    data = bytearray(path.read_bytes())
+    data[5000] ^= 0xFF  # inside the deflated probabilities
+    (tmp_path / "bad.npz").write_bytes(bytes(data))
+    with pytest.raises(CTARRError, match="cannot load atlas .*bad.npz"):
+        Atlas.load(tmp_path / "bad.npz")
