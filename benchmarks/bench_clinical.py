@@ -20,6 +20,7 @@ Cases (written once into ``--work``; in-sample: both subjects built the atlas):
   (C5..L3, whole z range) on top of the abdomen's part below its L3 vertebra (L4 to the femur),
   each moved so its x/y centre is the grid's centre; CT linear, maps nearest. Two patients, so
   the anatomy is not one body, but every group sits where a trunk scan has it.
+* ``chest_3mm``: the bundled 3 mm chest (the resolution of the cohort benchmark), for comparison.
 
 Runs: the console command ``nnUNetv2_ctarr_crop -i <case> -anatomy_seg <map> -r R -o out`` as a
 subprocess (start-up included), for ``-r all`` and single regions (``liver``, ``lungs``), new and old
@@ -59,7 +60,7 @@ ABDOMEN = (
     ROOT / "examples/data/totalseg_example/example_ct.nii.gz",
     ROOT / "examples/data/totalseg_example/example_ct_totalseg_v2.nii.gz",
 )
-CASES = ("chest_native", "chest_1mm", "abdomen_0p8", "trunk")
+CASES = ("chest_native", "chest_1mm", "abdomen_0p8", "trunk", "chest_3mm")
 REGION_RUNS = (("all",), ("liver",), ("lungs",))
 
 
@@ -97,8 +98,15 @@ def make_case(name: str, folder: Path) -> Path:
         return out
     (out / "image").mkdir(parents=True, exist_ok=True)
     (out / "anatomy").mkdir(exist_ok=True)
-    if name == "chest_native":
-        img, lab = CHEST
+    if name in ("chest_native", "chest_3mm"):
+        img, lab = (
+            CHEST
+            if name == "chest_native"
+            else (
+                ROOT / "examples/data/chest_lidc/chest_ct_3mm.nii.gz",
+                ROOT / "examples/data/chest_lidc/chest_ct_3mm_totalseg_v2.nii.gz",
+            )
+        )
         shutil.copy(img, out / "image" / f"{name}.nii.gz")
         shutil.copy(lab, out / "anatomy" / f"{name}.nii.gz")
         return out
@@ -235,6 +243,67 @@ def _median(runs: list[dict]) -> dict:
     }
 
 
+def render(result: dict) -> str:
+    """Markdown tables of a result (docs/benchmarks.md)."""
+    stages = (
+        "read_image",
+        "read_anatomy_labels",
+        "registration",
+        "registration_anatomy_to_grid",
+        "registration_landmarks",
+        "registration_refinement",
+    )
+    lines = [
+        f"old = {result['old']}, new = {result['new']}; medians of {result['repeats']} runs each, "
+        "old and new interleaved; load = 1-min load average before each new run",
+        "",
+        "| case | size (spacing mm) | -r | wall old | wall new | new/old | peak MB old / new | crops identical "
+        "| load |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, c in result["cases"].items():
+        for regions, r in c["runs"].items():
+            sp = "x".join(f"{v:g}" for v in c["spacing_xyz"])
+            lines.append(
+                f"| {name} | {'x'.join(map(str, c['size_xyz']))} ({sp}) | {regions} | {r['old']['wall_s']:.2f} "
+                f"| {r['new']['wall_s']:.2f} | {r['ratio_wall']:.2f} | {r['old']['peak_rss_mb']:.0f} / "
+                f"{r['new']['peak_rss_mb']:.0f} | {'yes' if r['crops_identical'] else 'NO'} "
+                f"| {', '.join(f'{v:.1f}' for v in r['new']['load_avg_1min'])} |"
+            )
+    lines += [
+        "",
+        "Per-stage seconds (sidecar, median), `-r all`, old -> new:",
+        "",
+        "| case | " + " | ".join(s.replace("registration_", "reg. ") for s in stages) + " |",
+        "|---|" + "---|" * len(stages),
+    ]
+    for name, c in result["cases"].items():
+        r = c["runs"]["all"]
+        lines.append(
+            f"| {name} | "
+            + " | ".join(
+                f"{r['old']['stages_s'].get(s, 0):.3f} -> {r['new']['stages_s'].get(s, 0):.3f}" for s in stages
+            )
+            + " |"
+        )
+    lines += [
+        "",
+        "Writing the crops of `-r all` in-process (seconds / MB on disk):",
+        "",
+        "| case | crops (raw MB) | SimpleITK | ISA-L 0, 1 thread | 1 | 2 | 3 | level 2, 2 threads | .nii |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, c in result["cases"].items():
+        w = c["writes"]
+        cell = lambda k, w=w: f"{w[k]['s']:.2f} / {w[k]['mb']:.0f}"
+        lines.append(
+            f"| {name} | {w['n_crops']} ({w['raw_mb']:.0f}) | {cell('simpleitk')} | {cell('isal_l0_t1')} | "
+            f"{cell('isal_l1_t1')} | {cell('isal_l2_t1')} | {cell('isal_l3_t1')} | {cell('isal_l2_t2')} | "
+            f"{cell('uncompressed_t2')} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--old", default="/tmp/old", help="worktree of the previous release (with .venv)")
@@ -242,7 +311,11 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="folder for cases and outputs (default: a temporary one)")
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=CASES)
     ap.add_argument("--out", default=str(ROOT / "docs" / "benchmark_clinical.json"))
+    ap.add_argument("--markdown", action="store_true", help="print the tables of --out and stop")
     args = ap.parse_args()
+    if args.markdown:
+        print(render(json.loads(Path(args.out).read_text())))
+        return
     exes = {
         "new": Path(sys.executable).parent / "nnUNetv2_ctarr_crop",
         "old": Path(args.old) / ".venv" / "bin" / "nnUNetv2_ctarr_crop",
@@ -290,7 +363,8 @@ def main() -> None:
             if regions == ("all",):
                 entry["writes"] = write_timings(case, work / "out" / name / "new")
         result["cases"][name] = entry
-    Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n")  # after each case: kept if stopped
+    print(render(result))
     print(f"-> {args.out}")
 
 
