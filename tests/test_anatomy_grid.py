@@ -3,6 +3,7 @@ there give the MaskVolume that mapping the full-resolution map and resampling it
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import SimpleITK as sitk
 from conftest import ABDOMEN, CHEST, DICOM, SMALL
 
 import nnunet_ctarr
-from nnunet_ctarr.core.anatomy.grid import GridSampler
+from nnunet_ctarr.core.anatomy.grid import GridSampler, sample_nearest
 from nnunet_ctarr.core.anatomy.groups import GROUPS, LabelScheme
 from nnunet_ctarr.core.anatomy.label_maps import present_labels
 from nnunet_ctarr.core.anatomy.masks import AnatomyMasks, load_anatomy, load_mask_folder
@@ -23,7 +24,7 @@ from nnunet_ctarr.core.base.geometry import Geometry
 def _reference(groups: sitk.Image, spacing: float = 3.0) -> tuple[np.ndarray, np.ndarray]:
     """(origin, labels) the way the registration grid was made before: the full-resolution group map
     reoriented to LPS and resampled nearest-neighbour by SimpleITK (kept as is on an LPS 3 mm grid)."""
-    lab = sitk.DICOMOrient(sitk.Cast(groups, sitk.sitkUInt8), "LPS")
+    lab = sitk.DICOMOrient(groups, "LPS")
     if np.allclose(lab.GetDirection(), np.eye(3).ravel(), atol=1e-6) and np.allclose(lab.GetSpacing(), spacing):
         return np.array(lab.GetOrigin()), sitk.GetArrayFromImage(lab)
     grid = Geometry.of(lab).resampling_grid(spacing).to_reference()
@@ -50,11 +51,30 @@ def test_working_grid_equals_simpleitk_resampling(path, ts_v2):
         assert np.array_equal(vol.labels, labels), (path.name, code)
 
 
+def test_picks_equal_simpleitks_on_every_orientation_and_half_voxel_ties():
+    """Grids like 0.8 mm -> 3 mm put grid points exactly half-way between voxels (every 4th point):
+    the voxel picked there is the one SimpleITK picks, in every stored orientation."""
+    rng = np.random.default_rng(0)
+    for perm in itertools.permutations(range(3)):
+        for signs in itertools.product([1, -1], repeat=3):
+            for spacing in ((0.8, 0.8, 1.5), (0.703125, 0.703125, 2.5)):
+                d = np.zeros((3, 3))
+                d[list(perm), [0, 1, 2]] = signs
+                size = [int(v) for v in rng.integers(16, 40, 3)]
+                img = sitk.GetImageFromArray(rng.integers(1, 250, size[::-1]).astype(np.uint8))
+                img.SetDirection(d.ravel().tolist())
+                img.SetSpacing(spacing)
+                img.SetOrigin((rng.integers(-300, 300, 3) * 0.5).tolist())
+                grid, picked = sample_nearest(img)
+                origin, labels = _reference(img)
+                assert np.array_equal(grid.origin, origin) and np.array_equal(picked, labels), (perm, signs, spacing)
+
+
 def test_oblique_map_is_resampled_by_simpleitk(ts_v2):
     img = sitk.ReadImage(str(SMALL[1]))
     c, s = np.cos(0.2), np.sin(0.2)
     img.SetDirection((c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
-    assert GridSampler.for_geometry(Geometry.of(img)) is None
+    assert GridSampler.for_image(img) is None
     vol = anatomy_to_volume(AnatomyMasks.from_label_image(img, ts_v2, WarningLog(), "t"))
     origin, labels = _reference(_groups_eagerly(img, ts_v2))
     assert np.allclose(vol.origin, origin) and np.array_equal(vol.labels, labels)
@@ -86,12 +106,12 @@ def test_present_labels_is_numpys_unique():
 def test_mask_folder_built_on_the_working_grid(ts_root):
     """Every mask picked onto the 3 mm grid as it is read: the same MaskVolume as the full-resolution
     group map resampled afterwards."""
-    for subject in ("s0001", "s0002"):
-        full = load_mask_folder(ts_root / subject / "segmentations", WarningLog())
-        small = load_mask_folder(ts_root / subject / "segmentations", WarningLog(), spacing=3.0)
-        a, b = anatomy_to_volume(full), anatomy_to_volume(small)
-        assert np.array_equal(a.origin, b.origin) and np.array_equal(a.labels, b.labels)
-        assert np.array_equal(a.observed, b.observed) and b.labels.any()
+    folder = ts_root / "s0001" / "segmentations"  # the abdomen, stored with x and y reversed
+    full = load_mask_folder(folder, WarningLog())
+    small = load_mask_folder(folder, WarningLog(), spacing=3.0)
+    a, b = anatomy_to_volume(full), anatomy_to_volume(small)
+    assert np.array_equal(a.origin, b.origin) and np.array_equal(a.labels, b.labels)
+    assert np.array_equal(a.observed, b.observed) and b.labels.any()
 
 
 def test_atlas_file_inflated_by_isal_equals_numpy_and_damage_is_one_line(tmp_path):

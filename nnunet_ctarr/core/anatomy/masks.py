@@ -93,7 +93,7 @@ def load_mask_folder(folder: Path, warnings: WarningLog, spacing: float | None =
         raise CTARRError(f"{folder}: none of the {len(files)} mask names is a structure CTARR knows "
                          "(expected TotalSegmentator names like liver.nii.gz, vertebrae_L1.nii.gz)")
     ref = read_image(next(iter(known.values())))
-    sampler = GridSampler.for_geometry(Geometry.of(ref), spacing) if spacing else None
+    sampler = GridSampler.for_image(ref, spacing) if spacing else None
     pick = sampler.sample if sampler is not None else (lambda a: a)
     groups = np.zeros(sampler.grid.shape_zyx if sampler is not None else sitk.GetArrayViewFromImage(ref).shape,
                       np.uint8)
