@@ -27,8 +27,9 @@ subprocess (start-up included), for ``-r all`` and single regions (``liver``, ``
 interleaved, ``--repeats`` times each; the medians are reported. Per run: wall seconds, peak
 resident memory (``wait4``), the sidecar's per-stage seconds, the load average before the run.
 Checks: every crop of the new run equals the old run's voxel for voxel with the same geometry.
-Writes: per case, the crops of ``-r all`` written in-process with SimpleITK (as the old release),
-and with :func:`nnunet_ctarr.core.base.nifti.write_images` at each ISA-L level with 1 and 2 threads.
+Writes: per case, the crops of ``-r all`` written in-process with SimpleITK (sliced, as the old
+release), with :func:`nnunet_ctarr.core.base.nifti.write_images` of the sliced crops at each ISA-L
+level, and of :class:`~nnunet_ctarr.core.base.nifti.Crop` boxes (streamed, no slicing), 1 and 2 threads.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ import SimpleITK as sitk
 from nnunet_ctarr.core.anatomy.groups import LabelScheme
 from nnunet_ctarr.core.base.geometry import Geometry
 from nnunet_ctarr.core.base.images import read_image
-from nnunet_ctarr.core.base.nifti import LEVELS, write_images
+from nnunet_ctarr.core.base.nifti import LEVELS, Crop, write_images
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("CTARR_SHARED_DATA", "/work/shared/data"))
@@ -204,31 +205,55 @@ def same_crops(a: Path, b: Path) -> list[str]:
     return diffs
 
 
+def _crop_boxes(image: sitk.Image, out: Path) -> list[tuple[tuple, tuple]]:
+    """The index boxes of the images one ``-r all`` output folder holds (the whole image for a region
+    written whole)."""
+    side = json.loads(next(out.glob("*.ctarr.json")).read_text())
+    boxes = []
+    for entry in side["regions"].values():
+        for o in entry["outputs"]:
+            if o.get("box") is None:
+                boxes.append(((0, 0, 0), tuple(image.GetSize())))
+            else:
+                b = entry["boxes"][o["box"]]
+                boxes.append((tuple(b["index_start_xyz"]), tuple(b["index_stop_xyz"])))
+    return boxes
+
+
 def write_timings(case: Path, out: Path) -> dict:
-    """The crops of one ``-r all`` output written in-process: SimpleITK vs write_images."""
-    crops = [read_image(p) for p in sorted(out.glob("*.nii.gz"))]
-    raw_mb = sum(np.prod(c.GetSize()) * sitk.GetArrayViewFromImage(c).itemsize for c in crops) / 1e6
-    res = {"n_crops": len(crops), "raw_mb": round(float(raw_mb), 1)}
+    """The crops of one ``-r all`` output written in-process: SimpleITK (slice + write, as the old
+    release), write_images of the sliced crops (ISA-L levels, 1 and 2 threads), and of Crop boxes
+    streamed from the image (no slicing)."""
+    image = read_image(next((case / "image").iterdir()))
+    boxes = _crop_boxes(image, out)
+    itemsize = sitk.GetArrayViewFromImage(image).itemsize
+    raw_mb = sum(np.prod(np.subtract(b, a)) for a, b in boxes) * itemsize / 1e6
+    res = {"n_crops": len(boxes), "raw_mb": round(float(raw_mb), 1)}
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         tmp = Path(tmp)
-        t = time.perf_counter()
-        for i, c in enumerate(crops):
-            sitk.WriteImage(c, str(tmp / f"s{i}.nii.gz"))
-        res["simpleitk"] = {
-            "s": round(time.perf_counter() - t, 3),
-            "mb": round(sum(p.stat().st_size for p in tmp.glob("s*")) / 1e6, 1),
-        }
+
+        def timed(key: str, write, prefix: str) -> None:
+            t = time.perf_counter()
+            write()
+            mb = sum(p.stat().st_size for p in tmp.glob(f"{prefix}*")) / 1e6
+            res[key] = {"s": round(time.perf_counter() - t, 3), "mb": round(mb, 1)}
+
+        def sliced():
+            return [image[tuple(slice(a, b) for a, b in zip(lo, hi))] for lo, hi in boxes]
+
+        def isal(prefix, level, threads, crops):
+            return lambda: write_images(
+                [(c, tmp / f"{prefix}{i}.nii.gz") for i, c in enumerate(crops())], level, threads
+            )
+
+        timed("simpleitk", lambda: [sitk.WriteImage(c, str(tmp / f"s{i}.nii.gz")) for i, c in enumerate(sliced())], "s")
         for level in LEVELS:
-            for threads in (1, 2):
-                t = time.perf_counter()
-                write_images([(c, tmp / f"i{i}.nii.gz") for i, c in enumerate(crops)], level, threads)
-                res[f"isal_l{level}_t{threads}"] = {
-                    "s": round(time.perf_counter() - t, 3),
-                    "mb": round(sum(p.stat().st_size for p in tmp.glob("i*")) / 1e6, 1),
-                }
-        t = time.perf_counter()
-        write_images([(c, tmp / f"u{i}.nii") for i, c in enumerate(crops)], 2, 2)
-        res["uncompressed_t2"] = {"s": round(time.perf_counter() - t, 3), "mb": round(raw_mb, 1)}
+            timed(f"isal_l{level}_t1", isal(f"i{level}_", level, 1, sliced), f"i{level}_")
+        timed("isal_l2_t2", isal("j", 2, 2, sliced), "j")
+        boxed = lambda: [Crop(image, lo, hi) for lo, hi in boxes]
+        timed("crop_l2_t1", isal("k", 2, 1, boxed), "k")
+        timed("crop_l2_t2", isal("m", 2, 2, boxed), "m")
+        timed("crop_nii_t2", lambda: write_images([(c, tmp / f"u{i}.nii") for i, c in enumerate(boxed())], 2, 2), "u")
     return res
 
 
@@ -288,19 +313,28 @@ def render(result: dict) -> str:
         )
     lines += [
         "",
-        "Writing the crops of `-r all` in-process (seconds / MB on disk):",
+        "Writing the crops of `-r all` in-process (seconds / MB on disk; sliced: `image[box]` copies first, "
+        "Crop: streamed from the image):",
         "",
-        "| case | crops (raw MB) | SimpleITK | ISA-L 0, 1 thread | 1 | 2 | 3 | level 2, 2 threads | .nii |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| case | crops (raw MB) | SimpleITK | ISA-L 0 | 1 | 2 | 3 | 2, 2 threads | Crop, 2 | Crop, 2, 2 threads "
+        "| Crop .nii, 2 threads |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    keys = (
+        "simpleitk",
+        "isal_l0_t1",
+        "isal_l1_t1",
+        "isal_l2_t1",
+        "isal_l3_t1",
+        "isal_l2_t2",
+        "crop_l2_t1",
+        "crop_l2_t2",
+        "crop_nii_t2",
+    )
     for name, c in result["cases"].items():
         w = c["writes"]
-        cell = lambda k, w=w: f"{w[k]['s']:.2f} / {w[k]['mb']:.0f}"
-        lines.append(
-            f"| {name} | {w['n_crops']} ({w['raw_mb']:.0f}) | {cell('simpleitk')} | {cell('isal_l0_t1')} | "
-            f"{cell('isal_l1_t1')} | {cell('isal_l2_t1')} | {cell('isal_l3_t1')} | {cell('isal_l2_t2')} | "
-            f"{cell('uncompressed_t2')} |"
-        )
+        cells = " | ".join(f"{w[k]['s']:.2f} / {w[k]['mb']:.0f}" for k in keys)
+        lines.append(f"| {name} | {w['n_crops']} ({w['raw_mb']:.0f}) | {cells} |")
     return "\n".join(lines)
 
 

@@ -16,7 +16,7 @@ from conftest import CHEST
 
 from nnunet_ctarr.core.base.errors import CTARRError
 from nnunet_ctarr.core.base.images import read_image, write_image
-from nnunet_ctarr.core.base.nifti import LEVELS, write_images, write_nifti
+from nnunet_ctarr.core.base.nifti import LEVELS, Crop, write_images, write_nifti
 
 PIXEL_TYPES = [
     sitk.sitkUInt8,
@@ -96,6 +96,26 @@ def test_a_read_image_with_its_metadata_and_nibabel_read_back(tmp_path):
         assert np.array_equal(np.asanyarray(b.dataobj), np.asanyarray(a.dataobj))
 
 
+def test_crops_streamed_from_the_image_equal_simpleitks_crops(tmp_path):
+    """A Crop (an index box, never copied) is written as SimpleITK writes ``image[box]``: the native
+    chest with its metadata, and stored orientations with every axis order and sense."""
+    rng = np.random.default_rng(3)
+    images = [read_image(CHEST[0])]
+    for k, direction in enumerate(_directions(rng)[::7]):
+        images.append(_image(rng, PIXEL_TYPES[k % len(PIXEL_TYPES)], direction))
+    for k, img in enumerate(images):
+        size = np.array(img.GetSize())
+        start = rng.integers(0, size)
+        stop = np.minimum(size, start + rng.integers(1, size + 1))
+        box = tuple(slice(int(a), int(b)) for a, b in zip(start, stop))
+        ref, new = tmp_path / f"c{k}_ref.nii.gz", tmp_path / f"c{k}.nii.gz"
+        sitk.WriteImage(img[box], str(ref))
+        write_nifti(Crop(img, tuple(start), tuple(stop)), new)
+        assert _content(new) == _content(ref), (k, start, stop)
+    with pytest.raises(CTARRError, match="does not lie inside"):
+        Crop(images[0], (0, 0, 0), (10, 10, 200))
+
+
 def test_2d_4d_and_vector_images(tmp_path):
     for dim in (2, 4):
         img = sitk.GetImageFromArray(np.arange(3**dim, dtype=np.int16).reshape([3] * dim), isVector=False)
@@ -135,7 +155,8 @@ def test_levels_uncompressed_and_nnunet_reads_it(tmp_path):
 
 def test_threads_write_the_same_files_atomically_with_the_umask(tmp_path):
     img = read_image(CHEST[0])
-    crops = [img[i * 10 : i * 10 + 50, 20:90, :] for i in range(6)] + [img > 0]
+    crops = [img[i * 10 : i * 10 + 50, 20:90, :] for i in range(3)] + [img > 0]
+    crops += [Crop(img, (i * 10, 20, 0), (i * 10 + 50, 90, img.GetSize()[2])) for i in range(3)]
     seq, par = tmp_path / "seq", tmp_path / "par"
     write_images([(c, seq / f"c{i}.nii.gz") for i, c in enumerate(crops)], threads=1)
     old = os.umask(0o027)
@@ -149,6 +170,8 @@ def test_threads_write_the_same_files_atomically_with_the_umask(tmp_path):
     assert sorted(p.name for p in par.iterdir()) == [f"c{i}.nii.gz" for i in range(len(crops))]  # no temp files
     write_images([(crops[0], par / "c.mha")], threads=2)  # other formats: SimpleITK
     assert sitk.ReadImage(str(par / "c.mha")).GetSize() == crops[0].GetSize()
+    write_images([(crops[-1], par / "box.mha")], threads=1)  # a Crop too
+    assert sitk.ReadImage(str(par / "box.mha")).GetSize() == crops[0].GetSize()
 
 
 def test_write_errors_are_one_line(tmp_path):

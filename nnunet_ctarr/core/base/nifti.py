@@ -15,8 +15,10 @@ pixel types and orientations). Vector and complex images are written by SimpleIT
 from __future__ import annotations
 
 import gzip
+import itertools
 import struct
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -40,17 +42,46 @@ def is_nifti(path: str | Path) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
 
 
+@dataclass(frozen=True)
+class Crop:
+    """The half-open index box ``[start_xyz, stop_xyz)`` of ``image``, to be written as the image
+    ``image[x0:x1, y0:y1, z0:z1]`` would be, without that copy: its voxels are streamed from the
+    image's buffer slab by slab (11 crops of the 512x512x133 chest: 0.04 s instead of 0.34 s)."""
+    image: sitk.Image
+    start_xyz: tuple[int, ...]
+    stop_xyz: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        size = self.image.GetSize()
+        if not (len(self.start_xyz) == len(self.stop_xyz) == len(size) and all(
+                0 <= a < b <= n for a, b, n in zip(self.start_xyz, self.stop_xyz, size))):
+            raise CTARRError(f"crop box {list(self.start_xyz)}..{list(self.stop_xyz)} does not lie inside the "
+                             f"image of size {list(size)}")
+
+    @property
+    def size(self) -> tuple[int, ...]:
+        return tuple(int(b - a) for a, b in zip(self.start_xyz, self.stop_xyz))
+
+    def corner(self) -> sitk.Image:
+        """The box's first voxel as SimpleITK slices it (the crop's pixel type, geometry and metadata)."""
+        return self.image[tuple(slice(int(a), int(a) + 1) for a in self.start_xyz)]
+
+    def image_crop(self) -> sitk.Image:
+        return self.image[tuple(slice(int(a), int(b)) for a, b in zip(self.start_xyz, self.stop_xyz))]
+
+
 def _fast_path(img: sitk.Image) -> bool:
     """Scalar images within NIfTI-1's dimensions: their voxel buffer is the file's data block as it is."""
     return (img.GetNumberOfComponentsPerPixel() == 1 and max(img.GetSize()) <= 32767
             and img.GetPixelID() not in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64))
 
 
-def sitk_header(img: sitk.Image, scratch: str | Path) -> bytes:
-    """The bytes SimpleITK writes before the voxels of ``img`` (header, extension flag, any
-    extensions), from a 2x2x2 image of the same pixel type, geometry and metadata written to
-    ``scratch`` (a ``.nii`` or ``.nii.gz`` path that the caller owns and overwrites), with the
-    dimensions set to the image's (the ``dim`` field, at byte 40; nothing else differs)."""
+def sitk_header(img: sitk.Image, scratch: str | Path, size: tuple[int, ...] | None = None) -> bytes:
+    """The bytes SimpleITK writes before the voxels of an image with ``img``'s pixel type, geometry
+    and metadata and ``size`` (default ``img``'s): header, extension flag, any extensions. SimpleITK
+    writes a 2x2x2 such image to ``scratch`` (a ``.nii`` or ``.nii.gz`` path that the caller owns and
+    overwrites); then the ``dim`` field (byte 40) is set to ``size``, nothing else differs."""
+    size = img.GetSize() if size is None else size
     small = sitk.Image([2] * img.GetDimension(), img.GetPixelID())
     small.SetSpacing(img.GetSpacing())
     small.SetOrigin(img.GetOrigin())
@@ -62,31 +93,41 @@ def sitk_header(img: sitk.Image, scratch: str | Path) -> bytes:
     with opener(scratch, "rb") as f:
         head = bytearray(f.read())
     endian = "<" if struct.unpack_from("<i", head, 0)[0] == 348 else ">"
-    struct.pack_into(f"{endian}{img.GetDimension()}h", head, 42, *img.GetSize())
+    struct.pack_into(f"{endian}{len(size)}h", head, 42, *size)
     return bytes(head[:int(struct.unpack_from(f"{endian}f", head, 108)[0])])
 
 
-def _write_nifti_file(img: sitk.Image, tmp: str, compressed: bool, level: int) -> None:
-    """The header SimpleITK writes, then the voxel buffer (deflated into one gzip member when
+def _slabs(source: sitk.Image | Crop):
+    """The voxel bytes in NIfTI order (x fastest), in slabs of about ``_CHUNK`` bytes."""
+    if isinstance(source, Crop):
+        box = tuple(slice(int(a), int(b)) for a, b in zip(source.start_xyz[::-1], source.stop_xyz[::-1]))
+        arr = sitk.GetArrayViewFromImage(source.image)[box]
+    else:
+        arr = sitk.GetArrayViewFromImage(source)
+    step = max(1, _CHUNK // max(1, arr[:1].nbytes))
+    for k in range(0, len(arr), step):
+        yield memoryview(np.ascontiguousarray(arr[k:k + step])).cast("B")
+
+
+def _write_nifti_file(source: sitk.Image | Crop, tmp: str, compressed: bool, level: int) -> None:
+    """The header SimpleITK writes, then the voxels (deflated into one gzip member when
     ``compressed``); ``tmp`` also holds SimpleITK's small header file first."""
-    head = sitk_header(img, tmp)
-    data = memoryview(np.ascontiguousarray(sitk.GetArrayViewFromImage(img))).cast("B")
+    if isinstance(source, Crop):
+        head = sitk_header(source.corner(), tmp, source.size)
+    else:
+        head = sitk_header(source, tmp)
     with open(tmp, "wb") as f:
-        if not compressed:
-            f.write(head)
-            f.write(data)
-            return
-        comp = isal_zlib.compressobj(level, isal_zlib.DEFLATED, 31)      # wbits 31: gzip, mtime 0, no name
-        f.write(comp.compress(head))
-        for start in range(0, len(data), _CHUNK):
-            f.write(comp.compress(data[start:start + _CHUNK]))
-        f.write(comp.flush())
+        comp = isal_zlib.compressobj(level, isal_zlib.DEFLATED, 31) if compressed else None  # gzip, mtime 0
+        for chunk in itertools.chain([head], _slabs(source)):
+            f.write(comp.compress(chunk) if comp else chunk)
+        if comp:
+            f.write(comp.flush())
 
 
-def write_nifti(img: sitk.Image, path: str | Path, level: int = DEFAULT_LEVEL) -> None:
-    """Write ``img`` to ``path`` (``.nii.gz``: gzip at ISA-L ``level`` 0-3; ``.nii``: uncompressed)
-    atomically, with the umask's permissions; the file reads back in SimpleITK and nibabel with the
-    voxels and geometry SimpleITK's own writer gives."""
+def write_nifti(source: sitk.Image | Crop, path: str | Path, level: int = DEFAULT_LEVEL) -> None:
+    """Write an image or a :class:`Crop` of one to ``path`` (``.nii.gz``: gzip at ISA-L ``level``
+    0-3; ``.nii``: uncompressed) atomically, with the umask's permissions; the file reads back in
+    SimpleITK and nibabel with the voxels and geometry SimpleITK's own writer gives."""
     path = Path(path)
     if not is_nifti(path):
         raise CTARRError(f"cannot write {path}: not a NIfTI file name (.nii or .nii.gz)")
@@ -94,32 +135,35 @@ def write_nifti(img: sitk.Image, path: str | Path, level: int = DEFAULT_LEVEL) -
         raise CTARRError(f"compression level {level} is not one of {list(LEVELS)} (ISA-L levels)")
     compressed = path.name.lower().endswith(".gz")
     suffix = ".nii.gz" if compressed else ".nii"
+    img = source.image if isinstance(source, Crop) else source
     if not _fast_path(img):
-        atomic_write(path, suffix, lambda tmp: sitk.WriteImage(img, tmp, compressed))
+        whole = source.image_crop() if isinstance(source, Crop) else source
+        atomic_write(path, suffix, lambda tmp: sitk.WriteImage(whole, tmp, compressed))
         return
-    atomic_write(path, suffix, lambda tmp: _write_nifti_file(img, tmp, compressed, level))
+    atomic_write(path, suffix, lambda tmp: _write_nifti_file(source, tmp, compressed, level))
 
 
-def save_image(img: sitk.Image, path: str | Path, level: int = DEFAULT_LEVEL, compress: bool = True) -> None:
+def save_image(source: sitk.Image | Crop, path: str | Path, level: int = DEFAULT_LEVEL, compress: bool = True) -> None:
     """Any image file, atomically with the umask's permissions: NIfTI by :func:`write_nifti`, other
     formats (``.nrrd``, ``.mha``, ...) by SimpleITK (``compress``: its own compression)."""
     path = Path(path)
     if is_nifti(path):
-        write_nifti(img, path, level)
+        write_nifti(source, path, level)
         return
+    img = source.image_crop() if isinstance(source, Crop) else source
     ext = next((e for e in IMAGE_EXTENSIONS if path.name.lower().endswith(e)), path.suffix)
     atomic_write(path, ext, lambda tmp: sitk.WriteImage(img, tmp, compress))
 
 
-def write_images(pairs: list[tuple[sitk.Image, Path]], level: int = DEFAULT_LEVEL, threads: int = 2) -> None:
-    """Write several images (e.g. the crops of one case) in ``threads`` threads (the deflate
-    releases the GIL: ~1.9x on 2 cores). Every write ends before the first error, if any, is
-    raised; files already written stay (the caller removes them, as for one write)."""
+def write_images(pairs: list[tuple[sitk.Image | Crop, Path]], level: int = DEFAULT_LEVEL, threads: int = 2) -> None:
+    """Write several images or crops (e.g. the crops of one case) in ``threads`` threads (the deflate
+    releases the GIL). Every write ends before the first error, if any, is raised; files already
+    written stay (the caller removes them, as for one write)."""
     if threads <= 1 or len(pairs) <= 1:
-        for img, path in pairs:
-            save_image(img, path, level)
+        for src, path in pairs:
+            save_image(src, path, level)
         return
     with ThreadPoolExecutor(min(threads, len(pairs))) as pool:
-        futures = [pool.submit(save_image, img, path, level) for img, path in pairs]
+        futures = [pool.submit(save_image, src, path, level) for src, path in pairs]
     for fut in futures:
         fut.result()
