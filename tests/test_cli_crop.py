@@ -60,14 +60,15 @@ def test_single_case_with_labels_and_qc(tmp_path):
     assert len(t["translation_mm_xyz"]) == 3
     assert 0 < side["registration"]["registration_dice"] <= 1
     kid = side["regions"]["kidneys"]
-    assert kid["trusted"] is True and kid["mode"] == "crop" and not kid["trust"]["reasons"]
+    assert side["schema"] == 2 and side["command"] == "crop"
+    assert kid["trusted"] is True and kid["status"] == "cropped" and not kid["reasons"] and not kid["why"]
     for b in kid["boxes"]:
         assert len(b["index_start_xyz"]) == 3
         assert len(b["world_min_mm_lps"]) == 3
         assert all(s < e for s, e in zip(b["index_start_xyz"], b["index_stop_xyz"]))
     assert {"read_image", "read_anatomy_labels", "registration"} <= set(side["seconds"])
     assert kid["seconds"] > 0
-    assert side["versions"]["atlas_id"] == kid["region"]["atlas_id"]
+    assert side["versions"]["atlas_id"] == kid["definition"]["atlas_id"]
     # the crops are where the sidecar says
     src = sitk.ReadImage(str(ABDOMEN[0]))
     crop = sitk.ReadImage(str(out / "example_ct_kidneys_box0.nii.gz"))
@@ -154,7 +155,7 @@ def test_missing_and_corrupt_inputs(tmp_path):
 
 
 def _untrusted_whole_image(r, out, case: str, needle: str) -> None:
-    """Default --on_untrusted full: exit 1, the reason on one line, the whole image under the crop's name."""
+    """Default --on_untrusted whole: exit 1, the reason on one line, the whole image under the crop's name."""
     assert r.returncode == 1, r.stderr
     assert "Traceback" not in r.stderr
     line = r.stdout.strip().splitlines()[-1]
@@ -163,7 +164,8 @@ def _untrusted_whole_image(r, out, case: str, needle: str) -> None:
     whole = sitk.ReadImage(str(out / f"{case}_liver.nii.gz"))
     assert whole.GetSize() == src.GetSize() and np.allclose(whole.GetOrigin(), src.GetOrigin())
     side = json.loads((out / f"{case}.ctarr.json").read_text())["regions"]["liver"]
-    assert side["trusted"] is False and side["mode"] == "full" and needle in side["trust"]["reasons"][0]
+    assert side["trusted"] is False and side["status"] == "untrusted: whole image" and needle in side["reasons"][0]
+    assert side["outputs"] == [{"images": [f"{case}_liver.nii.gz"], "box": None, "labels": None}]
 
 
 def test_anatomy_from_another_scan_is_untrusted(tmp_path):
@@ -184,19 +186,26 @@ def test_sparse_anatomy_policies(tmp_path):
     assert r.returncode == 1 and "nothing written" in r.stdout
     assert [p.name for p in (tmp_path / "skip").iterdir()] == ["example_ct.ctarr.json"]  # only why
     side = json.loads((tmp_path / "skip" / "example_ct.ctarr.json").read_text())
-    assert side["regions"]["liver"]["mode"] == "skip" and side["regions"]["liver"]["trusted"] is False
-    r = run_cli([*args, "-o", str(tmp_path / "crop"), "-on_untrusted", "crop"])  # no transform: nothing to crop
-    _one_line_error(r, "cannot crop")
-    assert not any((tmp_path / "crop").iterdir())
+    assert side["regions"]["liver"]["status"] == "untrusted: skipped" and side["regions"]["liver"]["trusted"] is False
+    r = run_cli([*args, "-o", str(tmp_path / "crop"), "-on_untrusted", "anyway"])  # no transform: nothing to crop
+    assert r.returncode == 1 and "nothing written" in r.stdout, r.stdout + r.stderr
+    assert "no box inside the image to crop anyway" in r.stderr
+    assert [p.name for p in (tmp_path / "crop").iterdir()] == ["example_ct.ctarr.json"]
 
 
 def test_region_outside_the_field_of_view_writes_nothing_but_the_sidecar(tmp_path):
+    """Not in view is a verdict of a trusted localisation, not an error: exit 0, one line, the sidecar says why."""
     out = tmp_path / "o"
     r = run_cli(["-i", str(CHEST[0]), "--anatomy_seg", str(CHEST[1]), "-r", "urinary_bladder", "-o", str(out)])
-    _one_line_error(r, "outside the field of view")
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert r.stdout.strip() == (
+        "chest_ct_3mm: outside the field of view (region 'urinary_bladder' lies entirely outside the field of "
+        "view); nothing written"
+    )
     assert [p.name for p in out.iterdir()] == ["chest_ct_3mm.ctarr.json"]
     entry = json.loads((out / "chest_ct_3mm.ctarr.json").read_text())["regions"]["urinary_bladder"]
-    assert entry["mode"] == "outside" and "outside the field of view" in entry["error"]
+    assert entry["status"] == "outside the field of view" and "outside the field of view" in entry["why"]
+    assert entry["trusted"] is True and entry["outputs"] == []
 
 
 def test_non_hu_image_is_refused(tmp_path):
@@ -253,18 +262,18 @@ def test_empty_input_folder_is_one_line_without_itk_noise(tmp_path):
 def test_several_regions_share_one_registration(tmp_path, monkeypatch):
     """-r liver kidneys urinary_bladder: one registration per scan, one sidecar with every region;
     the crops equal those of one-region runs."""
-    from nnunet_ctarr.core.outputs import case_writer as crop_writer
+    from nnunet_ctarr.core import pipeline
 
     calls = []
-    real = crop_writer.locate
-    monkeypatch.setattr(crop_writer, "locate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = pipeline.locate_case
+    monkeypatch.setattr(pipeline, "locate_case", lambda *a, **k: calls.append(1) or real(*a, **k))
     out = tmp_path / "multi"
     abdomen = ["-i", str(ABDOMEN[0]), "--anatomy_seg", str(ABDOMEN[1])]
     code = main([*abdomen, "-r", "liver", "kidneys", "urinary_bladder", "-o", str(out)])
     assert code == 0 and len(calls) == 1
     side = json.loads((out / "example_ct.ctarr.json").read_text())
     assert sorted(side["regions"]) == ["kidneys", "liver", "urinary_bladder"]
-    assert all(e["trusted"] and e["mode"] == "crop" for e in side["regions"].values())
+    assert all(e["trusted"] and e["status"] == "cropped" for e in side["regions"].values())
     single = tmp_path / "single"
     assert main([*abdomen, "-r", "kidneys", "-o", str(single)]) == 0
     for k in (0, 1):
@@ -275,18 +284,18 @@ def test_several_regions_share_one_registration(tmp_path, monkeypatch):
 
 
 def test_all_regions_with_one_outside_the_field_of_view(tmp_path):
-    """-r all on the chest CT: the bladder (outside) is one error line, every other region is written."""
+    """-r all on the chest CT: the bladder (outside) is one line, every other region is written."""
     out = tmp_path / "o"
     r = run_cli(["-i", str(CHEST[0]), "--anatomy_seg", str(CHEST[1]), "-r", "all", "-o", str(out)])
-    assert r.returncode == 1
-    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error")]
-    assert errors == [
-        "error: chest_ct_3mm/urinary_bladder: region 'urinary_bladder' lies entirely outside the field of view; "
-        "nothing written"
-    ]
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not [ln for ln in r.stderr.splitlines() if ln.startswith("error")]
+    assert (
+        "chest_ct_3mm/urinary_bladder: outside the field of view (region 'urinary_bladder' lies entirely outside "
+        "the field of view); nothing written" in r.stdout.splitlines()
+    )
     side = json.loads((out / "chest_ct_3mm.ctarr.json").read_text())["regions"]
-    assert len(side) == 11 and side["urinary_bladder"]["mode"] == "outside"
-    assert side["liver"]["mode"] == "crop" and side["liver"]["trusted"]
+    assert len(side) == 11 and side["urinary_bladder"]["status"] == "outside the field of view"
+    assert side["liver"]["status"] == "cropped" and side["liver"]["trusted"]
     assert (out / "chest_ct_3mm_heart.nii.gz").exists() and not (out / "chest_ct_3mm_urinary_bladder.nii.gz").exists()
 
 
@@ -299,6 +308,76 @@ def test_continue_does_not_redo_a_case_with_nothing_written(tmp_path):
     side = out / "chest_ct_3mm.ctarr.json"
     before = side.stat().st_mtime_ns
     r = run_cli([*args, "--continue"])
-    assert r.returncode == 1, r.stderr  # still not a clean case
+    assert r.returncode == 0, r.stderr  # outside is a clean answer
     assert side.stat().st_mtime_ns == before
     assert "outside the field of view" in r.stderr + r.stdout
+
+
+def test_two_channel_case_is_one_case_cropped_with_the_boxes_of_channel_0(tmp_path):
+    """nnU-Net's CASE_0000 + CASE_0001: one case, every channel cut with the same boxes (located on channel 0)."""
+    imgs, anat = tmp_path / "imgs", tmp_path / "anat"
+    imgs.mkdir(), anat.mkdir()
+    ct = sitk.ReadImage(str(SMALL[0]))
+    sitk.WriteImage(ct, str(imgs / "sm_0000.nii.gz"))
+    sitk.WriteImage(sitk.Cast(ct, sitk.sitkFloat32) * 0.5 + 7.0, str(imgs / "sm_0001.nii.gz"))  # another "channel"
+    shutil.copy(SMALL[1], anat / "sm.nii.gz")
+    out = tmp_path / "o"
+    r = run_cli(["-i", str(imgs), "-anatomy_seg", str(anat), "-r", "liver", "-o", str(out)])
+    assert r.returncode == 0, r.stderr
+    side = json.loads((out / "sm.ctarr.json").read_text())
+    assert len(side["input"]) == 2 and side["input"][0].endswith("sm_0000.nii.gz")
+    names = side["regions"]["liver"]["outputs"][0]["images"]
+    assert names == ["sm_liver_0000.nii.gz", "sm_liver_0001.nii.gz"]
+    a, b = (sitk.ReadImage(str(out / n)) for n in names)
+    assert a.GetSize() == b.GetSize() and a.GetOrigin() == b.GetOrigin() and a.GetSpacing() == b.GetSpacing()
+    assert np.allclose(sitk.GetArrayViewFromImage(a) * 0.5 + 7.0, sitk.GetArrayViewFromImage(b))
+
+
+def test_two_inputs_writing_the_same_case_are_an_error_before_any_work(tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    shutil.copy(SMALL[0], imgs / "sm.nii.gz")
+    shutil.copy(SMALL[0], imgs / "sm_0000.nii.gz")
+    r = run_cli(["-i", str(imgs), "-anatomy_seg", str(SMALL[1]), "-r", "liver", "-o", str(tmp_path / "o")])
+    _one_line_error(r, "would all write case 'sm'")
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_continue_over_a_sidecar_of_the_previous_schema_redoes_the_case(tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    old = {"case": "example_ct_sm", "input": str(SMALL[0]), "regions": {"liver": {"mode": "crop", "outputs": []}}}
+    (out / "example_ct_sm.ctarr.json").write_text(json.dumps(old))  # 0.1's sidecar: no schema field
+    r = run_cli(["-i", str(SMALL[0]), "-anatomy_seg", str(SMALL[1]), "-r", "liver", "-o", str(out), "--continue"])
+    assert r.returncode == 0, r.stderr
+    side = json.loads((out / "example_ct_sm.ctarr.json").read_text())
+    assert side["schema"] == 2 and side["regions"]["liver"]["status"] == "cropped"
+    assert (out / "example_ct_sm_liver.nii.gz").exists()
+
+
+def test_a_bug_in_one_case_fails_that_case_only_and_the_report_is_written(tmp_path, monkeypatch):
+    """Any exception of a case is its failed row (one line, the traceback in ctarr_errors.log); the
+    batch goes on and always writes its report."""
+    from nnunet_ctarr import api
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for name in ("a", "b", "c"):
+        shutil.copy(SMALL[0], imgs / f"{name}.nii.gz")
+    real = api.crop
+
+    def buggy(image, *a, **k):
+        if k.get("case") == "b":
+            raise ZeroDivisionError("a bug")
+        return real(image, *a, **k)
+
+    monkeypatch.setattr(api, "crop", buggy)
+    out = tmp_path / "o"
+    r = run_cli(["-i", str(imgs), "-anatomy_seg", str(SMALL[1]), "-r", "liver", "-o", str(out)])
+    assert r.returncode == 1 and "Traceback" not in r.stderr + r.stdout
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("error")] == [
+        ln for ln in r.stderr.splitlines() if ln.startswith("error: b: internal error ZeroDivisionError")
+    ]
+    rows = json.loads((out / "ctarr_report.json").read_text())["rows"]
+    assert [(x["case"], x["status"]) for x in rows] == [("a", "cropped"), ("b", "failed"), ("c", "cropped")]
+    assert "ZeroDivisionError: a bug" in (out / "ctarr_errors.log").read_text()

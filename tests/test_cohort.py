@@ -69,7 +69,7 @@ def test_continue_skips_done_cases_and_redoes_changed_or_interrupted_ones(cohort
 def test_report_and_summary_name_every_unclean_case(cohort, tmp_path):
     out = tmp_path / "o"
     r = _run(cohort, out, "-r", "liver", "urinary_bladder")
-    assert r.returncode == 1
+    assert r.returncode == 0, r.stderr  # outside the field of view is a trusted answer
     lines = r.stdout.strip().splitlines()
     assert lines[0].startswith("4 of 6 case-region pair(s) cropped; outside the field of view: 2")
     assert "  outside the field of view:" in lines

@@ -68,9 +68,9 @@ def test_several_regions_give_the_numbers_of_single_region_runs(labelled, two_re
     ]  # by region in -r order, worst first (kidneys: chest keeps less foreground), failed last
     bad = [x for x in rows if x["case"] == "bad"]
     assert all(x["status"] == "failed" and "cannot read" in x["error"] for x in bad)
-    assert all(x["status"] == "ok" and float(x["preserved_fg_percent"]) > 30 for x in rows if x["case"] != "bad")
+    assert all(x["status"] == "cropped" and float(x["preserved_fg_percent"]) > 30 for x in rows if x["case"] != "bad")
     assert "error: bad: cannot read" in r.stderr
-    assert "4 of 6 case-region pair(s) ok; failed: 2" in r.stdout
+    assert "4 of 6 case-region pair(s) cropped; failed: 2" in r.stdout
     md = (out / "summary.md").read_text()
     assert "region `liver`" in md and "region `kidneys`" in md and "failed: bad" in md
     for region in ("liver", "kidneys"):
@@ -120,7 +120,7 @@ def test_continue_takes_rows_only_for_the_same_inputs_and_settings(labelled, tmp
     shutil.copy(labelled / "labelsTr" / lab.name, lab)
     settings = run_settings(0.0, None, "atlas-1", ANATOMY)
     stamps = {"abd": case_stamp(img, lab, None)}
-    rows = [{"case": "abd", "region": r.name, "status": "ok", "preserved_fg_percent": 99.0} for r in regions]
+    rows = [{"case": "abd", "region": r.name, "status": "cropped", "preserved_fg_percent": 99.0} for r in regions]
     write_results(tmp_path / "evaluation.json", settings, regions, stamps, rows)
     assert finished_rows(tmp_path, settings, regions, stamps) == {"abd": rows}
     assert finished_rows(tmp_path, settings, regions[:1], stamps) == {"abd": rows[:1]}

@@ -28,7 +28,12 @@ def test_evaluate_liver_table_worst_first_and_qc(tmp_path):
         liver = sitk.Cast(lab == 5, sitk.sitkUInt8)
         sitk.WriteImage(liver, str(labs / f"{name}.nii.gz"))
     out = tmp_path / "eval"
-    assert main(["-i", str(tmp_path), "--anatomy_seg", str(anat), "-r", "liver", "-o", str(out), "--qc", "1"]) == 0
+    assert (
+        main(
+            ["-i", str(tmp_path), "--anatomy_seg", str(anat), "-r", "liver", "-o", str(out), "--qc", "--qc_worst", "1"]
+        )
+        == 0
+    )
     rows = list(csv.DictReader(open(out / "evaluation.csv")))
     assert [r["case"] for r in rows]
     assert len(rows) == 2

@@ -124,7 +124,7 @@ def test_crop_with_nothing_but_the_ct(tmp_path):
     assert "HU anatomy" in side["anatomy"]
     entry = side["regions"]["kidneys"]
     assert entry["trusted"] is True
-    assert entry["mode"] == "crop"
+    assert entry["status"] == "cropped"
     kidneys = ts_groups_native(ABDOMEN[1], ("kidney_left", "kidney_right"))
     inside = np.zeros_like(kidneys)
     for b in entry["boxes"]:

@@ -11,9 +11,10 @@ import pytest
 import SimpleITK as sitk
 from conftest import ABDOMEN, SMALL, run_in_process
 
-import nnunet_ctarr.core.outputs.case_writer as crop_writer
+import nnunet_ctarr.core.pipeline as pipeline
 from nnunet_ctarr.cli.crop import main
 from nnunet_ctarr.core.base.errors import CTARRError
+from nnunet_ctarr.core.base.geometry import Geometry
 from nnunet_ctarr.core.base.images import read_image, write_image
 
 
@@ -108,7 +109,7 @@ def test_output_path_that_is_a_file_fails_before_registration(tmp_path, monkeypa
     def no_registration(*a, **k):
         raise AssertionError("registration ran although the output cannot be written")
 
-    monkeypatch.setattr(crop_writer, "locate", no_registration)
+    monkeypatch.setattr(pipeline, "locate_case", no_registration)
     afile = tmp_path / "out.txt"
     afile.write_text("x")
     r = run_in_process(main, ["-i", str(SMALL[0]), "-anatomy_seg", str(SMALL[1]), "-r", "liver", "-o", str(afile)])
@@ -138,3 +139,47 @@ def test_written_files_honour_the_umask(tmp_path):
         assert {stat.S_IMODE(p.stat().st_mode) for p in out2.iterdir()} == {0o600}
     finally:
         os.umask(old)
+
+
+def _scaled_copy(src, dst, stored: str, slope: float, inter: float):
+    """The real CT stored as ``stored`` integers with scl_slope/scl_inter (HU = stored * slope + inter)."""
+    import nibabel
+
+    nii = nibabel.load(str(src))
+    hu = np.asanyarray(nii.dataobj).astype(float)
+    info = np.iinfo(stored)
+    raw = np.clip(np.round((hu - inter) / slope), info.min, info.max).astype(stored)
+    out = nibabel.Nifti1Image(raw, nii.affine, dtype=np.dtype(stored))
+    out.header.set_slope_inter(slope, inter)
+    nibabel.save(out, str(dst))
+    return np.clip(hu, info.min * slope + inter, info.max * slope + inter)
+
+
+@pytest.mark.parametrize(
+    "stored,slope,inter,suffix",
+    [("uint16", 1.0, -1024.0, ".nii.gz"), ("int16", 0.5, 0.0, ".nii"), ("uint8", 2.21, -1024.0, ".nii.gz")],
+)
+def test_scaled_nifti_is_read_and_cut_scaled_nifti_still_refused(tmp_path, stored, slope, inter, suffix):
+    """Scaled files read as float (SimpleITK applies the scaling) but hold stored integers: the size
+    check follows the header's datatype, so they are complete; cut copies are still incomplete."""
+    path = tmp_path / f"scaled{suffix}"
+    hu = _scaled_copy(SMALL[0], path, stored, slope, inter)
+    img = read_image(path)
+    assert sitk.GetArrayViewFromImage(img).dtype == np.float32
+    assert np.abs(sitk.GetArrayViewFromImage(img) - hu.T).max() <= slope / 2 + 1e-3
+    ref = sitk.ReadImage(str(SMALL[0]))
+    assert np.allclose(img.GetOrigin(), ref.GetOrigin()) and np.allclose(img.GetDirection(), ref.GetDirection())
+    with pytest.raises(CTARRError, match="incomplete"):
+        read_image(_truncated(path, tmp_path / f"cut{suffix}", 0.8))
+
+
+def test_scaled_nifti_is_cropped(tmp_path):
+    _scaled_copy(SMALL[0], tmp_path / "scaled.nii.gz", "uint16", 1.0, -1024.0)
+    r, out = _crop(tmp_path, tmp_path / "scaled.nii.gz")
+    assert r.returncode == 0, r.stderr
+    crop, full = read_image(out / "scaled_liver.nii.gz"), read_image(tmp_path / "scaled.nii.gz")
+    assert np.prod(crop.GetSize()) < 0.8 * np.prod(full.GetSize())
+    start = Geometry.of(full).offset_of(Geometry.of(crop))
+    stop = start + np.array(crop.GetSize())
+    sub = sitk.GetArrayViewFromImage(full)[Geometry.slices_zyx(start, stop)]
+    assert np.array_equal(sitk.GetArrayViewFromImage(crop), sub)  # the scaled HU voxels, not cut

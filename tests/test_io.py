@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import ABDOMEN, CHEST, DICOM
 
-from nnunet_ctarr.core.base.cases import case_id, list_inputs
+from nnunet_ctarr.core.base.cases import (
+    InputCase,
+    case_id,
+    check_unique_case_ids,
+    list_cases,
+    list_inputs,
+    match_case_file,
+)
 from nnunet_ctarr.core.base.errors import CTARRError
 from nnunet_ctarr.core.base.geometry import Geometry
 from nnunet_ctarr.core.base.images import canonical, check_ct_intensities, match_label_to_image, read_image
@@ -114,3 +123,93 @@ def test_label_grid_that_does_not_cover_the_image_is_an_error():
     other = read_image(CHEST[1])
     with pytest.raises(CTARRError, match="does not match the image"):
         match_label_to_image(other, img)
+
+
+@pytest.mark.parametrize(
+    "name,content",
+    [("junk.nrrd", b"NRRD0004\ntype: nonsense\n\n"), ("junk.mha", b"x" * 64), ("noext.dat", b"\0" * 500)],
+)
+def test_unreadable_files_are_one_line_without_itk_source_paths(tmp_path, name, content):
+    p = tmp_path / name
+    p.write_bytes(content)
+    with pytest.raises(CTARRError) as e:
+        read_image(p)
+    msg = str(e.value)
+    assert msg.startswith(f"cannot read {p}") and "\n" not in msg
+    for noise in (".cxx", ".hxx", "Exception thrown", "ERROR:", "0x"):
+        assert noise not in msg, msg
+
+
+def _touch(folder, *names):
+    folder.mkdir(exist_ok=True)
+    for n in names:
+        (folder / n).mkdir() if n.endswith("/") else (folder / n).write_bytes(b"")
+    return folder
+
+
+def test_single_case_matches_anatomy_like_a_batch(tmp_path):
+    """The finding: ``-i example_ct.nii.gz -anatomy_seg folder/`` with the three bundled maps said
+    'several files match'; a batch of the three scans found each one's map."""
+    maps = _touch(
+        tmp_path / "maps",
+        "example_ct_totalseg_v2.nii.gz",
+        "example_ct_sm_totalseg_v2.nii.gz",
+        "example_ct_dicom_totalseg_v2.nii.gz",
+    )
+    batch = ["example_ct", "example_ct_sm", "example_ct_dicom"]
+    for case in batch:
+        expected = maps / f"{case}_totalseg_v2.nii.gz"
+        assert match_case_file(maps, case, batch, "anatomy") == expected
+        assert match_case_file(maps, case, [case], "anatomy") == expected  # single file, same answer
+    # the exact case id comes first: <case>.<ext>, <case>_0000.<ext>, a folder <case>/
+    for exact in ("example_ct.nii.gz", "example_ct_0000.nrrd", "example_ct/"):
+        folder = _touch(tmp_path / exact.replace("/", "_d"), exact, "example_ct_totalseg_v2.nii.gz")
+        assert match_case_file(folder, "example_ct", ["example_ct"], "anatomy") == folder / exact.rstrip("/")
+    two = _touch(tmp_path / "two", "example_ct.nii.gz", "example_ct.nrrd")
+    with pytest.raises(CTARRError, match="several anatomy entries are named after case 'example_ct'"):
+        match_case_file(two, "example_ct", ["example_ct"], "anatomy")
+    # no common pattern: still ambiguous, said in one line
+    amb = _touch(tmp_path / "amb", "case_a.nii.gz", "case_b.nii.gz")
+    with pytest.raises(CTARRError, match=r"several anatomy files match case 'case'.*case_a.*case_b"):
+        match_case_file(amb, "case", ["case"], "anatomy")
+    # a folder without entries named after the single case is the case's own mask folder
+    masks = _touch(tmp_path / "segmentations", "liver.nii.gz", "spleen.nii.gz")
+    assert match_case_file(masks, "example_ct", ["example_ct"], "anatomy") == masks
+
+
+def test_nnunet_channel_files_are_one_case_channel_0_first(tmp_path):
+    folder = _touch(tmp_path / "in", "b_0001.nii.gz", "b_0000.nii.gz", "a.nii.gz", "c_0000.nrrd")
+    shutil.copytree(DICOM[0], folder / "d")
+    cases = list_cases(folder)
+    assert [(c.case, [p.name for p in c.channels]) for c in cases] == [
+        ("a", ["a.nii.gz"]),
+        ("b", ["b_0000.nii.gz", "b_0001.nii.gz"]),
+        ("c", ["c_0000.nrrd"]),
+        ("d", ["d"]),
+    ]
+    assert all(isinstance(c, InputCase) for c in cases) and cases[1].first.name == "b_0000.nii.gz"
+    assert [p.name for p in list_inputs(folder)] == [
+        "a.nii.gz",
+        "b_0000.nii.gz",
+        "b_0001.nii.gz",
+        "c_0000.nrrd",
+        "d",
+    ]  # list_inputs keeps listing every input
+    with pytest.raises(CTARRError, match=r"b_0000.nii.gz, b_0001.nii.gz would all write case 'b'"):
+        check_unique_case_ids(list_inputs(folder))
+
+
+@pytest.mark.parametrize(
+    "names",
+    [("a.nii.gz", "a.nrrd"), ("a.nii.gz", "a_0000.nii.gz"), ("a.mha", "a/"), ("a_0000.nii.gz", "a_0002.nii.gz")],
+)
+def test_inputs_that_would_write_the_same_outputs_are_refused_before_any_work(tmp_path, names):
+    folder = _touch(tmp_path / "in", *names)
+    if "a/" in names:
+        shutil.rmtree(folder / "a")
+        shutil.copytree(DICOM[0], folder / "a")
+    with pytest.raises(CTARRError, match=r"would all write case 'a'") as e:
+        list_cases(folder)
+    assert "\n" not in str(e.value)
+    with pytest.raises(CTARRError, match=r"would all write case 'a'"):
+        check_unique_case_ids(list_inputs(folder))

@@ -67,8 +67,9 @@ def test_organ_region_crops_are_small(results):
 
 
 def test_no_correct_localisation_is_flagged(results):
-    """The trust rule (core.trust) passes every crop of the suite whose organ is in view (all keep it);
-    an organ cut to a sliver by the field of view (< 1 ml) is flagged: it is not in view."""
+    """The one decision crops every region of the suite whose organ is in view (all keep it); an organ
+    cut to a sliver by the field of view (< 0.5 ml) gets no trusted crop (untrusted, or outside the
+    field of view)."""
     flagged = [
         (s.case, r.region, r.trust_reasons) for s, _ in results for r in s.regions if not r.trusted and r.fg_ml >= 1
     ]

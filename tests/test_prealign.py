@@ -64,7 +64,9 @@ def test_prealign_cli_non_overlapping_scans_and_tfm(tmp_path):
     sitk.WriteImage(_cut(lab, 0, 50), str(tmp_path / "pelvis_lab.nii.gz"))
     code = prealign_main(
         [
+            "-fixed",
             str(CHEST[0]),
+            "-moving",
             str(tmp_path / "pelvis.nii.gz"),
             "-o",
             str(tmp_path / "pre"),

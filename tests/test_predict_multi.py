@@ -24,7 +24,7 @@ from conftest import (
 from nnunet_ctarr.core.anatomy.sources import PrecomputedAnatomy
 from nnunet_ctarr.core.base.errors import CTARRError
 from nnunet_ctarr.core.regions.region import load_region
-from nnunet_ctarr.inference.multi_predictor import MaxProbabilityMerge
+from nnunet_ctarr.inference.multi_predictor import ModelVotes
 from nnunet_ctarr.inference.multi_spec import load_spec
 from nnunet_ctarr.inference.predictor import nnUNetPredictorCTARR
 
@@ -130,8 +130,8 @@ def multi_run(models, cases, tmp_path_factory):
     out = tmp_path_factory.mktemp("multi_out")
     spec = _spec(out.parent / "spec.json", models)
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(mp, "locate", counting("multi", mp.locate))
-        m.setattr(pr, "locate", counting("predictor", pr.locate))
+        m.setattr(mp, "locate_case", counting("multi", mp.locate_case))
+        m.setattr(pr, "locate_case", counting("predictor", pr.locate_case))
         rc = _run_main(
             [
                 "-i",
@@ -159,7 +159,7 @@ def _single_model_outputs(model, region, cases, case, tmp):
     shutil.copy(cases / "img" / f"{case}_0000.nii.gz", img / f"{case}_0000.nii.gz")
     p = nnUNetPredictorCTARR(use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False)
     p.initialize_from_trained_model_folder(str(model), (0,))
-    p.ctarr_setup(load_region(region), PrecomputedAnatomy(cases / "anat"), on_miss="empty")
+    p.ctarr_setup(load_region(region), PrecomputedAnatomy(cases / "anat"))
     out = tmp / f"out_{Path(model).name}_{region}"
     p.predict_from_files_sequential(str(img), str(out), save_probabilities=True)
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{case}.nii.gz")))
@@ -192,7 +192,7 @@ def _check_geometry_and_outside(cases, out, case):
     side = json.loads((out / f"{case}.ctarr_multi.json").read_text())
     inside = np.zeros(seg.shape, bool)
     for m in side["models"]:
-        for b in m["crops"]:
+        for b in m["record"]["crops"]:
             s, e = b["index_start_xyz"], b["index_stop_xyz"]
             inside[s[2] : e[2], s[1] : e[1], s[0] : e[0]] = True
     assert (~inside).mean() > 0.1
@@ -207,7 +207,7 @@ def test_merged_map_is_max_probability_of_the_single_model_predictions(models, c
     seg, side = _check_geometry_and_outside(cases, out, "abd")
     preds = []
     for m, (model_key, region, lut) in zip(side["models"], SPEC_LUTS):
-        assert m["mode"] == "crop"
+        assert m["status"] == "cropped"
         s, p = _single_model_outputs(models[model_key], region, cases, "abd", tmp_path)
         assert s.shape == seg.shape
         assert p.shape[1:] == seg.shape
@@ -229,11 +229,11 @@ def test_region_outside_the_field_of_view_contributes_nothing(cases, multi_run):
     out, _ = multi_run
     seg, side = _check_geometry_and_outside(cases, out, "sm")
     liver, kidneys, bladder = side["models"]
-    assert bladder["mode"] == "empty"
+    assert bladder["status"] == "outside the field of view"
     assert bladder["voxels_voted"] == 0
     assert bladder["voxels_won"] == 0
-    assert any("outside the field of view" in w for w in bladder["warnings"])
-    assert liver["mode"] == kidneys["mode"] == "crop"
+    assert "outside the field of view" in bladder["record"]["why"]
+    assert liver["status"] == kidneys["status"] == "cropped"
     assert side["overlap_voxels"] > 1000
     assert not (seg == 4).any()
 
@@ -261,8 +261,11 @@ def test_implausible_anatomy_every_model_runs_on_the_full_image(models, tmp_path
     mp.anatomy.prepare({"sm": [str(SMALL[0])]})
     data, props = SimpleITKIO().read_images([str(SMALL[0])])
     seg, report = mp.predict_case("sm", data, props)
-    assert "error" in report["localisation"]
-    assert all(m["mode"] == "full" and any("not trusted" in w for w in m["warnings"]) for m in report["models"])
+    assert report["localisation"]["refused"]
+    assert all(
+        m["status"] == "untrusted: whole image" and any("not trusted" in w for w in m["record"]["warnings"])
+        for m in report["models"]
+    )
     preds = []
     for model_key, _, lut in SPEC_LUTS[:2]:
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
@@ -294,12 +297,12 @@ def test_dicom_folder_input_via_cli(models, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same_geometry_as_dicom(tmp_path / "o" / "example_ct_dicom.nii.gz")
     side = json.loads((tmp_path / "o" / "example_ct_dicom.ctarr_multi.json").read_text())
-    assert side["models"][0]["mode"] == "crop"
+    assert side["models"][0]["status"] == "cropped"
     assert side["localisation"]["registrations"] == 1
 
 
 def test_merge_rule_on_synthetic_votes():
-    m = MaxProbabilityMerge((1, 1, 4), 2)
+    m = ModelVotes((1, 1, 4), 2)
     m.add(0, np.array([[[1, 1, 1, 0]]]), np.array([[[0.6, 0.9, 0.7, 0.8]]], np.float32))
     m.add(1, np.array([[[0, 2, 2, 0]]]), np.array([[[0.99, 0.8, 0.7, 0.99]]], np.float32))
     # model 1's background (0.99) does not erase model 0's foreground; 0.9 > 0.8; tie -> first model

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,8 +21,9 @@ from conftest import (
 )
 
 from nnunet_ctarr.core.anatomy.sources import PrecomputedAnatomy
+from nnunet_ctarr.core.regions.cropping import MaxMerge, paste_pieces
 from nnunet_ctarr.core.regions.region import load_region
-from nnunet_ctarr.inference.export import merge_box_probabilities
+from nnunet_ctarr.inference.export import foreground_confidence
 from nnunet_ctarr.inference.predictor import nnUNetPredictorCTARR
 
 
@@ -96,15 +98,26 @@ def stock_on(model, img: sitk.Image) -> np.ndarray:
     return _STOCK[key].copy()
 
 
-def ctarr_predictor(model, region, anat, on_miss="full", sidecar=None, fit_tiles=True):
+def ctarr_predictor(model, region, anat, on_untrusted="whole", sidecar=None, fit_tiles=True):
     p = nnUNetPredictorCTARR(
         tile_step_size=TEST_STEP, use_mirroring=False, device=torch.device("cpu"), allow_tqdm=False
     )
     p.initialize_from_trained_model_folder(str(model), (0,))
     p.ctarr_setup(
-        load_region(region), PrecomputedAnatomy(anat), on_miss=on_miss, sidecar_folder=sidecar, fit_tiles=fit_tiles
+        load_region(region),
+        PrecomputedAnatomy(anat),
+        on_untrusted=on_untrusted,
+        sidecar_folder=sidecar,
+        fit_tiles=fit_tiles,
     )
     return p
+
+
+def region_record(path) -> dict:
+    """The one region's record of a predicted case's sidecar (the crop command's schema)."""
+    side = json.loads(Path(path).read_text())
+    assert side["schema"] == 2 and side["command"] == "predict" and len(side["regions"]) == 1
+    return next(iter(side["regions"].values()))
 
 
 def _box_slices(side):
@@ -135,8 +148,8 @@ def test_inside_equals_stock_on_crop_and_outside_is_background(tiny_model, input
     assert res.GetOrigin() == src.GetOrigin()
     assert res.GetDirection() == src.GetDirection()
     seg = sitk.GetArrayFromImage(res)
-    side = json.loads((out / "abd.ctarr.json").read_text())
-    assert side["mode"] == "crop"
+    side = region_record(out / "abd.ctarr.json")
+    assert side["status"] == "cropped"
     inside = np.zeros(seg.shape, bool)
     crops = list(_box_slices(side))
     cover = np.zeros(seg.shape, np.uint8)
@@ -172,11 +185,12 @@ def test_fitted_crops_run_no_more_tiles_than_the_region_boxes(tiny_model, inputs
 
         p._internal_get_sliding_window_slicers = counting
         p.predict_from_files_sequential(str(inputs / "img"), str(out))
-        sides[fit] = json.loads((out / "abd.ctarr.json").read_text())
+        sides[fit] = region_record(out / "abd.ctarr.json")
         assert sum(c["tiles"] for c in sides[fit]["crops"]) == sum(tiles)  # the sidecar's count is nnU-Net's
         ran[fit] = sum(tiles)
     assert ran[True] <= ran[False]
-    assert sides[True]["voxel_fraction"] > sides[False]["voxel_fraction"] == sides[True]["region_voxel_fraction"]
+    kept = {fit: s["voxel_fraction_kept"] for fit, s in sides.items()}
+    assert kept[True] > kept[False] == sides[True]["measures"]["region_voxel_fraction"]
     exact = [(c["index_start_xyz"], c["index_stop_xyz"]) for c in sides[False]["crops"]]
     for c in sides[True]["crops"]:  # every region box lies inside the crop made from it
         for k in c["region_boxes"]:
@@ -190,11 +204,11 @@ def test_dicom_folder_input_keeps_dicom_geometry(tiny_model, tmp_path):
     shutil.copy(DICOM[1], anat / "example_ct_dicom.nii.gz")
     from nnunet_ctarr.cli.predict import main as predict
 
-    argv = ["-i", str(DICOM[0]), "-o", str(tmp_path / "o"), "-region", "liver", "-anatomy_seg", str(anat)]
+    argv = ["-i", str(DICOM[0]), "-o", str(tmp_path / "o"), "-r", "liver", "-anatomy_seg", str(anat)]
     r = run_in_process(predict, argv + cli_flags(tiny_model))
     assert r.returncode == 0, r.stderr[-3000:]
     assert_same_geometry_as_dicom(tmp_path / "o" / "example_ct_dicom.nii.gz")
-    assert json.loads((tmp_path / "o" / "example_ct_dicom.ctarr.json").read_text())["mode"] == "crop"
+    assert region_record(tmp_path / "o" / "example_ct_dicom.ctarr.json")["status"] == "cropped"
 
 
 def _scrambled_anatomy(path, source=SMALL[1]):
@@ -221,28 +235,25 @@ def test_implausible_anatomy_falls_back_to_full_prediction(tiny_model, small_inp
     out = tmp_path / "out"
     p = ctarr_predictor(tiny_model, "liver", anat, sidecar=str(out))
     p.predict_from_files_sequential(str(small_inputs / "img"), str(out))
-    side = json.loads((out / "sm.ctarr.json").read_text())
-    assert side["mode"] == "full"
+    side = region_record(out / "sm.ctarr.json")
+    assert side["status"] == "untrusted: whole image"
     assert any("not trusted" in w for w in side["warnings"])
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "sm.nii.gz")))
     assert np.array_equal(seg, stock_on(tiny_model, sitk.ReadImage(str(SMALL[0]))))
 
 
-@pytest.mark.parametrize("on_miss", ["full", "empty"])
-def test_region_outside_fov(tiny_model, small_inputs, tmp_path, on_miss):
-    """The bladder lies below the 30-slice upper-abdomen CT."""
+def test_region_outside_fov(tiny_model, small_inputs, tmp_path):
+    """The bladder lies below the 30-slice upper-abdomen CT: not in this image, background written
+    (what the crop command calls outside the field of view), no network run."""
     out = tmp_path / "out"
-    p = ctarr_predictor(tiny_model, "urinary_bladder", small_inputs / "anat", on_miss=on_miss, sidecar=str(out))
+    p = ctarr_predictor(tiny_model, "urinary_bladder", small_inputs / "anat", sidecar=str(out))
     p.predict_from_files_sequential(str(small_inputs / "img"), str(out), save_probabilities=True)
-    side = json.loads((out / "sm.ctarr.json").read_text())
-    assert side["mode"] == on_miss
-    assert any("outside the field of view" in w for w in side["warnings"])
+    side = region_record(out / "sm.ctarr.json")
+    assert side["status"] == "outside the field of view" and side["trusted"] is True
+    assert "outside the field of view" in side["why"]
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "sm.nii.gz")))
-    if on_miss == "empty":
-        assert not seg.any()
-        assert np.all(np.load(out / "sm.npz")["probabilities"][0] == 1)
-    else:
-        assert np.array_equal(seg, stock_on(tiny_model, sitk.ReadImage(str(SMALL[0]))))
+    assert not seg.any()
+    assert np.all(np.load(out / "sm.npz")["probabilities"][0] == 1)
 
 
 def test_npy_entry_points_match_file_path(tiny_model, inputs, tmp_path):
@@ -271,9 +282,8 @@ def test_model_folder_ctarr_json_sets_region(tiny_model, inputs, tmp_path):
     argv = ["-i", str(inputs / "img"), "-o", str(tmp_path / "o"), "-anatomy_seg", str(inputs / "anat")]
     r = run_in_process(main, argv + cli_flags(model))
     assert r.returncode == 0, r.stderr[-3000:]
-    side = json.loads((tmp_path / "o" / "abd.ctarr.json").read_text())
-    assert side["region"] == "liver"
-    assert side["mode"] == "crop"
+    side = json.loads((tmp_path / "o" / "abd.ctarr.json").read_text())["regions"]["liver"]
+    assert side["status"] == "cropped" and side["definition"]["extra_margin_mm"] == 5.0
     box, crop = side["boxes"][0], side["crops"][0]  # "crops": "exact" -> the region box itself
     assert len(side["crops"]) == 1
     assert (crop["index_start_xyz"], crop["index_stop_xyz"]) == (box["index_start_xyz"], box["index_stop_xyz"])
@@ -284,21 +294,25 @@ def test_merge_takes_most_confident_box_and_background_outside():
     p1[0], p1[1] = 0.3, 0.7  # box 1: class 1 with 0.7
     p2 = np.zeros((3, 2, 2, 4), np.float32)
     p2[0], p2[2] = 0.1, 0.9  # box 2: class 2 with 0.9
-    winner, probs = merge_box_probabilities(
-        (2, 2, 10), [(p1, [0, 0, 0], [4, 2, 2]), (p2, [2, 0, 0], [6, 2, 2])], 3, True
-    )
-    assert np.all(winner[..., 0:2] == 0)
-    assert np.all(winner[..., 2:6] == 1)
-    assert np.all(winner[..., 6:] == -1)
-    assert np.all(probs[2, :, :, 2:4] == 0.9)  # overlap: the more confident box
+    probs = np.zeros((3, 2, 2, 10), np.float32)
+    probs[0] = 1.0
+    pieces = [(p1, [0, 0, 0], [4, 2, 2]), (p2, [2, 0, 0], [6, 2, 2])]
+    paste_pieces(probs, pieces, foreground_confidence)
+    assert np.all(probs[1, :, :, 0:2] == 0.7)  # box 1 alone
+    assert np.all(probs[2, :, :, 2:4] == 0.9) and np.all(probs[1, :, :, 2:4] == 0)  # overlap: the more confident box
     assert np.all(probs[0, :, :, 6:] == 1)  # outside: background
+    merge = MaxMerge((2, 2, 10))  # the winners, through the same merge
+    for k, (p, a, b) in enumerate(pieces):
+        merge.add(k, foreground_confidence(p), (slice(0, 2), slice(0, 2), slice(a[0], b[0])))
+    assert np.all(merge.winner[..., 0:2] == 0) and np.all(merge.winner[..., 2:6] == 1)
+    assert np.all(merge.winner[..., 6:] == -1)
 
 
 def test_cli_errors_are_one_line(tiny_model, inputs, tmp_path):
     from nnunet_ctarr.cli.predict import main
 
     base = ["-i", str(inputs / "img"), "-o", str(tmp_path / "o"), "-m", str(tiny_model), "-f", "0", "-device", "cpu"]
-    r = run_in_process(main, base + ["-region", "liver", "-anatomy_seg", str(inputs / "anat"), "-anatomy_model", "hu"])
+    r = run_in_process(main, base + ["-r", "liver", "-anatomy_seg", str(inputs / "anat"), "-anatomy_model", "hu"])
     assert r.returncode == 1
     assert "give one anatomy source" in r.stderr
     assert "Traceback" not in r.stderr
@@ -332,8 +346,8 @@ def test_anatomy_model_source_is_mapped_by_names_and_untrusted_output_falls_back
     p.ctarr_setup(load_region("liver"), src, sidecar_folder=str(out))
     p.predict_from_files_sequential(str(small_inputs / "img"), str(out))
     assert src.label_file("sm").exists()  # the anatomy model ran once, at its own resolution
-    side = json.loads((out / "sm.ctarr.json").read_text())
-    assert side["mode"] == "full"
+    side = region_record(out / "sm.ctarr.json")
+    assert side["status"] == "untrusted: whole image"
     assert any("not trusted" in w for w in side["warnings"])
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "sm.nii.gz")))
     assert np.array_equal(seg, stock_on(tiny_model, sitk.ReadImage(str(SMALL[0]))))
@@ -372,7 +386,7 @@ def test_missing_anatomy_is_an_error_for_that_case_and_untrusted_still_falls_bac
     base = [
         "-o",
         str(out),
-        "-region",
+        "-r",
         "liver",
         "-anatomy_seg",
         str(anat),
@@ -382,13 +396,13 @@ def test_missing_anatomy_is_an_error_for_that_case_and_untrusted_still_falls_bac
     assert main(["-i", str(img)] + base) == 1
     err = capsys.readouterr().err
     assert "error: 1 of 3 case(s) not predicted: nofile" in err
-    sides = {c: json.loads((out / f"{c}.ctarr.json").read_text()) for c in ("abd", "blank", "nofile")}
-    assert sides["nofile"]["mode"] == "error"
+    sides = {c: region_record(out / f"{c}.ctarr.json") for c in ("abd", "blank", "nofile")}
+    assert sides["nofile"]["status"] == "failed"
     assert "no anatomy segmentation for case 'nofile'" in sides["nofile"]["error"]
     assert not (out / "nofile.nii.gz").exists()
-    assert sides["abd"]["mode"] == "crop"
+    assert sides["abd"]["status"] == "cropped"
     assert (out / "abd.nii.gz").exists()
-    assert sides["blank"]["mode"] == "full"
+    assert sides["blank"]["status"] == "untrusted: whole image"
     assert any("not trusted" in w for w in sides["blank"]["warnings"])
     assert sitk.ReadImage(str(out / "blank.nii.gz")).GetSize() == sitk.ReadImage(str(SMALL[0])).GetSize()
     # the untrusted fallback alone is no error

@@ -90,7 +90,7 @@ def test_gallery_shows_every_row_worst_first(qc_batch):
     assert sorted((c["h2"], c["status"]) for c in page.cards) == sorted(
         (f"{r['case']} / {r['region']}", r["status"]) for r in rows
     )
-    assert [c["status"] for c in page.cards] == ["failed", "untrusted: written whole", "cropped", "cropped"]
+    assert [c["status"] for c in page.cards] == ["failed", "untrusted: whole image", "cropped", "cropped"]
     assert page.cards[0]["h2"] == "bad / liver" and page.cards[1]["h2"] == "hn / liver"
     dice = [float(c["facts"]["registration Dice"]) for c in page.cards[2:]]
     assert dice == sorted(dice)  # the clean ones: lowest registration Dice first
@@ -119,7 +119,7 @@ def test_gallery_embeds_the_qc_pictures(qc_batch):
 
 def test_gallery_filter_and_file(qc_batch):
     out, rows, page = qc_batch
-    assert page.filters == ["failed", "untrusted: written whole", "cropped"]  # each status present, worst first
+    assert page.filters == ["failed", "untrusted: whole image", "cropped"]  # each status present, worst first
     js = "".join(page.scripts)
     assert "addEventListener('change'" in js and "location.hash" in js
     assert stat.S_IMODE((out / "ctarr_report.html").stat().st_mode) == 0o640  # the umask of the run
@@ -173,8 +173,8 @@ def test_pictures_past_the_limit_are_linked(tmp_path):
     ]
     for r in rows:
         (tmp_path / f"{r['case']}_liver_qc.png").write_bytes(b"\x89PNG" + b"x" * 100)
-    rows.append({"case": "whole", "region": "liver", "status": "untrusted: skipped", "orientation": "as in header"})
-    (tmp_path / "whole_liver_qc.png").write_bytes(b"\x89PNG")  # left over: a skipped row has no picture
+    rows.append({"case": "whole", "region": "liver", "status": "failed", "orientation": None})
+    (tmp_path / "whole_liver_qc.png").write_bytes(b"\x89PNG")  # left over: a failed row has no picture
     page = Page(render_report_html(rows, picture_finder(tmp_path, limit=250), "t"))
     srcs = {c["h2"]: c["img"] for c in page.cards}
     assert srcs["worst / liver"].startswith("data:") and srcs["worse / liver"].startswith("data:")

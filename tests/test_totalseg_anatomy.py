@@ -159,7 +159,7 @@ def test_missing_weights_is_one_line_with_folder_and_download_command(env, tmp_p
             evaluate.main,
         ),
         "body_height": (["-i", img, "-o", out + ".json"], prealign.body_height_main),
-        "prealign": ([img, img, "-o", out], prealign.prealign_main),
+        "prealign": (["-fixed", img, "-moving", img, "-o", out], prealign.prealign_main),
     }[command]
     r = run_in_process(main, argv + ["-anatomy_model", "totalsegmentator"])
     assert r.returncode == 1
@@ -235,8 +235,8 @@ def test_crop_with_totalsegmentator_model_runs_to_completion(env, totalseg_home,
     side = json.loads((out / "example_ct_sm.ctarr.json").read_text())
     assert side["anatomy"] == f"totalsegmentator:3mm:example_ct_sm (nnU-Net model {DS_3MM})"
     entry = side["regions"]["liver"]
-    assert entry["mode"] in ("full", "crop")
-    assert entry["trusted"] or entry["mode"] == "full"  # untrusted -> the whole image (no foreground lost)
+    assert entry["status"] in ("untrusted: whole image", "cropped")
+    assert entry["trusted"] or entry["status"] == "untrusted: whole image"  # untrusted -> no foreground lost
     assert list(out.glob("example_ct_sm_liver*.nii.gz"))
 
 

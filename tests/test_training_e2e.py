@@ -247,9 +247,8 @@ def test_region_model_brings_its_region(ws, region_model, tmp_path):
         env,
         root,
     )
-    side = json.loads((tmp_path / "o" / "s0001.ctarr.json").read_text())
-    assert side["region"] == "liver610"
-    assert side["mode"] == "crop"
+    side = json.loads((tmp_path / "o" / "s0001.ctarr.json").read_text())["regions"]["liver610"]
+    assert side["status"] == "cropped"
     box, crop = side["boxes"][0], side["crops"][0]
     assert (crop["index_start_xyz"], crop["index_stop_xyz"]) == (box["index_start_xyz"], box["index_stop_xyz"])
     out, src = sitk.ReadImage(str(tmp_path / "o" / "s0001.nii.gz")), sitk.ReadImage(str(ABDOMEN[0]))
@@ -273,7 +272,8 @@ def test_barely_trained_anatomy_model_triggers_fallback(ws, anatomy_model, regio
         root,
     )
     side = json.loads((tmp_path / "o" / "abd.ctarr.json").read_text())
-    assert side["mode"] == "full"
+    side = next(iter(side["regions"].values()))
+    assert side["status"] == "untrusted: whole image"
     assert any("not trusted" in w for w in side["warnings"])
     assert "not trusted" in r.stderr
     out = sitk.ReadImage(str(tmp_path / "o" / "abd.nii.gz"))

@@ -42,7 +42,7 @@ def test_head_neck_scan_gets_no_trusted_crop(head_neck_files, tmp_path, region):
     assert "the atlas covers vertebrae_C to urinary_bladder" in r.stdout
     assert "skull" in r.stdout and "brain" in r.stdout and "above it" in r.stdout
     entry = json.loads((out / "hn.ctarr.json").read_text())["regions"][region]
-    assert entry["trusted"] is False and entry["mode"] == "full"
+    assert entry["trusted"] is False and entry["status"] == "untrusted: whole image"
     assert sitk.ReadImage(str(out / f"hn_{region}.nii.gz")).GetSize() == sitk.ReadImage(str(img)).GetSize()
 
 
@@ -50,12 +50,12 @@ def test_on_untrusted_crop_marks_the_crop(head_neck_files, tmp_path):
     img, anat = head_neck_files
     out = tmp_path / "o"
     r = run_in_process(
-        main, ["-i", str(img), "--anatomy_seg", str(anat), "-r", "lungs", "-o", str(out), "--on_untrusted", "crop"]
+        main, ["-i", str(img), "--anatomy_seg", str(anat), "-r", "lungs", "-o", str(out), "--on_untrusted", "anyway"]
     )
     assert r.returncode == 1
     assert "NOT TRUSTED (cropped anyway)" in r.stdout
     entry = json.loads((out / "hn.ctarr.json").read_text())["regions"]["lungs"]
-    assert entry["trusted"] is False and entry["mode"] == "crop" and entry["boxes"]
+    assert entry["trusted"] is False and entry["status"] == "untrusted: cropped anyway" and entry["boxes"]
     assert sitk.ReadImage(str(out / "hn_lungs.nii.gz")).GetSize() != sitk.ReadImage(str(img)).GetSize()
 
 
@@ -68,11 +68,11 @@ def test_two_regions_into_one_folder_keep_both_sidecar_entries(tmp_path):
         assert r.returncode == 0, r.stderr
     side = json.loads((out / "example_ct.ctarr.json").read_text())
     assert sorted(side["regions"]) == ["kidneys", "liver"]
-    assert [o["image"] for o in side["regions"]["kidneys"]["outputs"]] == [
-        "example_ct_kidneys_box0.nii.gz",
-        "example_ct_kidneys_box1.nii.gz",
+    assert [o["images"] for o in side["regions"]["kidneys"]["outputs"]] == [
+        ["example_ct_kidneys_box0.nii.gz"],
+        ["example_ct_kidneys_box1.nii.gz"],
     ]
-    assert side["regions"]["liver"]["outputs"][0]["image"] == "example_ct_liver.nii.gz"
+    assert side["regions"]["liver"]["outputs"][0]["images"] == ["example_ct_liver.nii.gz"]
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,6 @@ from ..core.base.errors import CTARRError, WarningLog
 from ..core.base.images import read_image
 from ..core.base.nnunet_format import foreground_labels
 from ..core.build.atlas_builder import build_atlas
-from ..core.localise.settings import RegistrationSettings
 from .common import parse, run_cli
 from .options import Parser, add_device_arg, add_verbose_arg
 
@@ -104,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         raise CTARRError(f"need at least 2 scans with >= {args.min_groups} groups, found {len(vols)}")
     order = np.argsort(n_groups, kind="stable")[::-1][:args.max_scans]
     vols, names = [vols[i] for i in order], [names[i] for i in order]
-    atlas = build_atlas(vols, names, args.spacing, RegistrationSettings(device=args.device))
+    atlas = build_atlas(vols, names, args.spacing, device=args.device)
     atlas.meta["provenance"] = f"nnUNetv2_ctarr_build_atlas from {args.inputs}"
     atlas.save(args.output)
     cov = {g: round(float(atlas.prob[i].max()), 2) for i, g in enumerate(GROUPS)}

@@ -6,8 +6,11 @@ import logging
 import multiprocessing
 import os
 import sys
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from logging.handlers import QueueHandler, QueueListener
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -19,14 +22,30 @@ from ..core.base.errors import CTARRError, route_itk_messages
 from ..core.base.images import read_image
 
 
+class _TqdmHandler(logging.Handler):
+    """Log lines written with ``tqdm.write``: above a running progress bar, never on its line."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:                       # noqa: BLE001 (logging must never raise)
+            self.handleError(record)
+
+
+#: how every command's log lines look (``warning: ...``, ``error: ...``)
+LOG_FORMAT = "%(levelname)s: %(message)s"
+
+
 def setup_logging(verbose: bool = False) -> None:
-    """Warnings and errors as ``warning: ...`` / ``error: ...`` lines on stderr."""
+    """Warnings and errors as ``warning: ...`` / ``error: ...`` lines on stderr, above any progress bar."""
     for level, name in ((logging.WARNING, "warning"), (logging.INFO, "info"), (logging.ERROR, "error")):
         logging.addLevelName(level, name)
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s: %(message)s", stream=sys.stderr)
-    if verbose:
-        logging.getLogger("nnunet_ctarr.itk").setLevel(logging.DEBUG)
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    logging.getLogger("nnunet_ctarr.itk").setLevel(logging.DEBUG if verbose else logging.WARNING)
     route_itk_messages()
 
 
@@ -37,20 +56,56 @@ def parse(parser, argv: list[str] | None):
     return args
 
 
-def map_cases(fn: Callable, items: list, n_workers: int, init: Callable, initargs: tuple, desc: str) -> list:
-    """``[fn(x) for x in items]`` with a progress bar: in this process (``n_workers <= 1``, after
-    ``init(*initargs, threads=None)``) or in ``n_workers`` spawned processes, each with
-    ``cores // n_workers`` threads (torch, OpenMP and BLAS: NumPy's OpenBLAS threads spin, and two
-    workers with two threads each took twice the CPU time) so that workers x threads <= cores.
-    Order is kept."""
+def map_cases(fn: Callable, items: list, n_workers: int, init: Callable, initargs: tuple, desc: str) -> Iterator:
+    """``fn(x) for x in items``, yielded in order as they finish, with a progress bar: in this
+    process (``n_workers <= 1``, after ``init(*initargs, threads=None)``) or in ``n_workers`` spawned
+    processes, each with ``cores // n_workers`` threads (torch, OpenMP and BLAS: NumPy's OpenBLAS
+    threads spin, and two workers with two threads each took twice the CPU time) so that workers x
+    threads <= cores. The workers' log lines come to this process (one stream, above the bar).
+    ``fn`` must not raise; a worker process that dies raises :class:`WorkerDied` for its item."""
+    bar = tqdm(total=len(items), desc=desc, disable=len(items) < 2, file=sys.stderr)
     if n_workers <= 1:
         init(*initargs, threads=None)
-        return [fn(x) for x in tqdm(items, desc=desc, disable=len(items) < 2, file=sys.stderr)]
+        for x in items:
+            yield fn(x)
+            bar.update()
+        bar.close()
+        return
     threads = max(1, (os.cpu_count() or 1) // n_workers)
     ctx = multiprocessing.get_context("spawn")
-    with _thread_env(threads), ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=init,
-                                                   initargs=(*initargs, threads)) as ex:
-        return list(tqdm(ex.map(fn, items), total=len(items), desc=desc, file=sys.stderr))
+    queue = ctx.Manager().Queue()
+    listener = QueueListener(queue, *logging.getLogger().handlers, respect_handler_level=False)
+    listener.start()
+    try:
+        with _thread_env(threads), ProcessPoolExecutor(n_workers, mp_context=ctx, initializer=_init_logged,
+                                                       initargs=(init, queue, logging.getLogger().level,
+                                                                 *initargs, threads)) as ex:
+            futures = [ex.submit(fn, x) for x in items]
+            for x, f in zip(items, futures):
+                try:
+                    yield f.result()
+                except BrokenProcessPool as e:
+                    raise WorkerDied(f"a worker process died ({e}); the case {x} and every case after it were "
+                                     "not finished") from None
+                bar.update()
+    finally:
+        bar.close()
+        listener.stop()
+
+
+class WorkerDied(CTARRError):
+    """A worker process of :func:`map_cases` died (killed, out of memory)."""
+
+
+def _init_logged(init: Callable, queue, level: int, *initargs) -> None:
+    """A spawned worker: log records go to the main process, then the command's own init."""
+    root = logging.getLogger()
+    root.handlers[:] = [QueueHandler(queue)]
+    root.setLevel(level)
+    for lvl, name in ((logging.WARNING, "warning"), (logging.INFO, "info"), (logging.ERROR, "error")):
+        logging.addLevelName(lvl, name)
+    route_itk_messages()
+    init(*initargs[:-1], threads=initargs[-1])
 
 
 #: thread-count variables a spawned worker's libraries read when they load
@@ -84,18 +139,52 @@ def init_worker(job, anatomy, atlas: Atlas | str | None, threads: int | None = N
     WORKER.update(job=job, anatomy=anatomy, atlas=atlas if isinstance(atlas, Atlas) else Atlas.load(atlas))
 
 
+def internal_error(e: BaseException) -> tuple[str, str]:
+    """(one line, the traceback) of an unexpected exception in a case: the batch goes on."""
+    where = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+    at = f" at {Path(where.filename).name}:{where.lineno}" if where else ""
+    text = " ".join(str(e).split())[:300]
+    line = (f"internal error {type(e).__name__}{at}: {text or '(no message)'} "
+            "(a bug: please report it with the traceback)")
+    return line, "".join(traceback.format_exception(type(e), e, e.__traceback__))
+
+
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> None:
-    """Run a CLI main (on ``argv``, default the command line); user errors become one line on
-    stderr and exit code 1."""
+    """Run a CLI main (on ``argv``, default the command line): a user error or an OS error is one
+    ``error:`` line and exit code 1; anything unexpected is one line too, its traceback written to
+    a file it names (and printed with ``-v``); Ctrl-C exits 130."""
+    args = sys.argv[1:] if argv is None else argv
     try:
         code = main(argv)
     except CTARRError as e:
         print(f"error: {e}", file=sys.stderr)
         code = 1
+    except OSError as e:
+        print(f"error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
+        code = 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130
+    except Exception as e:                     # noqa: BLE001 (the one place that turns a bug into one line)
+        line, tb = internal_error(e)
+        log = _save_traceback(tb)
+        print(f"error: {line}" + (f"; traceback in {log}" if log else ""), file=sys.stderr)
+        if "-v" in args or "--verbose" in args:
+            print(tb, file=sys.stderr)
+        code = 1
     sys.exit(code)
+
+
+def _save_traceback(tb: str) -> str | None:
+    """The traceback in a temporary file (its path), or None when it cannot be written."""
+    import tempfile
+    try:
+        fd, path = tempfile.mkstemp(prefix="nnunet_ctarr_error_", suffix=".txt")
+        with os.fdopen(fd, "w") as f:
+            f.write(tb)
+        return path
+    except OSError:
+        return None
 
 
 def prepare_inputs(src: Path, tmp: Path) -> str | list[list[str]]:

@@ -1,25 +1,32 @@
 """nnUNetv2_ctarr_crop: crop an anatomical region from CT scans (no interpolation)."""
 from __future__ import annotations
 
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import api
 from ..core.anatomy.atlas import Atlas
-from ..core.base.cases import case_id, list_inputs, match_case_file
+from ..core.base.cases import InputCase, list_cases, match_case_file
 from ..core.base.errors import CTARRError, WarningLog
-from ..core.base.files import check_output_folder
-from ..core.localise.settings import RegistrationSettings
+from ..core.base.files import as_json, check_output_folder
+from ..core.localise.decision import Status
 from ..core.outputs.batch_report import BatchReport
-from ..core.outputs.case_writer import ON_UNTRUSTED, CropOptions, already_done, crop_case
-from ..core.regions.region import Region, builtin_regions, check_region_atlas, load_region, load_regions
-from .common import WORKER, init_worker, map_cases, parse, run_cli
+from ..core.outputs.case_writer import CropOptions, case_stamp, region_definition, write_case
+from ..core.outputs.records import CaseRecord, ReportRow
+from ..core.outputs.sidecar import finished_regions
+from ..core.regions.region import Region, atlas_named_by, builtin_regions, check_region_atlas, load_region, load_regions
+from .common import WORKER, WorkerDied, init_worker, internal_error, map_cases, parse, run_cli
 from .options import (
     Parser,
     add_anatomy_args,
     add_atlas_arg,
     add_device_arg,
+    add_fallback_arg,
+    add_margin_arg,
     add_parts_args,
+    add_qc_arg,
+    add_regions_arg,
     add_verbose_arg,
     add_workers_arg,
     anatomy_source,
@@ -39,27 +46,26 @@ EPILOG = """examples:
 
 def build_parser() -> Parser:
     p = Parser(prog="nnUNetv2_ctarr_crop", description=__doc__, epilog=EPILOG)
-    p.add_argument("-i", dest="input", help="image file, DICOM folder, or folder of images/DICOM folders (batch)")
+    p.add_argument("-i", dest="input", help="image file, DICOM folder, or folder of images/DICOM folders (batch; "
+                                            "nnU-Net's CASE_0000, CASE_0001 ... are the channels of one case)")
     p.add_argument("-o", dest="output", help="output folder")
-    p.add_argument("-r", dest="region", nargs="+",
-                   help="region name(s) (see --list_regions), region .json file(s), or 'all' (every built-in "
-                        "region); several regions share one registration per scan")
+    add_regions_arg(p)
     add_anatomy_args(p)
     p.add_argument("--labels", help="label map(s) to crop alongside (file, or folder matched by case id)")
-    p.add_argument("--margin", type=float, default=0.0, help="extra margin in mm on top of the region's own")
+    add_margin_arg(p)
     p.add_argument("--z_only", action="store_true", help="crop only along the head-feet axis")
     p.add_argument("--pad", action="store_true", help="pad crops to the full box where the region leaves the image")
     p.add_argument("--fill_value", type=float, default=None,
                    help="padding value for --pad (default: image minimum)")
-    p.add_argument("--qc", action="store_true", help="write a QC picture <case>_<region>_qc.png")
+    p.add_argument("--boxes_only", action="store_true",
+                   help="write only the sidecar and the report (boxes as index ranges and world corners), no image; "
+                        "nnunet_ctarr.api.crops_from_sidecar cuts the crops later")
+    add_qc_arg(p)
     add_atlas_arg(p)
     p.add_argument("--no_hu_check", action="store_true", help="accept images that do not look like CT in HU")
     p.add_argument("--allow_nonfinite", action="store_true",
                    help="replace NaN/Inf voxels by the image minimum (reported) instead of refusing the image")
-    p.add_argument("--on_untrusted", choices=ON_UNTRUSTED, default="full",
-                   help="when the trust rule refuses a localisation: write the whole image under the crop's name "
-                        "(full, default: no foreground lost), write nothing (skip), or write the crop anyway (crop); "
-                        "the sidecar says trusted: false with the reasons")
+    add_fallback_arg(p)
     add_device_arg(p)
     add_workers_arg(p)
     add_parts_args(p)
@@ -84,39 +90,66 @@ def main(argv: list[str] | None = None) -> int:
     if args.list_regions:
         print(list_regions_text())
         return 0
-    missing = [f for f, v in (("-i", args.input), ("-o", args.output), ("-r", args.region)) if not v]
+    missing = [f for f, v in (("-i", args.input), ("-o", args.output), ("-r", args.regions)) if not v]
     if missing:
         parser.error(f"missing required argument(s): {' '.join(missing)}")
-    regions = load_regions(args.region)
+    regions = load_regions(args.regions)
+    args.atlas = atlas_named_by(args.regions, args.atlas)      # -r SET:REGION brings its set's atlas
     atlas = Atlas.load(args.atlas)
     for region in regions:
         check_region_atlas(region, atlas.atlas_id, WarningLog())
-    all_inputs = list_inputs(args.input)
-    cases = [case_id(p) for p in all_inputs]
+    all_inputs = list_cases(args.input)                      # nnU-Net's CASE_0000, CASE_0001 ...: one case
+    cases = [c.case for c in all_inputs]
     inputs = select_part(all_inputs, args)
-    anatomy = anatomy_source(args, device=args.device, verbose=args.verbose)
-    anatomy.prepare({case_id(p): [str(p)] for p in inputs})   # a model predicts here, once, before any worker
-    opts = CropOptions(args.margin, args.z_only, args.pad, args.fill_value, args.qc, not args.no_hu_check,
-                       args.allow_nonfinite, args.on_untrusted)
     out = check_output_folder(args.output)
-    job = _CropJob(args.labels, cases, out, regions, opts, args.device, args.resume, len(regions) == 1)
-    report = BatchReport()
-    for case, entries, done_before, error in map_cases(_crop_one, inputs, args.np, init_worker,
-                                                        (job, anatomy, atlas if args.np <= 1 else args.atlas),
-                                                        "ctarr crop"):
-        if error is not None:
-            report.add_error(case, [r.name for r in regions], error)
-        else:
-            report.add(case, entries, done_before)
-    if len(all_inputs) > 1:                    # a batch; a one-scan run has its sidecar
+    anatomy = anatomy_source(args, device=args.device, verbose=args.verbose)
+    anatomy.prepare({c.case: [str(p) for p in c.channels] for c in inputs})   # a model predicts once, before workers
+    opts = CropOptions(args.margin, args.z_only, args.pad, args.fill_value, args.qc, not args.no_hu_check,
+                       args.allow_nonfinite, args.on_untrusted, args.boxes_only)
+    job = _CropJob(args.labels, cases, out, regions, opts, args.resume, args.verbose)
+    report = _run(job, inputs, anatomy, atlas if args.np <= 1 else args.atlas, args.np)
+    if len(all_inputs) > 1 or report.interrupted:   # a batch; a one-scan run has its sidecar
         report.write(out, part_suffix(args), qc=args.qc)
-    if len(report.rows) == 1:
-        line = case_line(report.rows[0], out)
-        if line:                               # failed / outside: their error line is printed already
-            print(line)
-    else:
-        print("\n".join(report.summary_lines(out, len(regions) == 1)))
-    return 0 if report.all_clean else 1
+    _print_result(report, out, len(regions) == 1)
+    return 130 if report.interrupted else (0 if report.all_clean else 1)
+
+
+def _run(job: _CropJob, inputs: list[InputCase], anatomy, atlas, n_workers: int) -> BatchReport:
+    """Every case into the report; a failed case is a row with its reason, Ctrl-C or a dead worker
+    stops the run with the rows so far (the cases not done are named)."""
+    report = BatchReport()
+    done = set()
+    try:
+        for case, record, done_before, error, tb in map_cases(_crop_one, inputs, n_workers, init_worker,
+                                                              (job, anatomy, atlas), "ctarr crop"):
+            done.add(case)
+            if error is not None:
+                report.add_error(case, [r.name for r in job.regions], error)
+                _log_failure(job.out, case, error, tb, job.verbose)
+            else:
+                report.add(record, done_before)
+    except (KeyboardInterrupt, WorkerDied) as e:
+        report.interrupted = True
+        left = [c.case for c in inputs if c.case not in done]
+        msg = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e)
+        logging.getLogger("nnunet_ctarr").error(f"{msg}; not done: {len(left)} case(s)")
+        for c in left:
+            report.add_error(c, [r.name for r in job.regions], f"not done: {msg}")
+    return report
+
+
+def _log_failure(out: Path, case: str, error: str, tb: str | None, verbose: bool) -> None:
+    """The case's error line; an internal error's traceback goes to ``ctarr_errors.log`` (and with -v to stderr)."""
+    logging.getLogger("nnunet_ctarr").error(f"{case}: {error}")
+    if tb is None:
+        return
+    try:
+        with open(out / "ctarr_errors.log", "a") as f:
+            f.write(f"--- {case}\n{tb}\n")
+    except OSError:
+        pass
+    if verbose:
+        logging.getLogger("nnunet_ctarr").error(tb)
 
 
 @dataclass(frozen=True)
@@ -127,44 +160,69 @@ class _CropJob:
     out: Path
     regions: list[Region]
     opts: CropOptions
-    device: str
     resume: bool
-    one_region: bool
+    verbose: bool
 
 
-def _crop_one(src: Path) -> tuple[str, dict | None, bool, str | None]:
-    """One case: (case, sidecar entries, found done by --continue, error). A user error is one line
-    and the batch goes on."""
-    job, case = WORKER["job"], case_id(src)
+def _crop_one(src: InputCase) -> tuple[str, CaseRecord | None, bool, str | None, str | None]:
+    """One case (every channel cropped with the boxes of channel 0): (case, sidecar record, found
+    done by --continue, error, traceback). Never raises: a user error is its one line, anything else
+    an internal error whose traceback is kept."""
+    job, case = WORKER["job"], src.case
     try:
         lab = match_case_file(Path(job.labels), case, job.cases, "label map") if job.labels else None
-        entries = already_done(src, job.out, job.regions, WORKER["atlas"], job.opts, lab is not None,
-                               WORKER["anatomy"]) if job.resume else None
-        done_before = entries is not None
-        if not done_before:
-            entries = crop_case(src, WORKER["anatomy"], lab, job.out, job.regions, WORKER["atlas"], job.opts,
-                                RegistrationSettings(device=job.device))
+        stamp = case_stamp(case, list(src.channels), WORKER["atlas"], job.opts, lab is not None,
+                           WORKER["anatomy"].stamp(case))
+        if job.resume and (record := _done_before(job, stamp)) is not None:
+            return case, record, True, None, None
+        crops = api.crop(list(src.channels), job.regions, WORKER["anatomy"], atlas=WORKER["atlas"], labels=lab,
+                         prepared=True,
+                         on_untrusted=job.opts.on_untrusted, margin_mm=job.opts.margin_mm, z_only=job.opts.z_only,
+                         pad=job.opts.pad, fill_value=job.opts.fill_value, boxes_only=job.opts.boxes_only,
+                         hu_check=job.opts.hu_check, allow_nonfinite=job.opts.allow_nonfinite, case=case)
+        return case, write_case(crops, stamp, job.out, job.opts), False, None, None
     except CTARRError as e:
-        print(f"error: {case}: {e}", file=sys.stderr)
-        return case, None, False, str(e)
-    for name, entry in entries.items():
-        if entry["mode"] == "outside":
-            print(f"error: {case if job.one_region else case + '/' + name}: {entry['error']}", file=sys.stderr)
-    return case, entries, done_before, None
+        return case, None, False, str(e), None
+    except Exception as e:                     # noqa: BLE001 (one case's bug must not lose the batch)
+        line, tb = internal_error(e)
+        return case, None, False, line, tb
 
 
-def case_line(row: dict, out: Path) -> str:
-    """The one-line result of a single case and region (a report row); empty when it failed or
-    lies outside the field of view (its error line says so)."""
-    who, status = row["case"], row["status"]
-    if status in ("failed", "outside the field of view"):
+def _done_before(job: _CropJob, stamp: CaseRecord) -> CaseRecord | None:
+    """The case's sidecar record when ``--continue`` finds every region done with these settings."""
+    found = finished_regions(job.out / f"{stamp.case}.ctarr.json", stamp, [r.name for r in job.regions])
+    if found is None or any(as_json(region_definition(r, job.opts.margin_mm, job.opts.z_only))
+                            != found[r.name].definition for r in job.regions):
+        return None
+    return stamp.with_regions(found)
+
+
+def _print_result(report: BatchReport, out: Path, one_region: bool) -> None:
+    """One line per region of a one-scan run, else the batch summary."""
+    cases = {r.case for r in report.rows}
+    if len(cases) == 1 and not report.interrupted:
+        for row in report.rows:
+            line = case_line(row, out, one_region)
+            if line:
+                print(line)
+        return
+    print("\n".join(report.summary_lines(out, one_region)))
+
+
+def case_line(row: ReportRow, out: Path, one_region: bool = True) -> str:
+    """The one-line result of a case and region (empty when it failed: its error line says so)."""
+    who = row.case if one_region else f"{row.case}/{row.region}"
+    if row.status == Status.FAILED.value:
         return ""
-    if status.startswith("untrusted") and status != "untrusted: cropped anyway":
-        what = "nothing written" if status == "untrusted: skipped" else f"whole image written -> {out}"
-        return f"{who}: not trusted ({row['reasons']}); {what}"
-    return (f"{who}: {row['n_outputs']} crop(s), {100 * row['voxel_fraction_kept']:.1f}% of the voxels, "
-            f"orientation {row['orientation']}, Dice {row['registration_dice']:.2f}, "
-            + ("trusted" if row["trusted"] else "NOT TRUSTED (cropped anyway)") + f" -> {out}")
+    if row.status == Status.OUTSIDE.value:
+        return f"{who}: outside the field of view ({row.reasons}); nothing written"
+    if row.status in (Status.WHOLE.value, Status.SKIPPED.value):
+        what = "nothing written" if row.status == Status.SKIPPED.value else f"whole image written -> {out}"
+        return f"{who}: not trusted ({row.reasons}); {what}"
+    what = f"{row.n_outputs} crop(s)" if row.n_outputs else f"{row.n_boxes} box(es) (boxes only)"
+    return (f"{who}: {what}, {100 * row.voxel_fraction_kept:.1f}% of the voxels, "
+            f"orientation {row.orientation}, Dice {row.registration_dice:.2f}, "
+            + ("trusted" if row.trusted else "NOT TRUSTED (cropped anyway)") + f" -> {out}")
 
 
 def entry() -> None:

@@ -16,9 +16,10 @@ from ..core.anatomy.atlas import Atlas
 from ..core.base.errors import CTARRError, WarningLog
 from ..core.base.files import write_json_if_changed
 from ..core.base.nnunet_format import load_raw_dataset, raw_root
+from ..core.localise.decision import Policy, Status
 from ..core.outputs.case_writer import versions
 from ..core.regions.model_config import CONFIG_NAME, make_config
-from ..core.regions.region import check_region_atlas, load_region
+from ..core.regions.region import atlas_named_by, check_region_atlas, load_region
 from ..training.crop_records import crop_and_record, crop_settings, finished_row, recorded_rows
 from ..training.dataset_crops import CropJob
 from .common import WORKER, init_worker, map_cases, parse, run_cli
@@ -26,8 +27,12 @@ from .options import (
     Parser,
     add_anatomy_args,
     add_atlas_arg,
+    add_deprecated,
     add_device_arg,
+    add_fallback_arg,
     add_parts_args,
+    add_regions_arg,
+    add_verbose_arg,
     add_workers_arg,
     anatomy_source,
     part_suffix,
@@ -35,7 +40,7 @@ from .options import (
 )
 
 EPILOG = """example:
-  nnUNetv2_ctarr_crop_dataset -d 3 -r liver -o 503 --train_margin 10 -anatomy_seg totalseg_maps/
+  nnUNetv2_ctarr_crop_dataset -d 3 -r liver -o 503 --margin 10 -anatomy_seg totalseg_maps/
   nnUNetv2_plan_and_preprocess -d 503 -c 3d_fullres && nnUNetv2_train 503 3d_fullres 0
   # the region comes from the model folder:
   nnUNetv2_predict_ctarr -i imagesTs -o pred -d 503 -c 3d_fullres -f 0 -anatomy_seg totalseg_maps/
@@ -45,21 +50,24 @@ EPILOG = """example:
 def build_parser() -> Parser:
     p = Parser(prog="nnUNetv2_ctarr_crop_dataset", description=__doc__, epilog=EPILOG)
     p.add_argument("-d", required=True, help="source dataset: id, DatasetXXX_Name, or folder")
-    p.add_argument("-r", required=True, help="region name or region .json")
+    add_regions_arg(p, many=False, required=True)
     p.add_argument("-o", required=True, type=int, help="id of the new dataset")
     p.add_argument("-name", default=None, help="name of the new dataset (default: <source name>CTARR<Region>)")
-    p.add_argument("--train_margin", type=float, default=10.0,
-                   help="extra margin in mm around the region's boxes (default 10); stored in ctarr.json so "
+    p.add_argument("--margin", type=float, default=10.0,
+                   help="extra margin in mm on top of the region's own (default 10); stored in ctarr.json so "
                         "predictions crop the same way")
-    p.add_argument("--on_fail", choices=["full", "skip"], default="full",
-                   help="case whose localisation fails or misses the region: copy it uncropped (default) or "
-                        "leave it out")
+    add_deprecated(p, "--train_margin", "margin", "--margin", type=float)
+    add_fallback_arg(p, choices=("whole", "skip", "anyway"),
+                     what="a case whose localisation the trust rule refuses (docs/trust.md): copy it uncropped "
+                          "(whole, default: no label lost), leave it out (skip), or crop it anyway (anyway). A "
+                          "case without the region in view is left out (outside the field of view)")
+    add_deprecated(p, "--on_fail", "on_untrusted", "--on_untrusted", {"full": "whole", "skip": "skip"})
     p.add_argument("--no_test", action="store_true", help="do not crop imagesTs")
     add_workers_arg(p, default=max(1, min(4, (os.cpu_count() or 1) - 1)))
     add_device_arg(p, what="the anatomy model (-anatomy_model)")
     add_parts_args(p)
     add_atlas_arg(p)
-    p.add_argument("--verbose", action="store_true")
+    add_verbose_arg(p)
     add_anatomy_args(p)
     return p
 
@@ -90,14 +98,16 @@ def _target(args, src, region) -> tuple[str, Path]:
 def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
     src = load_raw_dataset(args.d, need_labels=True)
-    region = load_region(args.r)
+    region = load_region(args.regions)
+    args.atlas = atlas_named_by([args.regions], args.atlas)
     atlas_id = Atlas.load(args.atlas).atlas_id
     check_region_atlas(region, atlas_id, WarningLog())
     name, dst = _target(args, src, region)
     cases = [(c, "Tr") for c in src.training] + ([] if args.no_test else [(c, "Ts") for c in src.test])
-    all_jobs = [CropJob(c, split, dst, src.file_ending, region, args.train_margin, args.on_fail) for c, split in cases]
+    policy = Policy(args.on_untrusted, args.margin)
+    all_jobs = [CropJob(c, split, dst, src.file_ending, region, policy) for c, split in cases]
     jobs = select_part(all_jobs, args)
-    settings = crop_settings(region, args.train_margin, args.on_fail, atlas_id, src.folder)
+    settings = crop_settings(region, policy, atlas_id, src.folder)
     done = {_key(j): row for j in jobs if args.resume and (row := finished_row(j, settings)) is not None}
     todo = [j for j in jobs if _key(j) not in done]
     anatomy = anatomy_source(args, device=args.device, verbose=args.verbose)
@@ -116,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
               "finishes last (or by a run with --continue once all parts are done)")
     else:
         _write_dataset_files(dst, src, region, name, args, complete, atlas_id)
-    return 0 if all(r["status"] == "cropped" for r in rows) else 1
+    return 0 if all(r["status"] == Status.CROPPED.value for r in rows) else 1
 
 
 def _write_dataset_files(dst: Path, src, region, name: str, args, rows: list[dict], atlas_id: str) -> None:
@@ -126,27 +136,26 @@ def _write_dataset_files(dst: Path, src, region, name: str, args, rows: list[dic
     if n_train == 0:
         raise CTARRError("no training case could be cropped: " + "; ".join(r.get("error", "") for r in rows[:3]))
     # a model trained on these crops is predicted on the same crops (not on tile-fitted ones)
-    cfg = make_config(region, args.train_margin, crops="exact", source_dataset=src.folder.name)
+    cfg = make_config(region, args.margin, crops="exact", source_dataset=src.folder.name)
     write_json_if_changed(dst / "dataset.json", dict(src.dataset_json, name=name, numTraining=n_train, ctarr=cfg))
     write_json_if_changed(dst / CONFIG_NAME, cfg)
     write_json_if_changed(dst / "ctarr_crop_report.json", {
-        "source": str(src.folder), "region": region.to_dict(), "train_margin_mm": args.train_margin,
-        "cases": rows, "versions": versions(atlas_id, args.r)})
+        "source": str(src.folder), "region": region.to_dict(), "margin_mm": args.margin,
+        "cases": rows, "versions": versions(atlas_id, args.regions)})
     print(f"-> {dst} ({n_train} training cases); region settings in {dst / CONFIG_NAME}")
 
 
 def _print_summary(rows: list[dict], n_done: int) -> None:
-    print(f"{'case':<24} {'status':<8} {'crops':>5} {'voxels/crop':>11} {'fg lost %':>9}")
+    print(f"{'case':<24} {'status':<27} {'crops':>5} {'voxels/crop':>11} {'fg lost %':>9}")
     for r in rows:
-        red = r.get("voxel_reduction")
-        lost = r.get("lost_foreground_pct")
-        print(f"{r['case']:<24} {r['status']:<8} {len(r['outputs']):>5} "
+        red, lost = r.get("voxel_reduction"), r.get("lost_foreground_pct")
+        print(f"{r['case']:<24} {r['status']:<27} {len(r['outputs']):>5} "
               f"{'' if red is None else f'{red:.2f}x':>11} {'' if lost is None else f'{lost:.3f}':>9}")
         for w in r["warnings"]:
-            logger.warning(w)
-        if r["status"] == "error":
+            logger.warning(f"{r['case']}: {w}")
+        if r["status"] == Status.FAILED.value:
             logger.error(f"{r['case']}: {r['error']}")
-    cropped = [r for r in rows if r["status"] == "cropped"]
+    cropped = [r for r in rows if r["status"] == Status.CROPPED.value]
     if cropped:
         reds = sorted(r["voxel_reduction"] for r in cropped)
         lost = [r.get("lost_foreground_pct") or 0.0 for r in cropped]

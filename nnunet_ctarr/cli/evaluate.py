@@ -5,7 +5,7 @@ cropping, voxel reduction factor, CTARR seconds, orientation found (and, with ``
 whether it is the known one). Per scan one image read, one label read, one anatomy load and one
 registration serve every region. Writes ``OUT/evaluation.csv`` (one row per case and region, worst
 cases first), ``OUT/summary.md`` (a section per region) and ``OUT/evaluation.json`` (what
-``--continue`` compares); ``--qc N`` adds QC pictures of the N worst cases per region. The input
+``--continue`` compares); ``--qc`` adds QC pictures of the ``--qc_worst`` worst cases per region. The input
 may be an nnU-Net raw dataset folder (imagesTr + labelsTr) or image/label folders.
 """
 from __future__ import annotations
@@ -18,8 +18,9 @@ from ..core.anatomy.atlas import Atlas
 from ..core.base.cases import case_id, list_inputs, match_case_file
 from ..core.base.errors import CTARRError, WarningLog
 from ..core.base.files import check_output_folder, write_csv, write_text
+from ..core.localise.decision import Policy, Status
 from ..core.outputs.batch_report import outcome_lines
-from ..core.regions.region import Region, check_region_atlas, load_regions
+from ..core.regions.region import Region, atlas_named_by, check_region_atlas, load_regions
 from ..evaluation.resume import case_stamp, finished_rows, run_settings, write_results
 from ..evaluation.scores import load_perturbations
 from ..evaluation.table import (
@@ -39,7 +40,11 @@ from .options import (
     add_anatomy_args,
     add_atlas_arg,
     add_device_arg,
+    add_fallback_arg,
+    add_margin_arg,
     add_parts_args,
+    add_qc_arg,
+    add_regions_arg,
     add_verbose_arg,
     add_workers_arg,
     anatomy_source,
@@ -53,18 +58,19 @@ def build_parser() -> Parser:
     ap.add_argument("-i", dest="images", required=True, help="image folder, or an nnU-Net raw dataset folder")
     ap.add_argument("--labels", default=None, help="label folder (default: labelsTr of the dataset)")
     add_anatomy_args(ap)
-    ap.add_argument("-r", dest="region", nargs="+", required=True,
-                    help="region name(s), region .json file(s), or 'all' (every built-in region); several "
-                         "regions share one registration per scan")
+    add_regions_arg(ap, required=True)
     ap.add_argument("-o", dest="out", required=True)
     ap.add_argument("--label_ids", type=int, nargs="+", default=None, help="foreground label ids (default: all > 0)")
-    ap.add_argument("--margin", type=float, default=0.0)
+    add_margin_arg(ap)
+    add_fallback_arg(ap, what="the status of a case whose localisation the trust rule refuses: what a writer would "
+                              "do (whole, default; skip; anyway); the boxes are scored either way")
     add_atlas_arg(ap)
     add_device_arg(ap)
     ap.add_argument("--perturbations", default=None,
                     help="JSON {case: {perturbation, expected_M}} of scans with a known perturbation: marks the "
                          "orientation found right/wrong (scripts/make_eval_example.py writes one)")
-    ap.add_argument("--qc", type=int, default=0, help="QC pictures for the N worst cases of each region")
+    add_qc_arg(ap, "QC pictures <case>_<region>_qc.png of the worst cases of each region (--qc_worst)")
+    ap.add_argument("--qc_worst", type=int, default=5, help="how many worst cases per region --qc draws (default 5)")
     add_workers_arg(ap)
     add_parts_args(ap)
     add_verbose_arg(ap)
@@ -119,17 +125,19 @@ def _stamps(job: _EvalJob, inputs: list[Path]) -> dict[str, dict]:
 def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
     src, labels_dir = _image_and_label_folders(args)
-    regions, atlas = load_regions(args.region), Atlas.load(args.atlas)
+    args.atlas = atlas_named_by(args.regions, args.atlas)      # -r SET:REGION brings its set's atlas
+    regions, atlas = load_regions(args.regions), Atlas.load(args.atlas)
     for region in regions:
         check_region_atlas(region, atlas.atlas_id, WarningLog())
     all_inputs = list_inputs(src)
     inputs = select_part(all_inputs, args)
-    settings = EvalSettings(args.margin, tuple(args.label_ids) if args.label_ids else None, args.device)
+    settings = EvalSettings(Policy(args.on_untrusted, args.margin), tuple(args.label_ids) if args.label_ids else None)
     job = _EvalJob(labels_dir, [case_id(p) for p in all_inputs], regions, settings,
                    load_perturbations(args.perturbations))
     out = check_output_folder(args.out)
     run = run_settings(args.margin, args.label_ids, atlas.atlas_id,
-                       {"seg": args.anatomy_seg, "format": args.anatomy_format, "model": args.anatomy_model})
+                       {"seg": args.anatomy_seg, "format": args.anatomy_format, "model": args.anatomy_model},
+                       args.on_untrusted)
     stamps = _stamps(job, inputs)
     done = finished_rows(out, run, regions, stamps) if args.resume else {}
     todo = [p for p in inputs if case_id(p) not in done]
@@ -141,11 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = sort_rows([r for p in inputs for r in (done.get(case_id(p)) or new[p])], regions)
     md = _write_tables(out, part_suffix(args), rows, regions, args.images, run, stamps)
     if args.qc:
-        _draw(out, rows, args.qc, inputs, set(done), anatomy, regions, atlas, settings)
+        _draw(out, rows, args.qc_worst, inputs, set(done), anatomy, regions, atlas, settings)
     print("\n".join(md))
-    print("\n".join(outcome_lines(rows, STATUSES, ("ok",), "ok", out, len(regions) == 1,
+    print("\n".join(outcome_lines(rows, STATUSES, (Status.CROPPED.value,), "cropped", out, len(regions) == 1,
                                   f" ({len(done)} case(s) done before)" if done else "")))
-    return 0 if all(r["status"] == "ok" for r in rows) else 1
+    return 0 if all(r["status"] == Status.CROPPED.value for r in rows) else 1
 
 
 def _write_tables(out: Path, part: str, rows: list[dict], regions: list[Region], images: str, run: dict,

@@ -20,7 +20,15 @@ from ..core.base.nnunet_format import load_raw_dataset
 from ..core.build.region_learning import learn_region
 from ..core.localise.settings import RegistrationSettings
 from .common import parse, run_cli
-from .options import Parser, add_anatomy_args, add_atlas_arg, add_device_arg, anatomy_source
+from .options import (
+    Parser,
+    add_anatomy_args,
+    add_atlas_arg,
+    add_deprecated,
+    add_device_arg,
+    add_verbose_arg,
+    anatomy_source,
+)
 
 EPILOG = """example:
   nnUNetv2_ctarr_learn_region -d 3 -l liver -name liver_ds3 -anatomy_seg totalseg_maps/ -o liver_ds3.json
@@ -37,10 +45,12 @@ def build_parser() -> Parser:
     p.add_argument("-o", default=None, help="output region .json (default: NAME.json)")
     p.add_argument("--threshold", type=float, default=0.0,
                    help="heatmap threshold: share of scans (default 0 = any scan; paper 3.4)")
-    p.add_argument("--margin", type=float, default=10.0, help="margin in mm stored with the region (default 10)")
+    p.add_argument("--region_margin", type=float, default=10.0,
+                   help="the region's own margin in mm, stored with it (default 10; commands add --margin on top)")
+    add_deprecated(p, "--margin", "region_margin", "--region_margin", type=float)
     add_device_arg(p)
     add_atlas_arg(p)
-    p.add_argument("--verbose", action="store_true")
+    add_verbose_arg(p)
     add_anatomy_args(p)
     return p
 
@@ -65,14 +75,13 @@ def main(argv: list[str] | None = None) -> int:
             except CTARRError as e:
                 errors.append(f"{c.case}: {e}")
 
-    learned = learn_region(cases(), atlas, args.name, args.threshold, args.margin,
-                           RegistrationSettings(device=args.device),
+    learned = learn_region(cases(), atlas, args.name, args.threshold, args.region_margin, RegistrationSettings(),
                            provenance={"dataset": ds.folder.name, "labels": labels})
     out = Path(args.o or f"{args.name}.json")
     learned.region.save(out)
     skipped = errors + learned.skipped
     print(f"region '{args.name}' from {learned.n_scans} of {len(ds.training)} training scans of {ds.folder.name} "
-          f"(labels {', '.join(labels)}; threshold {args.threshold}, margin {args.margin} mm) -> {out}")
+          f"(labels {', '.join(labels)}; threshold {args.threshold}, margin {args.region_margin} mm) -> {out}")
     for k, (lo, hi) in enumerate(learned.region.boxes_mm):
         size = hi - lo
         print(f"  box {k}: {size[0]:.0f} x {size[1]:.0f} x {size[2]:.0f} mm (x y z, without margin), "

@@ -1,10 +1,15 @@
-"""The one CLI convention of nnunet-ctarr and the option groups every command shares.
+"""The one CLI vocabulary of nnunet-ctarr and the option groups every command shares.
 
-* Every option is accepted with one dash (nnU-Net's habit: ``-anatomy_seg``) and with two
-  (``--anatomy_seg``); :class:`Parser` adds the other spelling to every option it is given.
+* Every long option is accepted with one dash (nnU-Net's habit: ``-anatomy_seg``) and with two
+  (``--anatomy_seg``); :class:`Parser` adds the other spelling. No abbreviation is accepted in
+  either spelling (argparse takes single-dash prefixes even with ``allow_abbrev=False``).
+* One word per idea, on every command: ``-r/--regions`` (``-region`` kept), ``--margin`` the extra
+  margin in mm on top of a region's own, ``--on_untrusted {whole,skip,anyway}`` the one fallback,
+  ``--qc`` a flag, ``-device`` the torch device of an anatomy model (the registration runs on the CPU).
+  Old spellings still work for one release and say so: :func:`add_deprecated`.
 * The anatomy options (``-anatomy_seg``, ``-anatomy_format``, ``-anatomy_model`` (a model
-  folder, ``totalsegmentator[:3mm|:6mm]`` or ``hu``) with its folds and checkpoint), the atlas and
-  the device are defined here once and used by every command that locates.
+  folder or a keyword of ``core.anatomy.sources.ANATOMY_KEYWORDS``) with its folds and
+  checkpoint), the atlas and the device are defined here once.
 """
 from __future__ import annotations
 
@@ -12,18 +17,21 @@ import argparse
 import os
 import sys
 
-from ..core.anatomy import totalseg_weights
 from ..core.anatomy.groups import ANATOMY_FORMATS
-from ..core.anatomy.sources import PrecomputedAnatomy
+from ..core.anatomy.sources import ANATOMY_KEYWORDS, AnatomySource
 from ..core.base.errors import CTARRError
+from ..core.localise.decision import DEPRECATED_ON_UNTRUSTED, ON_UNTRUSTED
 from ..core.regions.model_config import CROP_MODES
 
 
 def both_spellings(names: tuple[str, ...]) -> tuple[str, ...]:
-    """``("-x",)`` -> ``("-x", "--x")``; ``("--name",)`` -> ``("--name", "-name")``."""
+    """``("-name",)`` -> ``("-name", "--name")``; ``("--name",)`` -> ``("--name", "-name")``; a
+    one-letter ``-x`` stays as it is."""
     out = list(names)
     for n in names:
         bare = n.lstrip("-")
+        if len(bare) == 1:
+            continue
         for other in (f"-{bare}", f"--{bare}"):
             if other not in out:
                 out.append(other)
@@ -31,8 +39,8 @@ def both_spellings(names: tuple[str, ...]) -> tuple[str, ...]:
 
 
 class Parser(argparse.ArgumentParser):
-    """``argparse.ArgumentParser`` where every option works with one and with two dashes
-    (no abbreviations, raw description/epilog formatting)."""
+    """``argparse.ArgumentParser`` where every long option works with one and with two dashes,
+    nothing is abbreviated, and description/epilog keep their formatting."""
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)
@@ -44,13 +52,84 @@ class Parser(argparse.ArgumentParser):
             names = both_spellings(names)
         return super().add_argument(*names, **kwargs)
 
+    def _get_option_tuples(self, option_string: str) -> list:
+        """No prefix matching at all (argparse matches single-dash prefixes even without abbreviations)."""
+        return []
+
+
+def warn_deprecated(old: str, new: str) -> None:
+    print(f"warning: {old} is deprecated and will be removed in the next release; use {new}", file=sys.stderr)
+
+
+class _Deprecated(argparse.Action):
+    """An old option spelling: stores into the new option's ``dest`` (values mapped) and warns."""
+
+    def __init__(self, option_strings, dest, new: str = "", values: dict | None = None, **kwargs):
+        self.new, self.values = new, values or {}
+        super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if self.values and value not in self.values:
+            parser.error(f"{option_string} {value}: {self.values.get('*', 'not supported any more')}; use {self.new}")
+        mapped = self.values.get(value, value)
+        warn_deprecated(f"{option_string} {value}" if self.values else option_string, f"{self.new} {mapped}".strip()
+                        if self.values else self.new)
+        setattr(namespace, self.dest, mapped)
+
+
+def add_deprecated(p: argparse.ArgumentParser, old: str, dest: str, new: str, values: dict | None = None,
+                   **kwargs) -> None:
+    """``old`` (hidden from help) as an alias of the option ``new`` storing into ``dest``;
+    ``values``: old value -> new value (any other value is refused with the text under ``"*"``)."""
+    p.add_argument(old, dest=dest, action=_Deprecated, new=new, values=values, **kwargs)
+
+
+def _fallback(value: str) -> str:
+    """An ``--on_untrusted`` value; the old ones (full, crop, refuse, mark) are mapped and warned about."""
+    if value in DEPRECATED_ON_UNTRUSTED:
+        warn_deprecated(f"--on_untrusted {value}", f"--on_untrusted {DEPRECATED_ON_UNTRUSTED[value]}")
+        return DEPRECATED_ON_UNTRUSTED[value]
+    return value
+
+
+#: what --on_untrusted does, in every command's help
+ON_UNTRUSTED_HELP = ("when the trust rule refuses the localisation (docs/trust.md): the whole image stands in for the "
+                     "crop (whole{d_whole}: nothing lost), nothing for that case and region (skip{d_skip}), or the "
+                     "crop anyway, marked untrusted (anyway{d_anyway}); the sidecar and the report say why")
+
+
+def add_fallback_arg(p: argparse.ArgumentParser, default: str = "whole", choices: tuple[str, ...] = ON_UNTRUSTED,
+                     what: str = "") -> None:
+    """``--on_untrusted {whole,skip,anyway}``, the one fallback of every command."""
+    marks = {f"d_{c}": (", default" if c == default else "") for c in ON_UNTRUSTED}
+    p.add_argument("--on_untrusted", choices=choices, default=default, type=_fallback,
+                   help=what or ON_UNTRUSTED_HELP.format(**marks))
+
+
+def add_regions_arg(p: argparse.ArgumentParser, many: bool = True, required: bool = False) -> None:
+    """``-r/--regions`` (and ``-region``): region names, region .json files, or ``all``."""
+    p.add_argument("-r", "--regions", "-region", dest="regions", nargs="+" if many else None, required=required,
+                   default=None,
+                   help="region name(s) (see nnUNetv2_ctarr_crop --list_regions), region .json file(s), or 'all' "
+                        "(every built-in region); several regions share one registration per scan" if many else
+                        "region name or region .json")
+
+
+def add_margin_arg(p: argparse.ArgumentParser, default: float | None = 0.0, note: str = "") -> None:
+    """``--margin MM``: the extra margin on top of a region's own (every command means the same)."""
+    shown = default if default is not None else note
+    p.add_argument("--margin", type=float, default=default,
+                   help=f"extra margin in mm on top of the region's own (default {shown})")
+
+
+def add_qc_arg(p: argparse.ArgumentParser, what: str = "a QC picture <case>_<region>_qc.png per case and region"
+               ) -> None:
+    p.add_argument("--qc", action="store_true", help=f"write {what}")
+
 
 #: what a command says when it uses the HU anatomy because no anatomy option was given
 HU_DEFAULT_NOTE = ("from the CT's HU values (no -anatomy_seg or -anatomy_model given: -anatomy_model hu; "
                    "TotalSegmentator maps or weights place tighter crops, docs/anatomy.md)")
-
-#: ``-anatomy_model`` keywords besides a model folder (help texts; ``core.totalseg_weights``, ``core.hu_anatomy``)
-ANATOMY_MODEL_KEYWORDS = ("totalsegmentator", "totalsegmentator:3mm", "totalsegmentator:6mm", "hu")
 
 
 def add_anatomy_args(p: argparse.ArgumentParser, model: bool = True, required: bool = False) -> None:
@@ -63,13 +142,10 @@ def add_anatomy_args(p: argparse.ArgumentParser, model: bool = True, required: b
     p.add_argument("-anatomy_format", default="auto", choices=ANATOMY_FORMATS,
                    help="format of -anatomy_seg (default: detected)")
     if model:
+        keywords = "; ".join(f"{k}: {v}" for k, v in ANATOMY_KEYWORDS.items())
         p.add_argument("-anatomy_model", default=None,
                        help="instead of -anatomy_seg: predict the anatomy with an nnU-Net model folder (labels: "
-                            "CTARR groups or TotalSegmentator names), or a keyword: totalsegmentator (= "
-                            "totalsegmentator:3mm, TotalSegmentator's 3 mm total model), totalsegmentator:6mm (its "
-                            "6 mm model; both from TotalSegmentator's weights folder, docs/anatomy.md), hu (HU "
-                            "thresholds, no model; the default when neither -anatomy_seg nor -anatomy_model is given); "
-                            "runs on -device")
+                            f"CTARR groups or TotalSegmentator names), or a keyword ({keywords}); runs on -device")
         p.add_argument("-anatomy_folds", nargs="+", default=None,
                        help="folds of -anatomy_model (default: all found; 0 for totalsegmentator)")
         p.add_argument("-anatomy_chk", default="checkpoint_final.pth", help="checkpoint of -anatomy_model")
@@ -79,12 +155,14 @@ def add_anatomy_args(p: argparse.ArgumentParser, model: bool = True, required: b
 
 
 def add_atlas_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-atlas", default=None, help="atlas .npz (default: the shipped starter atlas)")
+    p.add_argument("-atlas", default=None, help="atlas .npz, or the name of an imported atlas set (nnUNetv2_ctarr_"
+                                                "import_ctarr; its regions: -r NAME:REGION) (default: the shipped "
+                                                "starter atlas)")
 
 
 def add_device_arg(p: argparse.ArgumentParser, default: str = "cpu",
-                   what: str = "an anatomy model (-anatomy_model; the registration runs on the CPU)") -> None:
-    p.add_argument("-device", default=default, help=f"torch device for {what} (cpu, cuda, cuda:1, mps)")
+                   what: str = "the anatomy model (-anatomy_model); the registration runs on the CPU") -> None:
+    p.add_argument("-device", default=default, help=f"torch device of {what} (cpu, cuda, cuda:1, mps)")
 
 
 def add_workers_arg(p: argparse.ArgumentParser, default: int = 1) -> None:
@@ -114,35 +192,29 @@ def part_suffix(args) -> str:
 
 
 def add_verbose_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-v", "--verbose", action="store_true", help="more log output")
+    p.add_argument("-v", "--verbose", action="store_true", help="more log output (and the traceback of a failed case)")
 
 
 def anatomy_source(args, device: str = "cpu", step_size: float = 0.5, disable_tta: bool = False,
-                   npp: int = 2, nps: int = 2, verbose: bool = False):
-    """The anatomy source of parsed arguments (exactly one of ``-anatomy_seg`` / ``-anatomy_model``):
-    precomputed maps, an nnU-Net model folder, TotalSegmentator's model (found as TotalSegmentator
-    finds it) or the HU anatomy. nnU-Net is imported only when a model is used."""
+                   npp: int = 2, nps: int = 2, verbose: bool = False) -> AnatomySource:
+    """The anatomy source of parsed arguments (at most one of ``-anatomy_seg`` / ``-anatomy_model``;
+    none: the HU anatomy, said on stderr) through ``nnunet_ctarr.api.anatomy_source``."""
+    from ..api import anatomy_source as source_of
     model = getattr(args, "anatomy_model", None)
     if args.anatomy_seg and model:
         raise CTARRError("give one anatomy source: -anatomy_seg FILE_OR_FOLDER or -anatomy_model "
-                         f"MODEL_FOLDER|{'|'.join(ANATOMY_MODEL_KEYWORDS)} (none: the HU anatomy)")
+                         f"MODEL_FOLDER|{'|'.join(ANATOMY_KEYWORDS)} (none: the HU anatomy)")
     if not (args.anatomy_seg or hasattr(args, "anatomy_model")):
         raise CTARRError("give the anatomy: -anatomy_seg FILE_OR_FOLDER")
-    if args.anatomy_seg:
-        return PrecomputedAnatomy(args.anatomy_seg, args.anatomy_format)
-    if not model or model.strip().lower() == "hu":
-        from ..core.anatomy.hu_anatomy import HUAnatomy
-        if not model:
-            print(f"anatomy: {HU_DEFAULT_NOTE}", file=sys.stderr)
-        return HUAnatomy(getattr(args, "atlas", None), default=not model)
-    folds = None if args.anatomy_folds is None else [f if f == "all" else int(f) for f in args.anatomy_folds]
-    name = None
-    if totalseg_weights.model_for(model) is not None:
-        folder, folds, ts = totalseg_weights.resolve(model, folds, args.anatomy_chk)
-        model, name = folder, ts.keyword
-    from ..inference.anatomy_model import ModelAnatomy
-    disable_tta = disable_tta or getattr(args, "anatomy_disable_tta", False)
-    return ModelAnatomy(model, folds, args.anatomy_chk, device, step_size, disable_tta, npp, nps, verbose, name=name)
+    if not args.anatomy_seg and not model:
+        print(f"anatomy: {HU_DEFAULT_NOTE}", file=sys.stderr)
+    folds = None if getattr(args, "anatomy_folds", None) is None else \
+        [f if f == "all" else int(f) for f in args.anatomy_folds]
+    return source_of(args.anatomy_seg or model, kind="map" if args.anatomy_seg else "model",
+                     fmt=args.anatomy_format, atlas=getattr(args, "atlas", None),
+                     device=device, folds=folds, checkpoint=getattr(args, "anatomy_chk", "checkpoint_final.pth"),
+                     step_size=step_size, disable_tta=disable_tta or getattr(args, "anatomy_disable_tta", False),
+                     npp=npp, nps=nps, verbose=verbose)
 
 
 # ---------------------------------------------------------------------- nnU-Net inference flags

@@ -1,6 +1,6 @@
 """nnUNetv2_ctarr_prealign and nnUNetv2_ctarr_body_height.
 
-prealign: FIXED MOVING -> the axis-aligned transform between the two scans (both registered to
+prealign: -fixed FIXED -moving MOVING -> the axis-aligned transform between the two scans (both registered to
 the atlas, transforms composed), as an ITK transform file (``OUT.tfm``, usable with
 ``sitk.Resample(moving, fixed, sitk.ReadTransform(...))`` and as an initial transform in
 ANTs/elastix) and ``OUT.json``. Works when the scans overlap little or not at all.
@@ -9,6 +9,7 @@ body_height: the atlas z (mm) of every axial slice, and a normalised score, as J
 """
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
@@ -21,36 +22,45 @@ from ..core.base.cases import case_id
 from ..core.base.errors import CTARRError, WarningLog
 from ..core.base.files import write_json
 from ..core.base.images import read_image
-from ..core.localise.localisation import locate
+from ..core.localise.decision import locate_case
 from ..core.localise.prealign import body_height, itk_transform, moving_to_fixed
-from ..core.localise.settings import RegistrationSettings
-from ..core.localise.trust import assess
 from .common import parse, run_cli
-from .options import Parser, add_anatomy_args, add_atlas_arg, add_device_arg, add_verbose_arg, anatomy_source
+from .options import (
+    Parser,
+    add_anatomy_args,
+    add_atlas_arg,
+    add_device_arg,
+    add_fallback_arg,
+    add_verbose_arg,
+    anatomy_source,
+    warn_deprecated,
+)
 
 
-def _locate(image_path: str, anatomy: tuple, atlas: Atlas, device: str, on_untrusted: str, what: str = "the scan"):
+def _locate(image_path: str, anatomy: tuple, atlas: Atlas, on_untrusted: str, what: str = "the scan"):
     """Image, localisation and trust verdict (``anatomy``: a prepared source and the scan's key in
-    it); an untrusted localisation is refused (one line) unless ``on_untrusted`` is ``mark``."""
+    it), through the one decision's localisation and scan verdict; an untrusted localisation writes
+    nothing (one line) unless ``on_untrusted`` is ``anyway`` (the result, marked untrusted)."""
     warnings = WarningLog()
     image = read_image(image_path)
     source, key = anatomy
-    anat = source.load(key, warnings)
-    loc = locate(image, anat, atlas, RegistrationSettings(device=device), warnings)
-    trust = assess(loc, atlas)
+    located = locate_case(image, source.load(key, warnings), atlas, warnings=warnings)
+    trust = located.scan_trust(atlas)
     if not trust.trusted:
-        if on_untrusted == "refuse":
+        if on_untrusted == "skip":
             raise CTARRError(f"the localisation of {what} is not trusted ({trust.text()}); nothing written "
-                             "(--on_untrusted mark writes the result marked as untrusted)")
+                             "(--on_untrusted anyway writes the result marked as untrusted)")
         warnings.warn(f"the localisation of {what} is not trusted ({trust.text()}); result marked")
-    return image, loc, trust
+    if located.localisation is None:
+        raise CTARRError(f"{what}: no localisation to write ({trust.text()})")
+    return image, located.localisation, trust
 
 
 def _add_common(ap: Parser) -> Parser:
     """Options shared by both commands."""
-    ap.add_argument("--on_untrusted", choices=("refuse", "mark"), default="refuse",
-                    help="an untrusted localisation (core.trust): refuse with one line (default), or write the "
-                         "result with trusted: false and the reasons")
+    add_fallback_arg(ap, default="skip", choices=("skip", "anyway"),
+                     what="an untrusted localisation (docs/trust.md): write nothing, one error line (skip, default), "
+                          "or write the result with trusted: false and the reasons (anyway)")
     add_atlas_arg(ap)
     add_device_arg(ap)
     add_verbose_arg(ap)
@@ -59,8 +69,9 @@ def _add_common(ap: Parser) -> Parser:
 
 def build_prealign_parser() -> Parser:
     ap = Parser(prog="nnUNetv2_ctarr_prealign", description=__doc__)
-    ap.add_argument("fixed", help="fixed image (file or DICOM folder)")
-    ap.add_argument("moving", help="moving image (file or DICOM folder)")
+    ap.add_argument("-fixed", default=None, help="fixed image (file or DICOM folder)")
+    ap.add_argument("-moving", default=None, help="moving image (file or DICOM folder)")
+    ap.add_argument("images", nargs="*", help=argparse.SUPPRESS)     # deprecated: FIXED MOVING as positionals
     ap.add_argument("-o", dest="out", required=True, help="output prefix: OUT.tfm and OUT.json")
     ap.add_argument("--fixed_anatomy", default=None, help="anatomy map of the fixed image (with --moving_anatomy)")
     ap.add_argument("--moving_anatomy", default=None, help="anatomy map of the moving image (with --fixed_anatomy)")
@@ -104,13 +115,20 @@ def _pair_anatomy(args) -> dict[str, tuple]:
 
 
 def prealign_main(argv: list[str] | None = None) -> int:
-    args = parse(build_prealign_parser(), argv)
+    parser = build_prealign_parser()
+    args = parse(parser, argv)
+    if args.images:
+        if len(args.images) != 2 or args.fixed or args.moving:
+            parser.error("give the scans as -fixed FIXED -moving MOVING")
+        warn_deprecated("FIXED MOVING as positional arguments", "-fixed FIXED -moving MOVING")
+        args.fixed, args.moving = args.images
+    if not (args.fixed and args.moving):
+        parser.error("missing required argument(s): -fixed and -moving")
     t0 = time.perf_counter()
     atlas = Atlas.load(args.atlas)
     anatomy = _pair_anatomy(args)
-    _, fixed, f_trust = _locate(args.fixed, anatomy["fixed"], atlas, args.device, args.on_untrusted, "the fixed scan")
-    _, moving, m_trust = _locate(args.moving, anatomy["moving"], atlas, args.device, args.on_untrusted,
-                                 "the moving scan")
+    _, fixed, f_trust = _locate(args.fixed, anatomy["fixed"], atlas, args.on_untrusted, "the fixed scan")
+    _, moving, m_trust = _locate(args.moving, anatomy["moving"], atlas, args.on_untrusted, "the moving scan")
     A, b = moving_to_fixed(fixed.transform, moving.transform)
     tx = itk_transform(fixed.transform, moving.transform)
     out = Path(args.out)
@@ -138,9 +156,10 @@ def body_height_main(argv: list[str] | None = None) -> int:
     atlas = Atlas.load(args.atlas)
     source = anatomy_source(args, device=args.device, verbose=args.verbose)
     source.prepare({case_id(args.image): [args.image]})
-    image, loc, trust = _locate(args.image, (source, case_id(args.image)), atlas, args.device, args.on_untrusted)
+    image, loc, trust = _locate(args.image, (source, case_id(args.image)), atlas, args.on_untrusted)
     lo, hi = atlas.extent()
-    res = trust.record(body_height(image, loc.transform, (float(lo[2]), float(hi[2]))))
+    res = body_height(image, loc.transform, (float(lo[2]), float(hi[2])))
+    res.update(trusted=trust.trusted, trust=trust.to_dict())
     res["registration"] = loc.registration.to_dict()
     res["warnings"] = list(loc.warnings)
     write_json(Path(args.out), res)

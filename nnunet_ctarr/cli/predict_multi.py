@@ -20,7 +20,16 @@ from ..core.base.files import check_output_folder
 from ..core.base.nnunet_format import group_channels
 from ..core.regions.region import check_region_atlas
 from .common import parse, prepare_inputs, run_cli
-from .options import Parser, add_anatomy_args, add_atlas_arg, add_crops_arg, add_inference_args
+from .dicom_output import add_output_type_arg, plan_dicom_outputs, write_dicom_outputs
+from .options import (
+    Parser,
+    add_anatomy_args,
+    add_atlas_arg,
+    add_crops_arg,
+    add_deprecated,
+    add_fallback_arg,
+    add_inference_args,
+)
 from .options import inference_anatomy_and_device as anatomy_and_device
 
 EPILOG = """examples:
@@ -49,14 +58,19 @@ def build_parser() -> Parser:
     add_anatomy_args(p)
     add_atlas_arg(p)
     add_crops_arg(p)
-    p.add_argument("--on_miss", choices=["empty", "full"], default="empty",
-                   help="a model's region outside the field of view: the model contributes nothing (default, "
-                        "warning) or predicts the full volume")
+    add_fallback_arg(p, what="when the trust rule refuses the localisation for a model's region (docs/trust.md): the "
+                             "model predicts the whole image (whole, default), contributes nothing (skip), or "
+                             "predicts its crop anyway (anyway). A region outside the field of view contributes "
+                             "nothing")
+    add_deprecated(p, "--on_miss", "on_miss", "(nothing: a region outside the field of view contributes nothing)",
+                   {"empty": "empty", "*": "removed: a region outside the field of view contributes nothing"})
+    add_output_type_arg(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
+    dicom_plan = plan_dicom_outputs(args)   # DICOM inputs checked before any prediction
     from ..inference.multi_predictor import MultiModelPredictor
     from ..inference.multi_spec import load_spec
     spec = load_spec(args.spec)
@@ -82,19 +96,19 @@ def main(argv: list[str] | None = None) -> int:
         for m in spec.models:
             check_region_atlas(m.region, atlas.atlas_id, WarningLog())
         predictor = MultiModelPredictor(spec, anatomy, atlas, device,
-                                        args.on_miss, args.step_size, not args.disable_tta,
+                                        args.on_untrusted, args.step_size, not args.disable_tta,
                                         not args.not_on_device, args.verbose, not args.disable_progress_bar,
                                         crops=args.crops)
         reports = predictor.predict_files(lists, args.o, overwrite=not args.continue_prediction)
     for case, r in reports.items():
-        parts = [f"{m['name']} {m['mode']} ({m['voxels_won']} vox)" for m in r["models"]]
+        parts = [f"{m['name']} {m['status']} ({m['voxels_won']} vox)" for m in r["models"]]
         print(f"{case}: " + ", ".join(parts) + f"; overlap {r['overlap_voxels']} vox", file=sys.stderr)
     for case, err in predictor.failed.items():
         print(f"error: {case}: {err}", file=sys.stderr)
     if predictor.failed:
         print(f"error: {len(predictor.failed)} of {len(lists)} case(s) not predicted: {', '.join(predictor.failed)}",
               file=sys.stderr)
-    return 1 if predictor.failed else 0
+    return max(1 if predictor.failed else 0, write_dicom_outputs(dicom_plan, args.o))
 
 
 def entry() -> None:

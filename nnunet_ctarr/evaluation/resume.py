@@ -17,10 +17,10 @@ from ..core.base.files import as_json, input_stamp, write_json
 from ..core.regions.region import Region
 
 
-def run_settings(margin_mm: float, label_ids, atlas_id: str, anatomy: dict) -> dict:
+def run_settings(margin_mm: float, label_ids, atlas_id: str, anatomy: dict, on_untrusted: str = "whole") -> dict:
     """The settings every row depends on (``anatomy``: the anatomy options as given)."""
     return as_json({"margin_mm": margin_mm, "label_ids": label_ids, "atlas_id": atlas_id, "anatomy": anatomy,
-                   "nnunet_ctarr": __version__})
+                   "on_untrusted": on_untrusted, "nnunet_ctarr": __version__})
 
 
 def case_stamp(image: Path, labels: Path, known: dict | None) -> dict:
@@ -57,7 +57,7 @@ def finished_rows(folder: Path, settings: dict, regions: list[Region],
                     continue
                 for name in same:
                     row = rec["rows"].get(name)
-                    if row is not None and row.get("status") != "failed":
+                    if row is not None and row.get("status") != "failed":   # Status.FAILED
                         found.setdefault(case, {}).setdefault(name, row)
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue                      # not one of ours, or damaged: its cases are evaluated again

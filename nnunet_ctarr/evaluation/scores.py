@@ -16,11 +16,12 @@ from ..core.anatomy.atlas import Atlas
 from ..core.anatomy.groups import LabelScheme
 from ..core.anatomy.masks import AnatomyMasks
 from ..core.base.errors import CTARRError, WarningLog
+from ..core.base.geometry import Geometry
 from ..core.base.images import match_label_to_image
 from ..core.base.transform import describe_orientation, orientation_from_matrix
-from ..core.localise.localisation import locate, plan_region
+from ..core.localise.decision import Located, Policy, Status, decide_region
+from ..core.localise.localisation import locate
 from ..core.localise.settings import RegistrationSettings
-from ..core.localise.trust import assess
 from ..core.regions.cropping import crop_scores
 from ..core.regions.region import Region
 
@@ -36,8 +37,9 @@ class RegionScore:
     fg_share_before: float          # foreground share of the image (%)
     fg_share_after: float           # foreground share of the crop(s) (%)
     fg_ml: float = 0.0              # foreground volume (ml)
-    trusted: bool = True            # the trust rule's verdict on this region's crop
+    trusted: bool = True            # the decision writes this crop as trusted (status cropped)
     trust_reasons: tuple[str, ...] = ()
+    status: str = "cropped"         # the one decision's status (core.localise.decision.Status)
 
 
 @dataclass
@@ -76,12 +78,13 @@ def score_case(case: str, image: sitk.Image, anatomy: AnatomyMasks, labels: sitk
         roi = roi_mask(labels, scheme, structures)
         if not roi.any():
             continue
-        plan = plan_region(image, loc, region, extra_margin_mm, warnings=WarningLog())
-        trust = assess(loc, atlas, region, plan, image)
-        out.regions.append(RegionScore(region.name, n_boxes_used=len(plan.usable),
-                                       **crop_scores(roi, plan.union_mask_zyx()), trusted=trust.trusted,
+        d = decide_region(Located(loc), region, atlas, Geometry.of(image), Policy(margin_mm=extra_margin_mm))
+        out.regions.append(RegionScore(region.name, n_boxes_used=len(d.plan.usable),
+                                       **crop_scores(roi, d.plan.union_mask_zyx()),
+                                       trusted=d.status is Status.CROPPED,
                                        fg_ml=float(roi.sum()) * float(np.prod(image.GetSpacing())) / 1000.0,
-                                       trust_reasons=trust.reasons))
+                                       trust_reasons=d.trust.reasons or ((d.why,) if d.why else ()),
+                                       status=d.status.value))
     out.warnings = list(warnings)
     return out
 

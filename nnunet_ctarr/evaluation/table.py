@@ -14,11 +14,11 @@ import SimpleITK as sitk
 
 from ..core.anatomy.atlas import Atlas
 from ..core.base.cases import case_id
-from ..core.base.errors import CTARRError, LocalisationUntrusted, WarningLog, quiet_warnings
+from ..core.base.errors import CTARRError, WarningLog, quiet_warnings
+from ..core.base.geometry import Geometry
 from ..core.base.images import match_label_to_image, read_image
-from ..core.localise.localisation import Localisation, locate, plan_region
-from ..core.localise.settings import RegistrationSettings
-from ..core.localise.trust import assess
+from ..core.localise.decision import Located, Policy, Status, decide, decide_region, locate_case
+from ..core.localise.localisation import locate, plan_region
 from ..core.outputs.qc import picture_name, render_qc
 from ..core.regions.cropping import crop_scores
 from ..core.regions.region import Region
@@ -28,33 +28,33 @@ FIELDS = ["case", "region", "preserved_fg_percent", "fg_voxels", "fg_share_befor
           "fg_share_after_percent", "voxel_reduction", "ctarr_seconds", "orientation", "known_perturbation",
           "expected_orientation", "orientation_correct", "registration_dice", "trusted", "trust_reasons", "status",
           "warnings", "error"]
-#: every status a row can have, clean first
-STATUSES = ("ok", "untrusted", "untrusted: nothing to crop", "region outside the field of view", "failed")
+#: every status a row can have (the one vocabulary of core.localise.decision), clean first
+STATUSES = tuple(s.value for s in Status)
 
 
 @dataclass(frozen=True)
 class EvalSettings:
-    """What every case of an evaluation shares."""
-    margin_mm: float = 0.0
+    """What every case of an evaluation shares: the extra margin and fallback (``policy``: the
+    status says what a writer would do) and the foreground labels."""
+    policy: Policy = Policy()
     label_ids: tuple[int, ...] | None = None     # foreground label values (None: every label > 0)
-    device: str = "cpu"
 
 
 def evaluate_case(img_path: Path, lab_path: Path, anatomy_source, regions: list[Region], atlas: Atlas,
                   settings: EvalSettings, known: dict | None = None) -> list[dict]:
-    """The rows of one labelled scan, one per region (user errors raise)."""
+    """The rows of one labelled scan, one per region (user errors raise). The boxes are scored
+    whatever the decision; the status says what a writer would do with them."""
     case = case_id(img_path)
     warnings = WarningLog(case=case)
     image, fg = _read_case(img_path, lab_path, settings)
     t0 = time.perf_counter()
-    anatomy = anatomy_source.load(case, warnings)
-    try:
-        loc = locate(image, anatomy, atlas, RegistrationSettings(device=settings.device), warnings)
-    except LocalisationUntrusted as e:    # no localisation: a writer falls back to the full volume
-        return [{"case": case, "region": r.name, "trusted": False, "trust_reasons": str(e),
-                 "status": "untrusted: nothing to crop", "warnings": " | ".join(warnings)} for r in regions]
+    located = locate_case(image, anatomy_source.load(case, warnings), atlas, warnings=warnings)
     shared = time.perf_counter() - t0
-    return [_region_row(case, image, fg, loc, r, atlas, settings, known, shared, warnings) for r in regions]
+    if located.localisation is None:      # refused before registration: nothing to score
+        d = decide(located, regions, atlas, image, settings.policy, case)
+        return [{"case": case, "region": r.region.name, "trusted": False, "trust_reasons": r.trust.text(),
+                 "status": r.status.value, "warnings": " | ".join([*warnings, *r.warnings])} for r in d]
+    return [_region_row(case, image, fg, located, r, atlas, settings, known, shared, warnings) for r in regions]
 
 
 def _read_case(img_path: Path, lab_path: Path, settings: EvalSettings) -> tuple[sitk.Image, np.ndarray]:
@@ -65,13 +65,12 @@ def _read_case(img_path: Path, lab_path: Path, settings: EvalSettings) -> tuple[
     return image, (np.isin(lab, settings.label_ids) if settings.label_ids else lab > 0)
 
 
-def _region_row(case: str, image: sitk.Image, fg: np.ndarray, loc: Localisation, region: Region, atlas: Atlas,
+def _region_row(case: str, image: sitk.Image, fg: np.ndarray, located: Located, region: Region, atlas: Atlas,
                 settings: EvalSettings, known: dict | None, shared_seconds: float, case_warnings: WarningLog) -> dict:
-    """Plan, judge and score one region of a localised scan."""
-    warnings = WarningLog(case_warnings, case=f"{case}/{region.name}")
+    """Decide and score one region of a located scan."""
     t0 = time.perf_counter()
-    plan = plan_region(image, loc, region, settings.margin_mm, warnings=warnings)
-    trust = assess(loc, atlas, region, plan, image)
+    d = decide_region(located, region, atlas, Geometry.of(image), settings.policy, case)
+    loc, plan = located.localisation, d.plan
     secs = shared_seconds + time.perf_counter() - t0
     sc = crop_scores(fg, plan.union_mask_zyx())
     return {
@@ -86,15 +85,15 @@ def _region_row(case: str, image: sitk.Image, fg: np.ndarray, loc: Localisation,
         "orientation": loc.transform.orientation_text,
         **orientation_check(loc.transform.M, known),
         "registration_dice": round(loc.registration.dice, 3),
-        "trusted": trust.trusted,
-        "trust_reasons": trust.text(),
-        "status": ("ok" if trust.trusted else "untrusted") if plan.usable else "region outside the field of view",
-        "warnings": " | ".join(warnings),
+        "trusted": d.trusted,
+        "trust_reasons": d.trust.text() or d.why,
+        "status": d.status.value,
+        "warnings": " | ".join([*case_warnings, *d.warnings]),
     }
 
 
 def failed_rows(case: str, regions: list[Region], message: str) -> list[dict]:
-    return [{"case": case, "region": r.name, "status": "failed", "error": message} for r in regions]
+    return [{"case": case, "region": r.name, "status": Status.FAILED.value, "error": message} for r in regions]
 
 
 def _scored(row: dict) -> bool:
@@ -115,7 +114,7 @@ def summary(rows: list[dict], region: str, images: str) -> list[str]:
     worst cases."""
     rows = [r for r in rows if r["region"] == region]
     ok = [r for r in rows if _scored(r)]
-    failed = [r for r in rows if r["status"] == "failed"]
+    failed = [r for r in rows if r["status"] == Status.FAILED.value]
     md = [f"# CTARR evaluation: region `{region}` on `{images}`", "",
           f"Cases: {len(rows)} ({len(ok)} with foreground, {len(rows) - len(ok)} without or failed"
           + (f"; failed: {', '.join(r['case'] for r in failed)}" if failed else "") + ")", ""]
@@ -161,10 +160,10 @@ def draw_worst(out: Path, picked: dict[str, list[dict]], inputs: dict[str, Path]
         try:
             with quiet_warnings():        # the case's warnings are in its rows already
                 image = read_image(inputs[case])
-                loc = locate(image, anatomy_source.load(case, WarningLog()), atlas,
-                             RegistrationSettings(device=settings.device), WarningLog())
+                loc = locate(image, anatomy_source.load(case, WarningLog()), atlas, warnings=WarningLog())
                 for r in rows:
-                    plan = plan_region(image, loc, by_name[r["region"]], settings.margin_mm, warnings=WarningLog())
+                    plan = plan_region(image, loc, by_name[r["region"]], settings.policy.margin_mm,
+                                       warnings=WarningLog())
                     written.append(out / picture_name(case, r["region"]))
                     render_qc(written[-1], image, loc.anatomy_volume, plan,
                               f"{case} | {r['region']} | preserved {r['preserved_fg_percent']}%")

@@ -10,18 +10,20 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from ..core.anatomy.masks import AnatomyMasks
-from ..core.anatomy.sources import scheme_from_dataset_json
+from ..core.anatomy.sources import AnatomySource, scheme_from_dataset_json
 from ..core.base.errors import CTARRError, WarningLog
 from ..core.base.files import input_stamp
 from ..core.base.images import read_image
 from ..core.base.nnunet_format import n_channels
 
 
-class ModelAnatomy:
+class ModelAnatomy(AnatomySource):
     """Any nnU-Net model folder whose labels are CTARR groups or TotalSegmentator structure
     names. Runs a plain ``nnUNetPredictor`` at the model's own resolution. ``name``: how the
     anatomy's source is labelled (default: the folder's name; with a name, e.g. the keyword
     ``totalsegmentator:3mm``, the label scheme names the dataset folder above the model folder)."""
+
+    needs_files = True
 
     def __init__(self, model_folder: str | Path, folds=None, checkpoint: str = "checkpoint_final.pth",
                  device: str = "cpu", step_size: float = 0.5, disable_tta: bool = False,

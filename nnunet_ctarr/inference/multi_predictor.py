@@ -17,25 +17,27 @@ import time
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from ..core.anatomy.atlas import Atlas
-from ..core.base.errors import CTARRError, LocalisationUntrusted, WarningLog
+from ..core.base.errors import CTARRError, WarningLog
 from ..core.base.files import write_json
 from ..core.base.geometry import Geometry
-from ..core.localise.localisation import Localisation, locate
+from ..core.base.images import write_image
+from ..core.localise.decision import Located, locate_case
 from ..core.localise.settings import RegistrationSettings
+from ..core.regions.cropping import MaxMerge
+from .export import label_dtype
 from .multi_spec import MultiSpec
 from .predictor import nnUNetPredictorCTARR
 
 
-class MaxProbabilityMerge:
-    """Accumulates the models' votes (see module docstring) into one label map."""
+class ModelVotes:
+    """Accumulates the models' votes (see module docstring) into one label map, through the one
+    max-confidence merge (``core.regions.cropping.MaxMerge``)."""
 
     def __init__(self, shape_zyx: tuple[int, ...], n_models: int):
-        self.best = np.full(shape_zyx, -1.0, np.float32)
+        self.merge = MaxMerge(shape_zyx)
         self.labels = np.zeros(shape_zyx, np.uint16)
-        self.winner = np.full(shape_zyx, -1, np.int16)
         self.votes = np.zeros(shape_zyx, np.uint8)
         self.n_models = n_models
 
@@ -43,20 +45,17 @@ class MaxProbabilityMerge:
         """Model ``k``: ``votes`` = output value per voxel (0 = no vote), ``confidence`` = its
         probability of the voted class."""
         fg = votes > 0
-        better = fg & (confidence > self.best)
-        self.best[better] = confidence[better]
+        better = self.merge.add(k, np.where(fg, confidence, -np.inf).astype(np.float32))
         self.labels[better] = votes[better]
-        self.winner[better] = k
         self.votes += fg
 
     def stats(self) -> tuple[int, list[dict]]:
-        """(overlap voxels, per model: voxels voted, won, won and lost in overlaps)."""
+        """(overlap voxels, per model: voxels won and won in overlaps)."""
         overlap = self.votes >= 2
-        per = []
-        w_over = self.winner[overlap]
-        for k in range(self.n_models):
-            won = int((self.winner == k).sum())
-            per.append({"voxels_won": won, "voxels_won_in_overlap": int((w_over == k).sum())})
+        winner = self.merge.winner
+        w_over = winner[overlap]
+        per = [{"voxels_won": int((winner == k).sum()), "voxels_won_in_overlap": int((w_over == k).sum())}
+               for k in range(self.n_models)]
         return int(overlap.sum()), per
 
 
@@ -72,7 +71,7 @@ class MultiModelPredictor:
     """Loads every model of a spec once and predicts cases (see module docstring)."""
 
     def __init__(self, spec: MultiSpec, anatomy_source, atlas: Atlas | None = None, device=None,
-                 on_miss: str = "empty", step_size: float = 0.5, use_mirroring: bool = True,
+                 on_untrusted: str = "whole", step_size: float = 0.5, use_mirroring: bool = True,
                  perform_everything_on_device: bool = True, verbose: bool = False, allow_tqdm: bool = False,
                  crops: str | None = None):
         """``crops``: "fitted" or "exact" for every model (default: each model's own setting)."""
@@ -86,27 +85,21 @@ class MultiModelPredictor:
                                      device=device or torch.device("cpu"), verbose=verbose,
                                      verbose_preprocessing=verbose, allow_tqdm=allow_tqdm)
             p.initialize_from_trained_model_folder(str(m.folder), m.folds, m.checkpoint)
-            p.ctarr_setup(m.region, anatomy_source, self.atlas, m.margin_mm, on_miss,
+            p.ctarr_setup(m.region, anatomy_source, self.atlas, m.margin_mm, on_untrusted,
                           fit_tiles=(crops or m.crops) == "fitted")
             self.predictors.append(p)
 
-    def localise(self, case: str, geometry: Geometry) -> tuple[Localisation | LocalisationUntrusted, dict]:
-        """One anatomy load + one registration for the case, shared by all models. A user error
-        (missing or unreadable anatomy) raises :class:`CTARRError`; an untrusted localisation is
-        returned, so that every model falls back as it would alone."""
+    def localise(self, case: str, geometry: Geometry) -> tuple[Located, dict]:
+        """One anatomy load + one registration for the case, shared by all models (each then decides
+        as it would alone). A user error (missing or unreadable anatomy) raises :class:`CTARRError`."""
         t0 = time.perf_counter()
         warnings = WarningLog(case=case)
-        info: dict = {"registrations": 1}
-        anatomy = self.anatomy.load(case, warnings)
-        try:
-            result = locate(geometry, anatomy, self.atlas, RegistrationSettings(), warnings)
-            info["registration"] = result.registration.to_dict()
-        except LocalisationUntrusted as e:
-            result = e
-            info["error"] = str(e)
-        info["seconds"] = round(time.perf_counter() - t0, 4)
-        info["warnings"] = list(warnings)
-        return result, info
+        located = locate_case(geometry, self.anatomy.load(case, warnings), self.atlas, RegistrationSettings(), warnings)
+        loc = located.localisation
+        info: dict = {"registrations": 1, "registration": loc.registration.to_dict() if loc else None,
+                      "refused": located.refused.text() if located.refused else None,
+                      "seconds": round(time.perf_counter() - t0, 4), "warnings": list(warnings)}
+        return located, info
 
     def predict_case(self, case: str, data: np.ndarray, props: dict) -> tuple[np.ndarray, dict]:
         """``data`` (c, z, y, x) and ``props`` as read by nnU-Net's SimpleITKIO. Returns the merged
@@ -114,33 +107,29 @@ class MultiModelPredictor:
         t0 = time.perf_counter()
         geometry = Geometry.from_sitk_stuff(props["sitk_stuff"], data.shape[1:])
         shared, info = self.localise(case, geometry)
-
-        def shared_localisation(warnings: WarningLog) -> Localisation:
-            if isinstance(shared, Exception):
-                raise shared
-            return shared
         report: dict = {"case": case, "labels": self.spec.labels, "localisation": info}
-        merge = MaxProbabilityMerge(data.shape[1:], len(self.predictors))
+        merge = ModelVotes(data.shape[1:], len(self.predictors))
         models = []
         for k, (m, p) in enumerate(zip(self.spec.models, self.predictors)):
             t1 = time.perf_counter()
-            plan = p.ctarr_plan(case, geometry, locate_case=shared_localisation)
-            seg, probs = p.ctarr_predict_planned([data], [None], [props], [None], [plan], True)[0]
-            r = p.ctarr_reports.pop(case)
-            votes, conf = model_votes(seg, probs, m.lut(probs.shape[0]))
-            del seg, probs
-            merge.add(k, votes, conf)
-            models.append({"name": m.name, "folder": str(m.folder), "region": m.region.name,
-                           "margin_mm": m.margin_mm, "mode": r["mode"], "boxes": r.get("boxes", []),
-                           "crops": r.get("crops", []), "voxel_fraction": r.get("voxel_fraction"),
-                           "labels": {str(c): v for c, v in m.label_map.items()},
-                           "voxels_voted": int((votes > 0).sum()), "warnings": r["warnings"],
-                           "seconds": round(time.perf_counter() - t1, 4)})
+            plan = p.ctarr_plan(case, geometry, locate_case=lambda warnings: shared)
+            entry = {"name": m.name, "folder": str(m.folder), "region": m.region.name, "margin_mm": m.margin_mm,
+                     "status": plan.status.value, "record": plan.record.to_json() if plan.record else None,
+                     "labels": {str(c): v for c, v in m.label_map.items()}, "voxels_voted": 0}
+            if plan.predicts != "nothing":
+                seg, probs = p.ctarr_predict_planned([data], [None], [props], [None], [plan], True)[0]
+                votes, conf = model_votes(seg, probs, m.lut(probs.shape[0]))
+                del seg, probs
+                merge.add(k, votes, conf)
+                entry["voxels_voted"] = int((votes > 0).sum())
+            p.ctarr_plans.pop(case, None)
+            models.append({**entry, "seconds": round(time.perf_counter() - t1, 4)})
         overlap, per = merge.stats()
         for entry, s in zip(models, per):
             entry.update(s)
         report.update(models=models, overlap_voxels=overlap, seconds_total=round(time.perf_counter() - t0, 4))
-        return merge.labels.astype(np.uint8 if max(self.spec.labels.values()) < 256 else np.uint16), report
+        labels = merge.labels.astype(label_dtype(max(self.spec.labels.values())))
+        return labels, report
 
     def predict_files(self, lists: dict[str, list[str]], output_folder: str | Path, overwrite: bool = True) -> dict:
         """``lists``: case -> input files (channels). Writes ``<case><ending>`` (input geometry)
@@ -164,8 +153,7 @@ class MultiModelPredictor:
                 self.failed[case] = str(e)
                 continue
             report["input"] = [str(f) for f in files]
-            sitk.WriteImage(Geometry.from_sitk_stuff(props["sitk_stuff"], seg.shape).image(seg),
-                            str(out / f"{case}{ending}"), True)
+            write_image(Geometry.from_sitk_stuff(props["sitk_stuff"], seg.shape).image(seg), out / f"{case}{ending}")
             write_json(out / f"{case}.ctarr_multi.json", report)
             reports[case] = report
         return reports

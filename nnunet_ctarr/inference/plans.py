@@ -1,33 +1,33 @@
 """Per-case CTARR plans for nnU-Net inference, as plain frozen data.
 
-:func:`plan_case` turns one case (its geometry and a way to localise it) into a
-:class:`CasePlan`: predict these crops (``crop``), the full image (``full``: untrusted
-localisation, or the region outside the field of view with ``on_miss="full"``), nothing but
-background (``empty``), or nothing at all because of a user error (``error``: the case is
-reported and the run's exit code is non-zero). :func:`split_jobs` is the one place that turns
-plans into nnU-Net cases, shared by the file and the npy entry points.
+:func:`plan_case` turns one case (its geometry and a way to locate it) into a :class:`CasePlan`
+through the one decision (``core.localise.decision``): predict these crops (``cropped``, and
+``untrusted: cropped anyway``), the whole image (``untrusted: whole image``), background only
+(``outside the field of view``: the region is not in this image), nothing (``untrusted:
+skipped``), or nothing because of a user error (``failed``: reported, exit code non-zero).
+:func:`split_jobs` is the one place that turns plans into nnU-Net cases, shared by the file and
+the npy entry points.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..core.anatomy.atlas import Atlas
-from ..core.base.errors import CTARRError, LocalisationUntrusted, WarningLog
+from ..core.base.errors import CTARRError, WarningLog
 from ..core.base.geometry import Geometry
-from ..core.localise.localisation import Localisation, plan_region
+from ..core.localise.decision import Located, Policy, RegionDecision, Status, decide_region
 from ..core.localise.settings import RegistrationSettings
-from ..core.localise.trust import Trust, assess
-from ..core.regions.cropping import CropPlan, index_union_mask
+from ..core.outputs.case_writer import region_definition
+from ..core.outputs.records import RegionRecord
+from ..core.regions.cropping import CropPlan, union_voxels
 from ..core.regions.region import Region
 from .tiling import TileGeometry, fit_boxes
-
-MODES = ("crop", "full", "empty", "error")
 
 
 @dataclass(frozen=True)
@@ -46,16 +46,26 @@ class Crop:
 
 @dataclass(frozen=True)
 class CasePlan:
-    """What to predict for one case; ``report`` is its sidecar (``<case>.ctarr.json``)."""
+    """What to predict for one case; ``record`` is its region's part of the sidecar, ``registration``
+    the localisation's (None: refused before registration, or failed)."""
     case: str
-    mode: str
-    geometry: Geometry | None                 # None only for an ``error`` plan whose image was unreadable
+    status: Status
+    geometry: Geometry | None                 # None only for a failed plan whose image was unreadable
     crops: tuple[Crop, ...] = ()
-    report: dict = field(default_factory=dict, compare=False, hash=False)
+    record: RegionRecord | None = None
+    registration: dict | None = field(default=None, compare=False)
 
     @property
     def error(self) -> str | None:
-        return self.report.get("error")
+        return self.record.error if self.record is not None else None
+
+    @property
+    def predicts(self) -> str:
+        """What nnU-Net runs on: ``crops``, ``whole`` (the image), ``empty`` (background written,
+        no network) or ``nothing`` (no output)."""
+        if self.status in (Status.CROPPED, Status.ANYWAY):
+            return "crops"
+        return {Status.WHOLE: "whole", Status.OUTSIDE: "empty"}.get(self.status, "nothing")
 
 
 @dataclass(frozen=True)
@@ -80,16 +90,11 @@ class CTARRSettings:
     """The CTARR side of a predictor (see ``nnUNetPredictorCTARR.ctarr_setup``)."""
     region: Region
     atlas: Atlas
-    margin_mm: float = 0.0
-    on_miss: str = "full"
+    policy: Policy = field(default_factory=Policy)
     registration: RegistrationSettings = field(default_factory=RegistrationSettings)
     fit_tiles: bool = True
     sidecar_folder: str | None = None
     qc_folder: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.on_miss not in ("full", "empty"):
-            raise CTARRError("on_miss must be 'full' or 'empty'")
 
 
 def fitted_crops(plan: CropPlan, geometry: Geometry, tiles: TileGeometry, fit: bool) -> tuple[Crop, ...]:
@@ -104,70 +109,65 @@ def fitted_crops(plan: CropPlan, geometry: Geometry, tiles: TileGeometry, fit: b
 
 
 def plan_case(case: str, geometry: Geometry, settings: CTARRSettings, tiles: TileGeometry,
-              locate_case: Callable[[WarningLog], Localisation], image: sitk.Image | None = None) -> CasePlan:
-    """Localise one case (``locate_case``) and decide what to predict. An untrusted localisation
-    gives the full volume with a warning; any other :class:`CTARRError` propagates (user error)."""
+              locate_case: Callable[[WarningLog], Located], image: sitk.Image | None = None) -> CasePlan:
+    """Locate one case (``locate_case``) and decide what to predict; a user error (missing anatomy,
+    ...) propagates as :class:`CTARRError`."""
     t0 = time.perf_counter()
     warnings = WarningLog(case=case)
-    report: dict = {"case": case, "region": settings.region.name}
-    try:
-        loc = locate_case(warnings)
-        report["registration"] = loc.registration.to_dict()
-    except LocalisationUntrusted as e:
-        return _untrusted(CasePlan(case, "full", geometry, (), report), Trust.refused(e), warnings, t0)
-    region_plan = plan_region(geometry, loc, settings.region, settings.margin_mm, warnings=warnings)
-    trust = assess(loc, settings.atlas, settings.region, region_plan, geometry)
-    if not trust.trusted:
-        return _untrusted(CasePlan(case, "full", geometry, (), report), trust, warnings, t0)
-    trust.record(report)
-    report["boxes"] = [b.to_dict() for b in region_plan.boxes]
-    crops = fitted_crops(region_plan, geometry, tiles, settings.fit_tiles)
-    report["crops"] = [c.to_dict() for c in crops]
-    if not crops:
-        mode = settings.on_miss
-        warnings.warn(f"region '{settings.region.name}' lies outside the field of view: "
-                      + ("predicting the full volume" if mode == "full" else "writing an empty segmentation"))
-    else:
-        mode = "crop"
-        mask = index_union_mask(geometry.size_xyz, [(c.start_xyz, c.stop_xyz) for c in crops])
-        report["voxel_fraction"] = round(float(mask.mean()), 5)
-        report["region_voxel_fraction"] = round(region_plan.voxel_fraction(), 5)
-        report["tiles_full_image"] = tiles.tiles(geometry.size_xyz)
-    if settings.qc_folder and image is not None:
-        from ..core.outputs.qc import render_qc
-        Path(settings.qc_folder).mkdir(parents=True, exist_ok=True)
-        render_qc(Path(settings.qc_folder) / f"{case}_ctarr_qc.png", image, loc.anatomy_volume, region_plan,
-                  f"{case} | {settings.region.name} | {loc.transform.orientation_text}")
-    return _finish(CasePlan(case, mode, geometry, crops, report), warnings, t0)
+    located = locate_case(warnings)
+    d = decide_region(located, settings.region, settings.atlas, geometry, settings.policy, case)
+    crops = fitted_crops(d.plan, geometry, tiles, settings.fit_tiles) if d.boxes else ()
+    if d.boxes and not crops:
+        raise CTARRError(f"{case}: no crop of region '{settings.region.name}' fits the image")
+    if settings.qc_folder and image is not None and located.localisation is not None:
+        _qc(Path(settings.qc_folder), case, image, located, d)
+    loc = located.localisation
+    fraction = union_voxels([(c.start_xyz, c.stop_xyz) for c in crops]) / float(np.prod(geometry.size_xyz))
+    record = RegionRecord(
+        name=settings.region.name, status=d.status, trusted=d.trust.trusted, reasons=d.trust.reasons, why=d.why,
+        measures=d.trust.rounded_measures() | {"tiles_full_image": tiles.tiles(geometry.size_xyz),
+                                               "region_voxel_fraction": round(d.plan.voxel_fraction(), 5)
+                                               if d.plan is not None else None},
+        definition=region_definition(settings.region, settings.policy.margin_mm, False),
+        transform=loc.transform.to_dict() if loc is not None else None,
+        boxes=tuple(b.to_dict() for b in d.plan.boxes) if d.plan is not None else (),
+        crops=tuple(c.to_dict() for c in crops), voxel_fraction_kept=_kept(d, fraction),
+        warnings=(*warnings, *d.warnings), seconds=round(time.perf_counter() - t0, 4))
+    return CasePlan(case, d.status, geometry, crops, record, loc.registration.to_dict() if loc is not None else None)
 
 
-def error_plan(case: str, geometry: Geometry | None, error: CTARRError) -> CasePlan:
+def _kept(d: RegionDecision, fraction: float) -> float:
+    return {Status.WHOLE: 1.0, Status.OUTSIDE: 0.0, Status.SKIPPED: 0.0}.get(d.status, round(fraction, 5))
+
+
+def _qc(folder: Path, case: str, image: sitk.Image, located: Located, d: RegionDecision) -> None:
+    from ..core.outputs.qc import render_qc
+    folder.mkdir(parents=True, exist_ok=True)
+    loc = located.localisation
+    render_qc(folder / f"{case}_ctarr_qc.png", image, loc.anatomy_volume, d.plan,
+              f"{case} | {d.region.name} | {loc.transform.orientation_text} | {d.status.value}")
+
+
+def failed_plan(case: str, geometry: Geometry | None, error: CTARRError, region: str = "") -> CasePlan:
     """The plan of a case that cannot be predicted (missing or unreadable anatomy, ...)."""
-    return CasePlan(case, "error", geometry, (), {"case": case, "mode": "error", "error": str(error), "warnings": []})
-
-
-def _untrusted(plan: CasePlan, trust: Trust, warnings: WarningLog, t0: float) -> CasePlan:
-    """The full volume for an untrusted localisation; the sidecar and the log say why."""
-    trust.record(plan.report)
-    warnings.warn(f"CTARR localisation not trusted ({trust.text()}); predicting the full volume")
-    return _finish(plan, warnings, t0)
-
-
-def _finish(plan: CasePlan, warnings: WarningLog, t0: float) -> CasePlan:
-    plan.report.update(mode=plan.mode, seconds_ctarr=round(time.perf_counter() - t0, 4), warnings=list(warnings))
-    return plan
+    return CasePlan(case, Status.FAILED, geometry, (), RegionRecord(region, Status.FAILED, error=str(error)))
 
 
 def split_jobs(plans: list[CasePlan]) -> tuple[list[Job], list[Job]]:
     """(jobs whose nnU-Net output is the case's output, jobs of cases with several crops whose
-    outputs are merged). ``empty`` and ``error`` cases need no nnU-Net run."""
+    outputs are merged). Cases predicted ``empty`` or ``nothing`` need no nnU-Net run."""
     single, boxes = [], []
     for i, p in enumerate(plans):
-        if p.mode == "full":
+        if p.predicts == "whole":
             single.append(Job(i))
-        elif p.mode == "crop" and len(p.crops) == 1:
+        elif p.predicts == "crops" and len(p.crops) == 1:
             c = p.crops[0]
             single.append(Job(i, CropTask(c.start_xyz, c.stop_xyz, p.geometry, "full")))
-        elif p.mode == "crop":
+        elif p.predicts == "crops":
             boxes += [Job(i, CropTask(c.start_xyz, c.stop_xyz, p.geometry, "crop"), k) for k, c in enumerate(p.crops)]
     return single, boxes
+
+
+def with_seconds(plan: CasePlan, seconds: float) -> CasePlan:
+    """The plan with its record's seconds set (planning + prediction)."""
+    return replace(plan, record=replace(plan.record, seconds=round(seconds, 4))) if plan.record else plan

@@ -4,18 +4,19 @@ How it hooks into nnU-Net 2.8 (no nnU-Net code is copied; tests/test_nnunet_cont
 every signature, property and private hook used here):
 
 1. every case is planned in the main process (:func:`.plans.plan_case`: anatomy -> registration
-   -> trust -> region boxes fitted to the model's tiles) into a frozen :class:`.plans.CasePlan`;
+   -> the one decision -> region boxes fitted to the model's tiles) into a frozen :class:`.plans.CasePlan`;
 2. :func:`.plans.split_jobs` turns the plans into nnU-Net cases: one per case with one crop or a
    full-volume fallback, one pseudo-case per crop for cases with several crops;
 3. :class:`.preprocessing.CTARRPreprocessor` crops each case before nnU-Net's preprocessing, and
    nnU-Net's own export pastes it back; several crops are merged by :mod:`.export`.
 
-A user error for a case (missing or unreadable anatomy) makes that case an ``error`` plan: it is
-logged, recorded in :attr:`ctarr_reports` and :attr:`ctarr_failed`, and not predicted; only an
-untrusted localisation falls back to the full volume.
+A user error for a case (missing or unreadable anatomy) makes that case a ``failed`` plan: it is
+logged, recorded in :attr:`ctarr_plans`, and not predicted; only an untrusted localisation falls
+back (``on_untrusted``: the whole image by default).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -26,17 +27,16 @@ from nnunetv2.configuration import default_num_processes
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from ..core.anatomy.atlas import Atlas
-from ..core.anatomy.sources import InMemoryAnatomy
+from ..core.anatomy.sources import AnatomySource, InMemoryAnatomy
 from ..core.base.errors import CTARRError
-from ..core.base.files import write_json
 from ..core.base.geometry import Geometry
 from ..core.base.images import read_image
-from ..core.localise.localisation import locate
+from ..core.localise.decision import Policy, locate_case
 from ..core.localise.settings import RegistrationSettings
 from ..core.regions.region import Region
-from .export import empty_outputs, merge_crops, write_outputs
+from .export import empty_outputs, merge_crops, write_outputs, write_plan_sidecar
 from .nnunet_cases import as_list, prev_stage_folder, pseudo_case, with_task
-from .plans import CasePlan, CTARRSettings, Job, error_plan, plan_case, split_jobs
+from .plans import CasePlan, CTARRSettings, Job, failed_plan, plan_case, split_jobs
 from .preprocessing import CTARRConfigurationManager
 from .tiling import TileGeometry
 
@@ -51,24 +51,21 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
     and ``predict_single_npy_array`` then work as in nnU-Net, with full-size outputs.
     """
 
-    def ctarr_setup(self, region: Region, anatomy_source, atlas: Atlas | None = None, margin_mm: float = 0.0,
-                    on_miss: str = "full", registration: RegistrationSettings | None = None,
-                    sidecar_folder: str | None = None, qc_folder: str | None = None, fit_tiles: bool = True) -> None:
-        """``anatomy_source``: has ``prepare(cases)`` and ``load(case, warnings)`` (core.anatomy_sources,
-        inference.anatomy_model); ``sidecar_folder``: write ``<case>.ctarr.json`` there; ``qc_folder``:
-        QC pictures; ``fit_tiles``: merge and grow the crops to the model's sliding-window tiles at no
-        extra network cost (:mod:`.tiling`); False crops exactly the region boxes."""
-        self.ctarr = CTARRSettings(region=region, atlas=atlas or Atlas.load(), margin_mm=margin_mm, on_miss=on_miss,
-                                   registration=registration or RegistrationSettings(), fit_tiles=fit_tiles,
-                                   sidecar_folder=sidecar_folder, qc_folder=qc_folder)
+    def ctarr_setup(self, region: Region, anatomy_source: AnatomySource, atlas: Atlas | None = None,
+                    margin_mm: float = 0.0, on_untrusted: str = "whole",
+                    registration: RegistrationSettings | None = None, sidecar_folder: str | None = None,
+                    qc_folder: str | None = None, fit_tiles: bool = True) -> None:
+        """``anatomy_source``: a :class:`core.anatomy.sources.AnatomySource` (or ``ModelAnatomy``);
+        ``on_untrusted``: ``whole`` (predict the whole image), ``skip`` (no output) or ``anyway``
+        (the crop); ``sidecar_folder``: write ``<case>.ctarr.json`` there; ``qc_folder``: QC pictures;
+        ``fit_tiles``: merge and grow the crops to the model's sliding-window tiles at no extra network
+        cost (:mod:`.tiling`); False crops exactly the region boxes."""
+        self.ctarr = CTARRSettings(region=region, atlas=atlas or Atlas.load(),
+                                   policy=Policy(on_untrusted, margin_mm), registration=registration or
+                                   RegistrationSettings(), fit_tiles=fit_tiles, sidecar_folder=sidecar_folder,
+                                   qc_folder=qc_folder)
         self.ctarr_anatomy = anatomy_source
-        self.ctarr_reports: dict[str, dict] = {}
-        self.configuration_manager = CTARRConfigurationManager(self.configuration_manager.configuration)
-
-    @property
-    def ctarr_failed(self) -> dict[str, str]:
-        """Case -> error message of every case that could not be predicted."""
-        return {c: r["error"] for c, r in self.ctarr_reports.items() if r.get("mode") == "error"}
+        self.ctarr_plans: dict[str, CasePlan] = {}
 
     # ---- planning ---------------------------------------------------------------------------
     def ctarr_tiles(self, geometry: Geometry) -> TileGeometry:
@@ -76,20 +73,20 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
                                         self.tile_step_size)
 
     def ctarr_plan(self, case: str, geometry: Geometry, anatomy_source=None, image=None, locate_case=None) -> CasePlan:
-        """Plan one case. ``locate_case(warnings)`` replaces the anatomy load + registration (the
-        multi-model predictor shares one); a user error gives an ``error`` plan, never a fallback."""
+        """Plan one case. ``locate_case(warnings) -> Located`` replaces the anatomy load + registration
+        (the multi-model predictor shares one); a user error gives a ``failed`` plan, never a fallback."""
         if not hasattr(self, "ctarr"):
             raise CTARRError("call ctarr_setup(...) before predicting")
         source = anatomy_source or self.ctarr_anatomy
 
         def load_and_locate(warnings):
-            return locate(geometry, source.load(case, warnings), self.ctarr.atlas, self.ctarr.registration, warnings)
+            return _locate(geometry, source.load(case, warnings), self.ctarr, warnings)
         try:
             return plan_case(case, geometry, self.ctarr, self.ctarr_tiles(geometry), locate_case or load_and_locate,
                              image)
         except CTARRError as e:
             logger.error(f"{case}: {e}")
-            return error_plan(case, geometry, e)
+            return failed_plan(case, geometry, e, self.ctarr.region.name)
 
     def _ctarr_plan_file(self, first_file: str, case: str) -> CasePlan:
         try:
@@ -97,13 +94,13 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
             geometry = Geometry.of(image) if image is not None else Geometry.from_file(first_file)
         except CTARRError as e:
             logger.error(f"{case}: {e}")
-            return error_plan(case, None, e)
+            return failed_plan(case, None, e, self.ctarr.region.name)
         return self.ctarr_plan(case, geometry, image=image)
 
-    def _ctarr_record(self, plan: CasePlan) -> None:
-        self.ctarr_reports[plan.case] = plan.report
+    def _ctarr_record(self, plan: CasePlan, files: list[str] | None = None) -> None:
+        self.ctarr_plans[plan.case] = plan
         if self.ctarr.sidecar_folder:
-            write_json(Path(self.ctarr.sidecar_folder) / f"{plan.case}.ctarr.json", plan.report)
+            write_plan_sidecar(Path(self.ctarr.sidecar_folder), plan, files or [], self.ctarr)
 
     def _ctarr_emit(self, seg, probs, plan: CasePlan, ofn: str | None, save_probabilities: bool):
         """Write a case's outputs (``ofn`` given) or return them as nnU-Net's npy entry points do."""
@@ -159,36 +156,44 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
         self.ctarr_anatomy.prepare({Path(o).name: files for files, o in zip(lists, outs)})
         plans = [self._ctarr_plan_file(files[0], Path(o).name) for files, o in zip(lists, outs)]
         for plan, out in zip(plans, outs):
-            if plan.mode == "empty":
+            if plan.predicts == "empty":
                 self._ctarr_empty(plan, out, save_probabilities)
         single, boxes = split_jobs(plans)
-        tasks = self.configuration_manager.ctarr_tasks
-        try:
-            if single:
-                tasks.update({os.path.abspath(lists[j.case_index][0]): j.task for j in single if j.task})
+        if single:
+            tasks = {os.path.abspath(lists[j.case_index][0]): j.task for j in single if j.task}
+            with self._ctarr_tasks(tasks):
                 run([lists[j.case_index] for j in single], [outs[j.case_index] for j in single], save_probabilities,
                     prev_stage_folder([prevs[j.case_index] for j in single]))
-            if boxes:
-                with tempfile.TemporaryDirectory(prefix="ctarr_predict_") as tmp:
-                    self._ctarr_run_boxes(run, Path(tmp), boxes, plans, lists, outs, prevs, save_probabilities)
-        finally:
-            tasks.clear()
-        for plan in plans:
-            self._ctarr_record(plan)
+        if boxes:
+            with tempfile.TemporaryDirectory(prefix="ctarr_predict_") as tmp:
+                self._ctarr_run_boxes(run, Path(tmp), boxes, plans, lists, outs, prevs, save_probabilities)
+        for plan, files in zip(plans, lists):
+            self._ctarr_record(plan, files)
         return None
+
+    @contextlib.contextmanager
+    def _ctarr_tasks(self, tasks: dict):
+        """For one nnU-Net run: a configuration manager whose preprocessor crops each case to its
+        task (found by the absolute path of the case's first file: what nnU-Net hands it)."""
+        plain = self.configuration_manager
+        self.configuration_manager = CTARRConfigurationManager(plain.configuration, tasks)
+        try:
+            yield
+        finally:
+            self.configuration_manager = plain
 
     def _ctarr_run_boxes(self, run, tmp: Path, boxes: list[Job], plans, lists, outs, prevs, save_probabilities):
         """One pseudo-case per crop (links to the case's files), predicted as crops and merged."""
         ending = self.dataset_json["file_ending"]
-        tasks = self.configuration_manager.ctarr_tasks
-        files, names, prev = [], [], []
+        tasks, files, names, prev = {}, [], [], []
         for j in boxes:
             name = f"{plans[j.case_index].case}__box{j.crop_index}"
             links, plink = pseudo_case(tmp, name, lists[j.case_index], prevs[j.case_index], ending)
             tasks[os.path.abspath(links[0])] = j.task
             files.append(links), names.append(str(tmp / "out" / name)), prev.append(plink)
         (tmp / "out").mkdir(parents=True, exist_ok=True)
-        run(files, names, True, prev_stage_folder(prev))
+        with self._ctarr_tasks(tasks):
+            run(files, names, True, prev_stage_folder(prev))
         for i in sorted({j.case_index for j in boxes}):
             plan = plans[i]
             probs = [np.load(tmp / "out" / f"{plan.case}__box{k}.npz")["probabilities"] for k in range(len(plan.crops))]
@@ -233,8 +238,8 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
         geometry = Geometry.from_sitk_stuff(props["sitk_stuff"], img.shape[1:])
         source = anatomy if hasattr(anatomy, "load") else InMemoryAnatomy(anatomy, case)
         plan = self.ctarr_plan(case, geometry, anatomy_source=source)
-        if plan.mode == "error":
-            raise CTARRError(f"{case}: {plan.error}")
+        if plan.predicts == "nothing":
+            raise CTARRError(f"{case}: {plan.error or plan.record.why}")
         return plan
 
     def _ctarr_single_runner(self):
@@ -251,21 +256,26 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
         run = run or self._ctarr_single_runner()
         results: list = [None] * len(imgs)
         for i, plan in enumerate(plans):
-            if plan.mode == "empty":
+            if plan.predicts == "empty":
                 results[i] = self._ctarr_empty(plan, ofns[i], save_probabilities)
         single, boxes = split_jobs(plans)
-        if single:
-            out = run([imgs[j.case_index] for j in single], [segs[j.case_index] for j in single],
-                      [with_task(props[j.case_index], j.task) for j in single], [ofns[j.case_index] for j in single],
-                      save_probabilities)
-            for j, r in zip(single, out or [None] * len(single)):
-                results[j.case_index] = r
-        for i in sorted({j.case_index for j in boxes}):
-            jobs = [j for j in boxes if j.case_index == i]
-            out = run([imgs[i]] * len(jobs), [segs[i]] * len(jobs), [with_task(props[i], j.task) for j in jobs],
-                      [None] * len(jobs), True)
-            seg, probs = merge_crops(self.label_manager, plans[i], [r[1] for r in out])
-            results[i] = self._ctarr_emit(seg, probs, plans[i], ofns[i], save_probabilities)
+        with self._ctarr_tasks({}):            # the npy entry points carry each task in the image properties
+            if single:
+                out = run([imgs[j.case_index] for j in single], [segs[j.case_index] for j in single],
+                          [with_task(props[j.case_index], j.task) for j in single],
+                          [ofns[j.case_index] for j in single], save_probabilities)
+                for j, r in zip(single, out or [None] * len(single)):
+                    results[j.case_index] = r
+            for i in sorted({j.case_index for j in boxes}):
+                jobs = [j for j in boxes if j.case_index == i]
+                out = run([imgs[i]] * len(jobs), [segs[i]] * len(jobs), [with_task(props[i], j.task) for j in jobs],
+                          [None] * len(jobs), True)
+                seg, probs = merge_crops(self.label_manager, plans[i], [r[1] for r in out])
+                results[i] = self._ctarr_emit(seg, probs, plans[i], ofns[i], save_probabilities)
         for plan in plans:
             self._ctarr_record(plan)
         return results
+
+
+def _locate(geometry: Geometry, anatomy, settings: CTARRSettings, warnings):
+    return locate_case(geometry, anatomy, settings.atlas, settings.registration, warnings)

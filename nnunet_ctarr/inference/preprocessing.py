@@ -7,13 +7,15 @@ nnU-Net's own export pastes segmentation *and* probabilities back (background pr
 outside) with the full image's geometry; for ``paste="crop"`` the output stays the crop (with
 the crop's own origin) and is merged by :mod:`.export`.
 
-Tasks reach the spawned preprocessing workers inside a :class:`CTARRConfigurationManager`
-(pickled with them) by the absolute path of the case's first file; the npy entry points put the
-task into the image properties instead.
+For one nnU-Net run the predictor installs a :class:`CTARRConfigurationManager` holding that run's
+tasks, a read-only mapping from the absolute path of a case's first file (what nnU-Net hands the
+preprocessor) to its task, pickled with the manager to nnU-Net's preprocessing workers; the npy
+entry points put the task into the image properties instead.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from functools import partial
 
 import numpy as np
@@ -30,7 +32,7 @@ TASK_KEY = "ctarr_task"
 class CTARRPreprocessor(DefaultPreprocessor):
     """Crops the raw case to its CTARR task, then runs nnU-Net's preprocessing on the crop."""
 
-    def __init__(self, verbose: bool = True, tasks: dict[str, CropTask] | None = None):
+    def __init__(self, verbose: bool = True, tasks: Mapping[str, CropTask] | None = None):
         super().__init__(verbose=verbose)
         self.tasks = tasks or {}
         self._key: str | None = None
@@ -72,12 +74,11 @@ class CTARRPreprocessor(DefaultPreprocessor):
 
 
 class CTARRConfigurationManager(ConfigurationManager):
-    """A ConfigurationManager whose preprocessor is the CTARR one, with the run's crop tasks
-    (a dict filled before each run, pickled to nnU-Net's workers with the manager)."""
+    """A ConfigurationManager whose preprocessor is the CTARR one, with one run's crop tasks."""
 
-    def __init__(self, configuration_dict: dict, tasks: dict[str, CropTask] | None = None):
+    def __init__(self, configuration_dict: dict, tasks: Mapping[str, CropTask] | None = None):
         super().__init__(configuration_dict)
-        self.ctarr_tasks: dict[str, CropTask] = {} if tasks is None else tasks
+        self.ctarr_tasks: Mapping[str, CropTask] = dict(tasks or {})
 
     @property
     def preprocessor_class(self):

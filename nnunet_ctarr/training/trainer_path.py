@@ -16,8 +16,3 @@ def ensure_ext_trainer_path() -> None:
     current = [p for p in os.environ.get("nnUNet_extTrainer", "").split(os.pathsep) if p]
     if folder not in current:
         os.environ["nnUNet_extTrainer"] = os.pathsep.join(current + [folder])
-
-
-def main() -> None:
-    """``nnUNetv2_ctarr_env``: print the line to add to your shell profile."""
-    print(f'export nnUNet_extTrainer="{ext_trainer_folder()}${{nnUNet_extTrainer:+:$nnUNet_extTrainer}}"')

@@ -25,6 +25,7 @@ from isal import isal_zlib
 
 from ..base.errors import CTARRError
 from ..base.geometry import Geometry
+from ..base.user_data import resolve_atlas
 from .volume import MaskVolume
 
 DEFAULT_ATLAS = "atlas_ctarr_starter.npz"
@@ -53,14 +54,15 @@ class Atlas(MaskVolume):
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> Atlas:
-        """Load an atlas file; ``None`` loads the atlas shipped with the package."""
+        """Load an atlas file; ``None`` loads the atlas shipped with the package; a name that is
+        not a file loads the imported atlas set of that name (``core.base.user_data``)."""
         try:
             if path is None:
                 ref = resources.files("nnunet_ctarr").joinpath(f"resources/{DEFAULT_ATLAS}")
                 with resources.as_file(ref) as p:
                     data = read_npz(p)
             else:
-                data = read_npz(path)
+                data = read_npz(resolve_atlas(path))
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, isal_zlib.error) as e:
             raise CTARRError(f"cannot load atlas {path or DEFAULT_ATLAS}: {e}") from None
         return cls(origin=data["origin"].astype(float), spacing=data["spacing"].astype(float),

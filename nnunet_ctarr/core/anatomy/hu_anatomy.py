@@ -22,6 +22,7 @@ from .groups import GROUPS, N_GROUPS
 from .hu_masks import HU_BONE, HUMasks, hu_masks
 from .hu_pose import BONES, LUNGS, MIN_SEARCH_BONE_ML, MIN_SEARCH_LUNG_ML, atlas_views, coarse_pose
 from .masks import AnatomyMasks
+from .sources import AnatomySource
 
 __all__ = ["HUAnatomy", "HUMasks", "coarse_pose", "hu_anatomy", "hu_masks", "label_groups"]
 
@@ -82,7 +83,7 @@ def hu_anatomy(image: sitk.Image, atlas: Atlas, warnings: WarningLog | None = No
     return AnatomyMasks(labels, observed, f"{source} (HU anatomy: lungs, bones)".strip(), (tf.k_rot, tf.flip))
 
 
-class HUAnatomy:
+class HUAnatomy(AnatomySource):
     """``-anatomy_model hu``: anatomy from the CT's intensities (no network, no files)."""
 
     def __init__(self, atlas: Atlas | str | None = None, default: bool = False):
@@ -97,9 +98,13 @@ class HUAnatomy:
         return {"model": "hu", **({"because": "no -anatomy_seg or -anatomy_model was given"} if self.default else {})}
 
     def load(self, case: str, warnings: WarningLog) -> AnatomyMasks:
-        if self.atlas is None:
-            self.atlas = Atlas.load(self.atlas_path)
-        files = self.cases.get(case)
+        files = getattr(self, "cases", {}).get(case)
         if not files:
             raise CTARRError(f"{case}: no image to compute the HU anatomy from")
-        return hu_anatomy(read_image(files[0]), self.atlas, warnings, case)
+        return self.from_image(read_image(files[0]), warnings, case)
+
+    def from_image(self, image: sitk.Image, warnings: WarningLog, case: str = "") -> AnatomyMasks:
+        """The HU anatomy of an image already read."""
+        if self.atlas is None:
+            self.atlas = Atlas.load(self.atlas_path)
+        return hu_anatomy(image, self.atlas, warnings, case)

@@ -48,7 +48,7 @@ def read_nifti_label_table(path: Path) -> dict[int, str] | None:
             vox_offset = int(struct.unpack("<f", head[108:112])[0])
             if vox_offset <= 352 or head[348] == 0:
                 return None
-            ext = f.read(vox_offset - 352).decode("utf-8", "replace")
+            ext = f.read(min(vox_offset - 352, 1 << 26)).decode("utf-8", "replace")    # a damaged offset: 64 MB at most
     except (OSError, EOFError, struct.error):
         return None
     found = re.findall(r'<Label Key="(\d+)"[^>]*><!\[CDATA\[([^\]]*)\]\]></Label>', ext)

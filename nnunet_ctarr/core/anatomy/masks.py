@@ -39,9 +39,17 @@ class AnatomyMasks:
         if self.lut is None:
             return self.label_map
         if self._groups is None:
-            self._groups = sitk.GetImageFromArray(self.lut[sitk.GetArrayViewFromImage(self.label_map)])
+            self._groups = sitk.GetImageFromArray(self.groups_of(sitk.GetArrayViewFromImage(self.label_map)))
             self._groups.CopyInformation(self.label_map)
         return self._groups
+
+    def groups_of(self, ids: np.ndarray) -> np.ndarray:
+        """Group ids (uint8) of label values of ``label_map``; ids beyond the scheme map to 0."""
+        if self.lut is None:
+            return ids.astype(np.uint8, copy=False)
+        if ids.size == 0 or int(ids.max()) < self.lut.size:
+            return self.lut[ids]
+        return np.where(ids < self.lut.size, self.lut[np.minimum(ids, self.lut.size - 1)], 0).astype(np.uint8)
 
     @property
     def geometry(self) -> Geometry:
@@ -64,18 +72,17 @@ class AnatomyMasks:
         if unknown:
             warnings.warn(f"anatomy map {source}: label id(s) {unknown[:10]} are not in the "
                           f"{scheme.name} scheme and were ignored")
-        lut = scheme.lut
-        top = int(ids.max()) if ids.size else 0
-        if top >= lut.size:
-            lut = np.concatenate([lut, np.zeros(top - lut.size + 1, np.uint8)])
-        return cls(img, scheme.observed.copy(), f"{source} ({scheme.name})", lut=lut)
+        return cls(img, scheme.observed.copy(), f"{source} ({scheme.name})", lut=scheme.lut)
 
     def group_voxel_counts(self) -> np.ndarray:
         arr = sitk.GetArrayViewFromImage(self.label_map)
-        counts = label_counts(arr)
-        if self.lut is not None:
-            counts = np.bincount(self.lut[:counts.size], weights=counts, minlength=N_GROUPS + 1).astype(np.int64)
-        return np.pad(counts, (0, max(0, N_GROUPS + 1 - counts.size)))[1:N_GROUPS + 1]
+        if arr.size and arr.max() < 1 << 16:
+            counts = label_counts(arr)
+            ids = np.arange(counts.size)
+        else:
+            ids, counts = np.unique(arr, return_counts=True)
+        groups = self.groups_of(ids)
+        return np.bincount(groups, weights=counts, minlength=N_GROUPS + 1).astype(np.int64)[1:N_GROUPS + 1]
 
 
 def load_mask_folder(folder: Path, warnings: WarningLog, spacing: float | None = None) -> AnatomyMasks:
@@ -92,7 +99,7 @@ def load_mask_folder(folder: Path, warnings: WarningLog, spacing: float | None =
     if not known:
         raise CTARRError(f"{folder}: none of the {len(files)} mask names is a structure CTARR knows "
                          "(expected TotalSegmentator names like liver.nii.gz, vertebrae_L1.nii.gz)")
-    ref = read_image(next(iter(known.values())))
+    ref = read_image(next(iter(known.values())), label=True, warnings=warnings)
     sampler = GridSampler.for_image(ref, spacing) if spacing else None
     pick = sampler.sample if sampler is not None else (lambda a: a)
     groups = np.zeros(sampler.grid.shape_zyx if sampler is not None else sitk.GetArrayViewFromImage(ref).shape,
@@ -100,7 +107,7 @@ def load_mask_folder(folder: Path, warnings: WarningLog, spacing: float | None =
     observed = np.zeros(N_GROUPS, bool)
     # write larger group ids first so that organs win over bones where masks overlap
     for n, p in sorted(known.items(), key=lambda kv: GROUPS.index(group_of(kv[0]))):
-        m = _mask_on_grid(read_image(p), ref, p.name, warnings)
+        m = _mask_on_grid(read_image(p, label=True, warnings=warnings), ref, p.name, warnings)
         gi = GROUPS.index(group_of(n))
         observed[gi] = True
         groups[pick(sitk.GetArrayViewFromImage(m)) > 0] = gi + 1
@@ -142,7 +149,7 @@ def load_anatomy(path: str | Path, fmt: str = "auto", warnings: WarningLog | Non
         return load_mask_folder(path, warnings, spacing)
     if fmt == "mask_folder":
         raise CTARRError(f"--anatomy_format mask_folder needs a folder, got file {path}")
-    img, _ = check_finite(read_image(path), f"anatomy map {path.name}", path=path)
+    img, _ = check_finite(read_image(path, label=True, warnings=warnings), f"anatomy map {path.name}", path=path)
     arr = sitk.GetArrayViewFromImage(img)
     present = present_labels(arr) if np.issubdtype(arr.dtype, np.integer) else None
     scheme = detect_scheme(img, path, warnings, present) if fmt == "auto" else LabelScheme.named(fmt)

@@ -1,12 +1,14 @@
-"""Where a scan's anatomy comes from, without nnU-Net: precomputed label maps or given in memory.
+"""Where a scan's anatomy comes from: the :class:`AnatomySource` interface, the sources without
+nnU-Net (precomputed label maps or mask folders, an anatomy given in memory) and the one registry
+of ``-anatomy_model`` keywords (:data:`ANATOMY_KEYWORDS`).
 
-An anatomy source has ``prepare(cases)`` (case -> input files, called once per run) and
-``load(case, warnings) -> AnatomyMasks``. Label *names* are mapped to the 19 CTARR groups, so
-TotalSegmentator v1/v2 maps, its mask folders and 19-group maps all work. The nnU-Net model
-source (``inference.anatomy_model.ModelAnatomy``) has the same two methods.
+Label *names* are mapped to the 19 CTARR groups, so TotalSegmentator v1/v2 maps, its mask folders
+and 19-group maps all work. The other sources subclass :class:`AnatomySource` too: the HU anatomy
+(:mod:`.hu_anatomy`) and nnU-Net models (``inference.anatomy_model.ModelAnatomy``).
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import SimpleITK as sitk
@@ -15,20 +17,49 @@ from ..base.cases import match_case_file
 from ..base.errors import CTARRError, WarningLog
 from ..base.files import input_stamp
 from ..base.nnunet_format import foreground_labels
+from . import totalseg_weights
 from .grid import WORKING_SPACING_MM
 from .groups import LabelScheme
 from .label_maps import detect_scheme
 from .masks import AnatomyMasks, load_anatomy
 
 
-def anatomy_stamp(source, case: str) -> dict | None:
-    """What ``--continue`` records of a case's anatomy (the matched file and its size and time, the
-    model and its checkpoints, ...), or None for a source without a stamp."""
-    stamp = getattr(source, "stamp", None)
-    return stamp(case) if stamp is not None else None
+class AnatomySource(ABC):
+    """Where each case's anatomy comes from (``needs_files``: ``prepare`` reads the cases' input
+    files, as a model does). ``prepare`` is called once per run with every case's
+    input files (a model predicts them all there); ``load`` gives one case's anatomy (a user error
+    raises :class:`CTARRError`); ``stamp`` is what ``--continue`` records of it (the matched file
+    with its size and time, the model and its checkpoint, ...)."""
+
+    needs_files: bool = False
+
+    @abstractmethod
+    def prepare(self, cases: dict[str, list[str]]) -> None:
+        """Called once per run: case id -> its input files (channel 0 first)."""
+
+    @abstractmethod
+    def load(self, case: str, warnings: WarningLog) -> AnatomyMasks:
+        """The anatomy of one prepared case."""
+
+    def stamp(self, case: str) -> dict:
+        """What ``--continue`` compares of the case's anatomy."""
+        return {"source": type(self).__name__}
 
 
-class PrecomputedAnatomy:
+#: ``-anatomy_model`` keywords besides a model folder -> what they are (argparse help, docs, checks)
+ANATOMY_KEYWORDS: dict[str, str] = {
+    "hu": "the CT's own HU values (no network; the default when no anatomy option is given)",
+    **{k: f"{m.title}, from TotalSegmentator's weights folder" for k, m in totalseg_weights.MODELS.items()},
+}
+
+
+def anatomy_keyword(name: str | None) -> str | None:
+    """The registry keyword ``name`` spells (case-insensitive), or None when it is none (a folder)."""
+    key = (name or "").strip().lower()
+    return key if key in ANATOMY_KEYWORDS else None
+
+
+class PrecomputedAnatomy(AnatomySource):
     """Label maps / mask folders: a single path, or a folder matched by case id."""
 
     def __init__(self, path: str | Path, fmt: str = "auto"):
@@ -60,7 +91,7 @@ def scheme_from_dataset_json(dataset_json: dict, name: str) -> LabelScheme:
     return LabelScheme(f"nnU-Net model {name}", {v: k for k, v in labels.items()})
 
 
-class InMemoryAnatomy:
+class InMemoryAnatomy(AnatomySource):
     """Anatomy given directly (a label image, an ``AnatomyMasks`` or a path), for one case."""
 
     def __init__(self, anatomy, case: str):

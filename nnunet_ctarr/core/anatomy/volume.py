@@ -200,5 +200,5 @@ def anatomy_to_volume(anat: AnatomyMasks, spacing: float = WORKING_SPACING_MM) -
     """The group label map picked nearest-neighbour onto the LPS working grid (:mod:`.grid`); a
     source's label ids are mapped to groups after the picking, on the small grid."""
     grid, ids = sample_nearest(anat.label_map, spacing)
-    labels = anat.lut[ids] if anat.lut is not None else ids.astype(np.uint8, copy=False)
+    labels = anat.groups_of(ids)
     return MaskVolume(grid.origin, grid.spacing, anat.observed.copy(), labels=np.ascontiguousarray(labels))

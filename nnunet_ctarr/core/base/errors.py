@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -74,3 +75,18 @@ def route_itk_messages() -> None:
 
     _itk_logger = _ToLogging()
     _itk_logger.SetAsGlobalITKLogger()
+
+
+_ITK_NOISE = re.compile(
+    r"(Exception thrown in SimpleITK \w+:?|\S+\.(?:cxx|hxx|txx|cpp|h)\b(?::\d+)?:?|sitk::ERROR:|itk::ERROR:|ITK ERROR:"
+    r"|itk::ExceptionObject \(0x[0-9a-fA-F]+\)|\w+ ?\(0x[0-9a-fA-F]+\):|Location: \"[^\"]*\"|File:|Line: \d+"
+    r"|Description:)")
+
+
+def itk_message(exc: BaseException, limit: int = 160) -> str:
+    """The reason in an ITK/SimpleITK exception as one short line: without the C++ source paths,
+    line numbers, object addresses and 'Exception thrown in ...' lead-in; cut with '...' at ``limit``."""
+    text = " ".join(_ITK_NOISE.sub(" ", str(exc)).split())
+    if not text:
+        return type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."

@@ -5,12 +5,13 @@ import csv
 import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .errors import CTARRError
+from .errors import CTARRError, itk_message
 
 
 def _file_mode() -> int:
@@ -32,11 +33,21 @@ def atomic_write(path: Path, suffix: str, write) -> None:
         os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
-        detail = e.strerror if isinstance(e, OSError) and e.strerror else str(e).strip().splitlines()[-1][:120]
+        detail = e.strerror if isinstance(e, OSError) and e.strerror else itk_message(e)
+        if _disk_full(path.parent) and "space" not in detail:
+            detail += " (no space left on the device)"
         raise CTARRError(f"cannot write {path}: {detail}") from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _disk_full(folder: Path) -> bool:
+    """Whether the file system holding ``folder`` has less than 1 MiB free."""
+    try:
+        return shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        return False
 
 
 def check_output_folder(path: str | Path) -> Path:

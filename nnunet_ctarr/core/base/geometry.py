@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import CTARRError
+from .errors import CTARRError, itk_message
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
@@ -58,8 +58,8 @@ class Geometry:
         reader.SetFileName(str(path))
         try:
             reader.ReadImageInformation()
-        except RuntimeError:
-            raise CTARRError(f"cannot read {path}: not a readable image") from None
+        except RuntimeError as e:
+            raise CTARRError(f"cannot read {path}: not a readable image ({itk_message(e)})") from None
         return cls(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
 
     @classmethod
@@ -102,10 +102,6 @@ class Geometry:
     def matrix(self) -> np.ndarray:
         """Direction as a 3x3 array."""
         return np.array(self.direction).reshape(3, 3)
-
-    @property
-    def n_voxels(self) -> int:
-        return int(np.prod(self.size_xyz))
 
     @property
     def head_feet_axis(self) -> int:

@@ -13,53 +13,133 @@ Conventions used throughout the package:
 """
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from .cases import dicom_series
-from .errors import CTARRError
+from .dicom import read_dicom_folder
+from .errors import CTARRError, WarningLog, itk_message
 from .geometry import Geometry
 from .integrity import check_complete
 from .nifti import DEFAULT_LEVEL, save_image
 
+MIN_SLICES = 3          # voxels along every axis below which an image is not a usable 3-D volume
+MAX_SHEAR_DEG = 45      # a sheared grid beyond this is an error, not resampled (gantry tilts are <= 30°)
 
-def read_image(path: str | Path) -> sitk.Image:
-    """Read a 3D image from a file (NIfTI, NRRD, MHA/MHD) or a DICOM folder.
 
-    A DICOM folder with several series yields the series with the most slices.
-    Raises :class:`CTARRError` with a one-line message on any problem.
+def read_image(path: str | Path, label: bool = False, warnings: WarningLog | None = None) -> sitk.Image:
+    """Read a 3D image from a file (NIfTI, NRRD, MHA/MHD) or a DICOM folder, in world coordinates.
+
+    A DICOM folder with several series yields the series with the most slices. A 4-D file whose
+    extra axes are 1 long reads as 3-D. A sheared grid (a gantry-tilted DICOM series, a NIfTI sform
+    or NRRD with non-orthogonal axes) is resampled onto an orthogonal grid, linear for images and
+    nearest-neighbour for ``label`` maps, with a warning. Raises :class:`CTARRError` with a one-line
+    message on any problem (unreadable, incomplete, 2-D, 4-D, vector, < 3 voxels along an axis,
+    unevenly spaced DICOM slices, a singular direction).
     """
     path = Path(path)
     if not path.exists():
         raise CTARRError(f"input not found: {path}")
     try:
         if path.is_dir():
-            series = dicom_series(path)
-            if not series:
-                raise CTARRError(f"{path} is a folder without a DICOM series")
-            reader = sitk.ImageSeriesReader()
-            files = max((reader.GetGDCMSeriesFileNames(str(path), s) for s in series), key=len)
-            reader.SetFileNames(files)
-            img = reader.Execute()
+            img = read_dicom_folder(path)
         else:
-            img = sitk.ReadImage(str(path))
-            check_complete(path, img)
+            check_complete(path)
+            img = _read_file(path)
     except CTARRError:
         raise
+    except (RuntimeError, OSError, ValueError, EOFError, zlib.error) as e:
+        raise CTARRError(f"cannot read {path}: not a readable image ({itk_message(e)})") from None
+    img = _as_3d_scalar(img, path)
+    return _orthogonal(img, path, label, warnings if warnings is not None else WarningLog())
+
+
+def _read_file(path: Path) -> sitk.Image:
+    """SimpleITK's reading of an image file; a NIfTI whose sform is sheared (which SimpleITK refuses)
+    is read with nibabel instead."""
+    try:
+        return sitk.ReadImage(str(path))
     except RuntimeError as e:
-        first = str(e).strip().splitlines()
-        detail = next((ln for ln in first if ln.strip()), "unreadable")
-        raise CTARRError(f"cannot read {path}: not a readable image ({detail[:120]})") from None
+        if "orthonormal" not in str(e) or not path.name.lower().endswith((".nii", ".nii.gz")):
+            raise
+    import nibabel
+    try:
+        nii = nibabel.load(str(path))
+        arr = np.asanyarray(nii.dataobj)
+    except Exception as e:                                  # nibabel's errors on a damaged file vary
+        raise CTARRError(f"cannot read {path}: not a readable image ({str(e)[:120]})") from None
+    if arr.dtype == np.float64 and nii.get_data_dtype() != np.float64:
+        arr = arr.astype(np.float32)                         # scaled integers, as SimpleITK reads them
+    arr = arr.reshape(arr.shape[:3]) if arr.ndim > 3 and all(d == 1 for d in arr.shape[3:]) else arr
+    if arr.ndim != 3:
+        raise CTARRError(f"{path}: expected a 3D image, got an array of shape {arr.shape}")
+    m = np.diag([-1.0, -1.0, 1.0]) @ nii.affine[:3, :4]    # RAS -> LPS
+    spacing = np.linalg.norm(m[:, :3], axis=0)
+    img = sitk.GetImageFromArray(np.ascontiguousarray(arr.T))
+    img.SetSpacing(tuple(float(v) for v in spacing))
+    img.SetOrigin(tuple(float(v) for v in m[:, 3]))
+    img.SetDirection(tuple(float(v) for v in (m[:, :3] / spacing).ravel()))
+    return img
+
+
+def _as_3d_scalar(img: sitk.Image, path: Path) -> sitk.Image:
+    """``img`` as a 3-D scalar volume (extra axes of length 1 dropped), or a one-line refusal."""
+    size = img.GetSize()
+    if img.GetDimension() > 3 and all(n == 1 for n in size[3:]):
+        img = sitk.Extract(img, [*size[:3], *([0] * (len(size) - 3))], [0] * len(size))
+    elif img.GetDimension() > 3:
+        raise CTARRError(f"{path}: expected a 3D image, got a {img.GetDimension()}D image of size {list(size)} "
+                         "(a time series or several channels?); give one 3-D volume")
     if img.GetDimension() != 3:
-        raise CTARRError(f"{path}: expected a 3D image, got {img.GetDimension()}D")
+        raise CTARRError(f"{path}: expected a 3D image, got {img.GetDimension()}D of size {list(size)}")
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise CTARRError(f"{path}: expected a scalar image, got {img.GetNumberOfComponentsPerPixel()} components "
-                         "per voxel")
-    if min(img.GetSize()) < 2:
-        raise CTARRError(f"{path}: image of size {img.GetSize()} is 2D (a single slice); CTARR needs a 3D volume")
+                         "per voxel (a colour or vector image); give a single-channel CT")
+    small = [f"{n} voxel(s) along {ax}" for n, ax in zip(img.GetSize(), "xyz") if n < MIN_SLICES]
+    if small:
+        what = "a single slice, 2D" if min(img.GetSize()) == 1 else "too thin"
+        raise CTARRError(f"{path}: image of size {img.GetSize()} is {what} (only {', '.join(small)}); "
+                         f"CTARR needs a 3-D volume of at least {MIN_SLICES} voxels along each axis")
     return img
+
+
+def _orthogonal(img: sitk.Image, path: Path, label: bool, warnings: WarningLog) -> sitk.Image:
+    """``img`` on an orthogonal grid: as is when it is one (to 0.05 voxel over the whole image),
+    else resampled onto the orthogonal grid that keeps its first axis and first plane and covers it."""
+    spacing, direction, origin = (np.array(v, float) for v in (img.GetSpacing(), img.GetDirection(),
+                                                               img.GetOrigin()))
+    if not (np.isfinite(spacing).all() and np.isfinite(direction).all() and np.isfinite(origin).all()) \
+            or spacing.min() <= 0:
+        raise CTARRError(f"{path}: the header holds an invalid grid (spacing {spacing.tolist()}, origin "
+                         f"{origin.tolist()}); fix the file's geometry")
+    m = direction.reshape(3, 3) * spacing                   # index (x, y, z) -> world offset
+    if abs(np.linalg.det(m / spacing)) < 1e-3:
+        raise CTARRError(f"{path}: the direction matrix is singular ({np.round(direction, 3).tolist()}); fix the "
+                         "file's geometry")
+    q, r = np.linalg.qr(m)
+    q, r = q * np.sign(np.diag(r)), r * np.sign(np.diag(r))[:, None]
+    new_spacing = np.diag(r).copy()
+    corners = np.array([[x, y, z] for x in (0, img.GetSize()[0] - 1) for y in (0, img.GetSize()[1] - 1)
+                        for z in (0, img.GetSize()[2] - 1)], float)
+    sheared = corners @ (r / new_spacing[:, None]).T         # corners in the orthogonal grid's index
+    if np.abs(sheared - corners).max() <= 0.05:
+        return img
+    angle = max(np.degrees(np.arccos(np.clip(new_spacing[i] / spacing[i], -1, 1))) for i in range(3))
+    if angle > MAX_SHEAR_DEG:
+        raise CTARRError(f"{path}: the voxel axes are sheared by {angle:.0f}° (more than {MAX_SHEAR_DEG}°); "
+                         "fix the file's geometry")
+    lo, hi = np.floor(sheared.min(0) + 1e-6), np.ceil(sheared.max(0) - 1e-6)
+    out_origin = origin + q @ (lo * new_spacing)
+    fill = 0.0 if label else float(sitk.GetArrayViewFromImage(img).min())
+    out = sitk.Resample(img, [int(v) for v in hi - lo + 1], sitk.Transform(),
+                        sitk.sitkNearestNeighbor if label else sitk.sitkLinear, tuple(out_origin),
+                        tuple(new_spacing), tuple(q.ravel()), fill, img.GetPixelID())
+    warnings.warn(f"{path.name}: the voxel grid is sheared ({angle:.1f}° between an axis and the orthogonal frame, "
+                  f"e.g. a gantry tilt); resampled onto an orthogonal grid "
+                  f"({'nearest-neighbour' if label else 'linear'}, size {list(out.GetSize())})")
+    return out
 
 
 def check_ct_intensities(img: sitk.Image, name: str = "image") -> None:
@@ -100,6 +180,6 @@ def match_label_to_image(label: sitk.Image, image: sitk.Image, name: str = "labe
 
 def write_image(img: sitk.Image, path: str | Path, compress: bool = True, level: int = DEFAULT_LEVEL) -> None:
     """Write atomically (a temporary file in the same folder is renamed into place), with the
-    permissions of the user's umask. NIfTI (``.nii.gz`` at ISA-L ``level`` 0-3, ``.nii``
-    uncompressed) by :mod:`.nifti`, other formats by SimpleITK (``compress``: its own compression)."""
+    permissions of the user's umask: :func:`.nifti.save_image` (NIfTI deflated at ISA-L ``level`` 0-3,
+    ``.nii`` uncompressed; other formats by SimpleITK, ``compress``: its own compression)."""
     save_image(img, path, level, compress)

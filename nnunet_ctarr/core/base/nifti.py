@@ -14,9 +14,11 @@ pixel types and orientations). Vector and complex images are written by SimpleIT
 """
 from __future__ import annotations
 
+import errno
 import gzip
 import itertools
 import struct
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +30,7 @@ from isal import isal_zlib
 from .cases import IMAGE_EXTENSIONS
 from .errors import CTARRError
 from .files import atomic_write
+from .integrity import nifti_bytes
 
 #: ISA-L's levels: 0 (fastest) to 3 (smallest); measured in docs/benchmarks.md
 LEVELS = (0, 1, 2, 3)
@@ -70,6 +73,18 @@ class Crop:
         return self.image[tuple(slice(int(a), int(b)) for a, b in zip(self.start_xyz, self.stop_xyz))]
 
 
+def _sitk_write(img: sitk.Image, tmp: str, compress: bool) -> None:
+    """SimpleITK's own write, read back by the header: its NIfTI writer reports a full disk only on
+    the console and leaves a cut file."""
+    sitk.WriteImage(img, tmp, compress)
+    try:
+        sizes = nifti_bytes(Path(tmp))
+    except (OSError, EOFError, zlib.error):
+        sizes = (0, 1)
+    if sizes is not None and sizes[0] < sizes[1]:
+        raise OSError(errno.EIO, "the file came out incomplete (is the disk full?)")
+
+
 def _fast_path(img: sitk.Image) -> bool:
     """Scalar images within NIfTI-1's dimensions: their voxel buffer is the file's data block as it is."""
     return (img.GetNumberOfComponentsPerPixel() == 1 and max(img.GetSize()) <= 32767
@@ -90,11 +105,17 @@ def sitk_header(img: sitk.Image, scratch: str | Path, size: tuple[int, ...] | No
         small.SetMetaData(key, img.GetMetaData(key))
     sitk.WriteImage(small, str(scratch), False)
     opener = gzip.open if str(scratch).lower().endswith(".gz") else open
-    with opener(scratch, "rb") as f:
-        head = bytearray(f.read())
-    endian = "<" if struct.unpack_from("<i", head, 0)[0] == 348 else ">"
+    try:
+        with opener(scratch, "rb") as f:
+            head = bytearray(f.read())
+        endian = "<" if struct.unpack_from("<i", head, 0)[0] == 348 else ">"
+        offset = int(struct.unpack_from(f"{endian}f", head, 108)[0])
+    except (EOFError, zlib.error, struct.error):
+        head, offset = bytearray(), 352
+    if len(head) < max(offset, 352):           # SimpleITK reports a full disk only on the console
+        raise OSError(errno.EIO, "the file came out incomplete (is the disk full?)")
     struct.pack_into(f"{endian}{len(size)}h", head, 42, *size)
-    return bytes(head[:int(struct.unpack_from(f"{endian}f", head, 108)[0])])
+    return bytes(head[:offset])
 
 
 def _slabs(source: sitk.Image | Crop):
@@ -136,23 +157,28 @@ def write_nifti(source: sitk.Image | Crop, path: str | Path, level: int = DEFAUL
     compressed = path.name.lower().endswith(".gz")
     suffix = ".nii.gz" if compressed else ".nii"
     img = source.image if isinstance(source, Crop) else source
+    d = np.array(img.GetDirection(), float).reshape(img.GetDimension(), img.GetDimension())
+    if not np.allclose(d.T @ d, np.eye(len(d)), atol=1e-4):
+        raise CTARRError(f"cannot write {path}: NIfTI cannot store a sheared (non-orthogonal) grid; "
+                         "write .nrrd or .mha")
     if not _fast_path(img):
         whole = source.image_crop() if isinstance(source, Crop) else source
-        atomic_write(path, suffix, lambda tmp: sitk.WriteImage(whole, tmp, compressed))
+        atomic_write(path, suffix, lambda tmp: _sitk_write(whole, tmp, compressed))
         return
     atomic_write(path, suffix, lambda tmp: _write_nifti_file(source, tmp, compressed, level))
 
 
 def save_image(source: sitk.Image | Crop, path: str | Path, level: int = DEFAULT_LEVEL, compress: bool = True) -> None:
     """Any image file, atomically with the umask's permissions: NIfTI by :func:`write_nifti`, other
-    formats (``.nrrd``, ``.mha``, ...) by SimpleITK (``compress``: its own compression)."""
+    formats (``.nrrd``, ``.mha``, ...) by SimpleITK (``compress``: its own compression; a NIfTI file
+    SimpleITK writes is read back by its header before the rename)."""
     path = Path(path)
     if is_nifti(path):
         write_nifti(source, path, level)
         return
     img = source.image_crop() if isinstance(source, Crop) else source
     ext = next((e for e in IMAGE_EXTENSIONS if path.name.lower().endswith(e)), path.suffix)
-    atomic_write(path, ext, lambda tmp: sitk.WriteImage(img, tmp, compress))
+    atomic_write(path, ext, lambda tmp: _sitk_write(img, tmp, compress))
 
 
 def write_images(pairs: list[tuple[sitk.Image | Crop, Path]], level: int = DEFAULT_LEVEL, threads: int = 2) -> None:

@@ -6,14 +6,14 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from ..anatomy.groups import GROUPS, N_GROUPS
 from ..anatomy.atlas import Atlas
+from ..anatomy.groups import GROUPS, N_GROUPS
+from ..anatomy.volume import MaskVolume
 from ..base.errors import CTARRError
 from ..base.geometry import Geometry
-from ..localise.settings import RegistrationSettings
-from ..localise.registration import register
 from ..base.transform import AtlasTransform
-from ..anatomy.volume import MaskVolume
+from ..localise.registration import register
+from ..localise.settings import RegistrationSettings
 from .warp import warp_to_atlas
 
 
@@ -44,7 +44,7 @@ def _average(volumes: list[MaskVolume], tfs: list[AtlasTransform], spacing: floa
 
 
 def build_atlas(volumes: list[MaskVolume], names: list[str], spacing: float = 3.0,
-                settings: RegistrationSettings | None = None, progress: bool = True) -> Atlas:
+                settings: RegistrationSettings | None = None, progress: bool = True, device: str = "cpu") -> Atlas:
     """Build an atlas from scan anatomies (paper 3.2), with partial fields of view.
 
     1. register every scan to every other one (header orientation kept);
@@ -52,6 +52,8 @@ def build_atlas(volumes: list[MaskVolume], names: list[str], spacing: float = 3.
        average a group-wise mean frame also for very few scans);
     3. provisional atlas = voxel-wise mean over the scans covering each voxel;
     4. register every scan to the provisional atlas; final atlas = mean again.
+
+    ``device``: the torch device of the warps onto the atlas grid (the registration runs on the CPU).
     """
     if len(volumes) < 2:
         raise CTARRError("an atlas needs at least 2 labelled scans")
@@ -65,7 +67,7 @@ def build_atlas(volumes: list[MaskVolume], names: list[str], spacing: float = 3.
         res = register(volumes[i], volumes[j], s, orientation=fixed_or)
         pair_tfs[i].append(res.transform)
     tfs = [_mean_transform(t) for t in pair_tfs]
-    prob, cov, grid = _average(volumes, tfs, spacing, s.device)
+    prob, cov, grid = _average(volumes, tfs, spacing, device)
     provisional = MaskVolume(grid.origin, grid.spacing, np.array([v.observed for v in volumes]).any(0),
                              prob=prob, coverage=(cov > 0).astype(np.float32))
     final_tfs, dices = [], []
@@ -73,7 +75,7 @@ def build_atlas(volumes: list[MaskVolume], names: list[str], spacing: float = 3.
         res = register(v, provisional, s, orientation=fixed_or)
         final_tfs.append(res.transform)
         dices.append(res.dice)
-    prob, cov, grid = _average(volumes, final_tfs, spacing, s.device)
+    prob, cov, grid = _average(volumes, final_tfs, spacing, device)
     # crop to where there is anatomy or coverage, then shift so voxel [0,0,0] is at 0 mm
     keep = (cov > 0) | (prob.max(0) > 0)
     zz, yy, xx = [np.nonzero(keep.any(axis=ax))[0] for ax in ((1, 2), (0, 2), (0, 1))]

@@ -15,14 +15,14 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
-from ..anatomy.masks import AnatomyMasks
 from ..anatomy.atlas import Atlas
+from ..anatomy.masks import AnatomyMasks
 from ..base.errors import CTARRError, WarningLog
 from ..base.geometry import Geometry
 from ..localise.localisation import locate
-from ..regions.region import Region, boxes_from_heatmap
 from ..localise.settings import RegistrationSettings
 from ..localise.trust import assess
+from ..regions.region import Region, boxes_from_heatmap
 from .warp import warp_to_atlas
 
 

@@ -30,5 +30,3 @@ class RegistrationSettings:
     levels: tuple[int, ...] = (4, 2)
     min_scale: float = 0.5
     max_scale: float = 2.0
-    #: torch device of the atlas builder's warps; the registration itself runs on the CPU (NumPy)
-    device: str = "cpu"

@@ -1,18 +1,27 @@
-"""The one trust rule: may this localisation place this region's crop?
+"""The one trust rule: may this localisation place this region's crop, or is the region not in view?
 
-Every writer (crop, crop_dataset, evaluate, learn_region, prealign, the predictors) asks
-:func:`assess`; an untrusted answer is what they fall back on (full volume, skip, or a marked
-crop), never a user error. A localisation is untrusted when
+Every writer (crop, crop_dataset, evaluate, learn_region, prealign, body_height, the predictors)
+asks :func:`assess` through :mod:`.decision`; an untrusted answer is what they fall back on (the
+whole image, nothing, or the crop anyway: ``--on_untrusted``), never a user error. A localisation
+is untrusted when
 
 * the anatomy was refused before registration (:class:`LocalisationUntrusted` from ``locate``:
   too few usable groups, anatomy and image not overlapping, anatomy outside the atlas);
 * the registration Dice is below :data:`MIN_PLAUSIBLE_DICE` or the orientation is ambiguous;
 * more than :data:`MAX_OUTSIDE_ATLAS` of the scan's anatomy lies outside the atlas (groups the
-  atlas lacks, e.g. skull and brain, or voxels mapped where no atlas scan reached);
-* for the region: the anatomy inside its boxes does not look like the atlas there (Dice below
-  :data:`MIN_REGION_DICE`); or, for a region learned for organs the anatomy can express, the
-  anatomy shows none of them in the image (:data:`MIN_ORGAN_ML`) or less than
-  :data:`MIN_ORGAN_SHARE` of them inside the crops.
+  atlas lacks, e.g. skull and brain, or voxels mapped where no atlas scan reached).
+
+For a region of a trusted localisation, the region is **outside the field of view** (not a
+reason against trust: a verdict of its own) when none of its boxes reaches into the image, or
+when less than :data:`MIN_IN_VIEW` of the atlas's organ (or of the region's tight boxes, for
+organs the atlas lacks) maps into the image and the anatomy has no channel for the organ; or
+when an anatomy with that channel shows none of it and the atlas places less than
+:data:`MAX_MISSED_ML` of it in the image (more: the anatomy missed it, untrusted). Else
+the region is untrusted when the anatomy inside its boxes does not look like the atlas there
+(Dice below :data:`MIN_REGION_DICE`); when less than :data:`MIN_ORGAN_SHARE` of the organ the
+anatomy shows lies inside the crops; and when nothing in the anatomy can check the
+region at all (no channel for its organ and too little comparable anatomy in its boxes): an
+absent channel never passes a check.
 
 The thresholds were calibrated by ``benchmarks/trust_calibration.py`` (docs/trust.md).
 """
@@ -24,11 +33,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..anatomy.atlas import Atlas
-from ..anatomy.groups import GROUPS, group_of
+from ..anatomy.groups import GROUPS
 from ..base.errors import LocalisationUntrusted
 from ..base.geometry import Geometry, as_geometry
 from ..regions.cropping import CropPlan
 from ..regions.region import Region
+from .trust_measures import atlas_in_view, organ_in_crop, outside_atlas, region_dice, target_groups
 
 #: below this mean soft Dice (6 mm level) the registration is implausible
 MIN_PLAUSIBLE_DICE = 0.25
@@ -36,57 +46,38 @@ MIN_PLAUSIBLE_DICE = 0.25
 MAX_OUTSIDE_ATLAS = 0.20
 #: below this Dice between scan anatomy and atlas inside the region's boxes the crop is misplaced
 MIN_REGION_DICE = 0.30
-#: the region Dice needs at least this much (ml) atlas anatomy the scan can express inside the boxes
-MIN_REGION_ATLAS_ML = 20.0
 #: less than this (ml) of the region's own organ in the image: the organ is not in view
 MIN_ORGAN_ML = 0.5
 #: less than this share of the anatomy's organ (in the image) inside the crops: the crop is misplaced
 MIN_ORGAN_SHARE = 0.90
+#: less than this share of the atlas's organ (or of the region's tight boxes) in the image: not in view
+MIN_IN_VIEW = 0.05
+#: an anatomy showing none of an organ whose atlas places less than this (ml) in the image: not in view
+MAX_MISSED_ML = 10.0
 
 
 @dataclass(frozen=True)
 class Trust:
-    """The verdict: ``trusted`` plus the reasons against and the measures it was based on."""
+    """The verdict: ``trusted`` plus the reasons against and the measures it was based on;
+    ``outside`` (with ``trusted``): the region is not in this image's field of view, and why."""
     trusted: bool
     reasons: tuple[str, ...] = ()
     measures: dict = field(default_factory=dict)
+    outside: str = ""
 
     @classmethod
     def refused(cls, error: LocalisationUntrusted) -> Trust:
         return cls(False, (str(error),))
 
-    def to_dict(self) -> dict:
-        return {"reasons": list(self.reasons),
-                **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.measures.items()}}
+    def rounded_measures(self) -> dict:
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in self.measures.items()}
 
-    def record(self, report: dict) -> dict:
-        """Sidecar fields: ``trusted`` and ``trust`` (reasons and measures)."""
-        report["trusted"] = self.trusted
-        report["trust"] = self.to_dict()
-        return report
+    def to_dict(self) -> dict:
+        """``reasons`` and the measures (rounded), as the sidecar stores them."""
+        return {"reasons": list(self.reasons), **self.rounded_measures()}
 
     def text(self) -> str:
         return "; ".join(self.reasons)
-
-
-def outside_atlas(loc, atlas: Atlas) -> tuple[float, list[str], str]:
-    """(share of the scan's anatomy volume outside the atlas, the groups concerned, above/below)."""
-    vol = loc.anatomy_volume
-    zyx = np.argwhere(vol.labels > 0)
-    if not len(zyx):
-        return 0.0, [], ""
-    groups = vol.labels[tuple(zyx.T)].astype(int) - 1
-    pts = loc.transform.to_atlas(vol.origin + zyx[:, ::-1] * vol.spacing)
-    idx = np.rint((pts - atlas.origin) / atlas.spacing).astype(int)
-    size = np.array(atlas.shape_zyx[::-1])
-    on_grid = np.all((idx >= 0) & (idx < size), 1)
-    cov = np.zeros(len(idx))
-    cov[on_grid] = atlas.coverage[idx[on_grid, 2], idx[on_grid, 1], idx[on_grid, 0]]
-    out = (cov <= 0) | ~atlas.observed[groups]
-    names = [GROUPS[g] for g in np.unique(groups[out])]
-    top = atlas.origin[2] + 0.5 * (size[2] - 1) * atlas.spacing[2]
-    where = ("above" if np.median(pts[out, 2]) > top else "below") if out.any() else ""
-    return float(out.mean()), names, where
 
 
 def scan_reasons(loc, atlas: Atlas) -> tuple[list[str], dict]:
@@ -114,70 +105,29 @@ def _scan_reasons(loc, atlas: Atlas) -> tuple[list[str], dict]:
     return reasons, {"registration_dice": float(reg.dice), "share_outside_atlas": share}
 
 
-def target_groups(region: Region) -> list[int]:
-    """Group indices of the structures the region was learned for (empty when none maps to a group)."""
-    names = region.provenance.get("roi_structures_totalsegmentator_v2") or region.provenance.get("labels") or []
-    groups = {group_of(str(n)) for n in names} - {None}
-    return sorted(GROUPS.index(g) for g in groups)
-
-
-def labels_on_atlas_box(vol, tf, origin: np.ndarray, spacing: np.ndarray, n_xyz: np.ndarray
-                        ) -> tuple[np.ndarray, np.ndarray]:
-    """The scan's group labels (nearest voxel) at the centres of an atlas-frame box grid, and
-    whether each centre lies in the scan's field of view; (Z, Y, X) arrays. The transform is
-    axis-aligned, so every atlas axis reads one scan axis: index arithmetic, no interpolation."""
-    M, shape_xyz = tf.M, np.array(vol.shape_zyx[::-1])
-    perm = [int(np.nonzero(M[i])[0][0]) for i in range(3)]          # atlas axis i <- scan axis perm[i]
-    index, ok = [None] * 3, [None] * 3
-    for i, j in enumerate(perm):
-        a = origin[i] + spacing[i] * np.arange(n_xyz[i])
-        k = np.rint(((a - tf.translation[i]) / tf.scale[i] * M[i, j] - vol.origin[j]) / vol.spacing[j]).astype(int)
-        ok[i] = (k >= 0) & (k < shape_xyz[j])
-        index[j] = np.clip(k, 0, shape_xyz[j] - 1)
-    lab = vol.labels[np.ix_(index[2], index[1], index[0])]           # dims: scan z, y, x
-    lab = lab.transpose([2 - perm[2 - e] for e in range(3)])         # dims: atlas z, y, x
-    inside = ok[2][:, None, None] & ok[1][None, :, None] & ok[0][None, None, :]
-    return lab, inside
-
-
-def region_dice(loc, atlas: Atlas, plan: CropPlan) -> float:
-    """Soft Dice of scan anatomy vs atlas inside the region's boxes and the field of view (atlas
-    frame, groups both the scan and the atlas can express); NaN when there is nothing to compare: the
-    atlas holds less than :data:`MIN_REGION_ATLAS_ML` of those groups there (e.g. an HU anatomy, which
-    sees lungs and bones, in the gallbladder's box)."""
-    vol, g = loc.anatomy_volume, atlas.grid
-    use = vol.observed & atlas.observed
-    ids = (np.arange(len(GROUPS)) + 1)[use][:, None, None, None]
-    inter = den = atlas_mass = 0.0
-    for box in plan.usable:
-        lo = np.clip(np.floor((box.atlas_mm[0] - g.origin) / g.spacing).astype(int), 0, g.size_xyz)
-        hi = np.clip(np.ceil((box.atlas_mm[1] - g.origin) / g.spacing).astype(int) + 1, 0, g.size_xyz)
-        if np.any(hi <= lo):
-            continue
-        lab, inside = labels_on_atlas_box(vol, loc.transform, g.origin + lo * g.spacing, g.spacing, hi - lo)
-        sl = (slice(lo[2], hi[2]), slice(lo[1], hi[1]), slice(lo[0], hi[0]))
-        w = inside & (atlas.coverage[sl] > 0)
-        a, s = atlas.prob[(slice(None),) + sl][use] * w, (lab == ids) & w
-        inter += float((a * s).sum())
-        den += float(a.sum() + s.sum())
-        atlas_mass += float(a.sum())
-    if atlas_mass * np.prod(g.spacing) / 1000.0 < MIN_REGION_ATLAS_ML:
-        return float("nan")
-    return 2 * inter / den
-
-
-def organ_in_crop(loc, plan: CropPlan, image: Geometry, groups: list[int]) -> tuple[float, float]:
-    """(ml of the region's own organ in the image per the anatomy, share of it inside the crops)."""
-    vol = loc.anatomy_volume
-    zyx = np.argwhere(np.isin(vol.labels, np.asarray(groups) + 1))
-    idx = image.world_to_index(vol.origin + zyx[:, ::-1] * vol.spacing)
-    size = np.array(image.size_xyz)
-    in_image = np.all((idx > -0.5) & (idx < size - 0.5), 1)
-    in_crop = np.zeros(len(idx), bool)
-    for b in plan.usable:
-        in_crop |= np.all((idx > b.start_xyz - 0.5) & (idx < b.stop_xyz - 0.5), 1)
-    n = int(in_image.sum())
-    return n * vol.voxel_volume / 1000.0, (float((in_crop & in_image).sum()) / n if n else float("nan"))
+def region_outside(loc, atlas: Atlas, plan: CropPlan, region: Region, image: Geometry) -> tuple[str, str]:
+    """(why the region is not in this image's field of view or "", a reason against trust or ""):
+    not in view when no box reaches into the image; when the anatomy has a channel for the region's
+    organ, shows less than :data:`MIN_ORGAN_ML` of it, and the atlas's organ in view would be less
+    than :data:`MAX_MISSED_ML` (more: the anatomy missed it, a reason against trust); when the
+    anatomy has no such channel and less than :data:`MIN_IN_VIEW` of the atlas's organ (or of the
+    region's tight boxes) maps into the image."""
+    if not plan.usable:
+        return f"region '{region.name}' lies entirely outside the field of view", ""
+    share, ml, what = atlas_in_view(loc, atlas, region, image)
+    groups = [t for t in target_groups(region) if loc.anatomy_volume.observed[t] and atlas.observed[t]]
+    if not groups:
+        if share < MIN_IN_VIEW:
+            return (f"only {100 * share:.1f}% of the atlas's {what} lies in the field of view "
+                    f"(< {100 * MIN_IN_VIEW:g}%)"), ""
+        return "", ""
+    shown = organ_in_crop(loc, plan, image, groups)[0]
+    if shown >= MIN_ORGAN_ML:
+        return "", ""
+    if ml < MAX_MISSED_ML:
+        return f"the anatomy shows no {what} in the image and the atlas places only {ml:.1f} ml of it there", ""
+    return "", (f"the anatomy shows no {what} in the image ({shown:.1f} ml) where the atlas places {ml:.0f} ml of it: "
+                "missed by the anatomy, or a misplaced registration")
 
 
 def region_reasons(loc, atlas: Atlas, plan: CropPlan, region: Region, image: Geometry) -> tuple[list[str], dict]:
@@ -197,20 +147,29 @@ def region_reasons(loc, atlas: Atlas, plan: CropPlan, region: Region, image: Geo
         organs = ", ".join(GROUPS[t] for t in groups)
         ml, share = organ_in_crop(loc, plan, image, groups)
         measures.update(organ_ml=ml, organ_share_in_crop=share if np.isfinite(share) else None)
-        if ml < MIN_ORGAN_ML:
-            reasons.append(f"the anatomy shows no {organs} in the image ({ml:.1f} ml): outside the field of view, "
-                           "or missed by the anatomy")
-        elif share < MIN_ORGAN_SHARE:
+        if ml >= MIN_ORGAN_ML and share < MIN_ORGAN_SHARE:
             reasons.append(f"only {100 * share:.0f}% of the anatomy's {organs} lies inside region '{region.name}'")
+    elif not np.isfinite(dice):
+        reasons.append(f"nothing in the anatomy can check region '{region.name}': it has no channel for the "
+                       "region's organs and too little comparable anatomy lies in its boxes")
     return reasons, measures
 
 
 def assess(loc, atlas: Atlas, region: Region | None = None, plan: CropPlan | None = None,
            image: Geometry | sitk.Image | None = None) -> Trust:
-    """The trust rule for a localisation, and for a region's crop plan in ``image`` when given."""
+    """The trust rule for a localisation, and for a region's crop plan in ``image`` when given
+    (module docstring): untrusted (reasons), outside the field of view (``outside``), or trusted."""
     reasons, measures = scan_reasons(loc, atlas)
-    if region is not None and plan is not None and image is not None and plan.usable:
-        more, m = region_reasons(loc, atlas, plan, region, as_geometry(image))
-        reasons += more
-        measures.update(m)
+    if region is None or plan is None or image is None or reasons:
+        return Trust(not reasons, tuple(reasons), measures)
+    geo = as_geometry(image)
+    if plan.usable:
+        share, ml, _ = atlas_in_view(loc, atlas, region, geo)
+        measures.update(atlas_share_in_view=share, atlas_ml_in_view=ml)
+    outside, against = region_outside(loc, atlas, plan, region, geo)
+    if outside:
+        return Trust(True, (), measures, outside)
+    more, m = region_reasons(loc, atlas, plan, region, geo)
+    measures.update(m)
+    reasons += [against] * bool(against) + more
     return Trust(not reasons, tuple(reasons), measures)

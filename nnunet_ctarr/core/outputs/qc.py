@@ -9,12 +9,24 @@ import SimpleITK as sitk
 
 from ..anatomy.groups import GROUPS
 from ..anatomy.volume import MaskVolume
+from ..base.files import atomic_write
 from ..regions.cropping import CropPlan
 
 
 def _colors() -> np.ndarray:
     import matplotlib
     return matplotlib.colormaps["tab20"](np.arange(len(GROUPS)))[:, :3]
+
+
+def save_figure(fig, path: str | Path, dpi: int) -> None:
+    """Save a matplotlib figure as PNG atomically (umask permissions; a full disk or a folder that
+    cannot be written is one :class:`CTARRError` naming the path, and no partial file is left), and
+    close it."""
+    import matplotlib.pyplot as plt
+    try:
+        atomic_write(Path(path), ".png", lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def picture_name(case: str, region: str) -> str:
@@ -63,33 +75,4 @@ def render_qc(path: str | Path, image: sitk.Image, vol: MaskVolume, plan: CropPl
     axes[0].set_ylabel("z (mm, superior up)")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
-def render_atlas(path: str | Path, atlas, regions=()) -> None:
-    """Coronal and sagittal sum projections of the atlas groups, its coverage and region boxes."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    cols = _colors()
-    lo, hi = atlas.extent()
-    fig, axes = plt.subplots(1, 3, figsize=(14, 7))
-    for ax, sum_axis, hx, name in ((axes[0], 2, 0, "coronal (x)"), (axes[1], 3, 1, "sagittal (y)")):
-        proj = atlas.prob.sum(sum_axis)                                  # (19, z, h)
-        rgb = np.tensordot(proj, cols, axes=([0], [0]))
-        rgb = rgb / max(np.percentile(rgb, 99.5), 1e-6)
-        ax.imshow(np.clip(rgb, 0, 1), origin="lower", extent=(lo[hx], hi[hx], lo[2], hi[2]))
-        for r in regions:
-            for b in r.boxes_with_margin():
-                ax.add_patch(Rectangle((b[0][hx], b[0][2]), b[1][hx] - b[0][hx], b[1][2] - b[0][2], fill=False,
-                                       edgecolor="yellow", linewidth=1))
-                ax.text(b[0][hx], b[1][2], r.name, color="yellow", fontsize=6)
-        ax.set_title(f"atlas groups, {name} mm", fontsize=9)
-    axes[2].imshow(atlas.coverage.mean(2), origin="lower", extent=(lo[1], hi[1], lo[2], hi[2]), vmin=0, vmax=1)
-    axes[2].set_title("coverage (share of build scans), sagittal", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=70)
-    plt.close(fig)
+    save_figure(fig, path, dpi=80)

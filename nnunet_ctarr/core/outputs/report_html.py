@@ -22,10 +22,11 @@ from ..base.files import write_text
 from .qc import picture_name
 
 #: statuses worst first (the clean two share a rank and are ordered by Dice)
-SEVERITY = {"failed": 0, "untrusted: cropped anyway": 1, "untrusted: skipped": 2, "untrusted: written whole": 3,
+SEVERITY = {"failed": 0, "untrusted: cropped anyway": 1, "untrusted: skipped": 2, "untrusted: whole image": 3,
             "outside the field of view": 4, "cropped": 5, "done before": 5}
 #: statuses whose rows the crop writer draws a QC picture for (when there is a localisation)
-PICTURED = ("cropped", "done before", "untrusted: written whole", "untrusted: cropped anyway")
+PICTURED = ("cropped", "done before", "untrusted: whole image", "untrusted: cropped anyway", "untrusted: skipped",
+            "outside the field of view")
 #: embedded picture bytes per page; later (better) pictures are linked by file name
 EMBED_LIMIT_BYTES = 256 * 2 ** 20
 
@@ -139,7 +140,7 @@ def render_report_html(rows: list[dict], picture: Callable[[dict], str | None], 
                        qc: bool = True) -> str:
     """The page: ``rows`` (report rows) worst first, ``picture(row)`` giving each picture's
     ``src`` (a data URI or a file name) or None; ``qc``: whether the run drew pictures."""
-    ordered = worst_first(rows)
+    ordered = worst_first(_one_card_per_failed_case(rows))
     srcs = [picture(r) for r in ordered]                  # in order: the worst are embedded first
     embedded = sum(bool(s) and s.startswith("data:") for s in srcs)
     linked = sum(bool(s) and not s.startswith("data:") for s in srcs)
@@ -154,6 +155,23 @@ def render_report_html(rows: list[dict], picture: Callable[[dict], str | None], 
             f"worst first (failed, untrusted, outside the field of view, then lowest registration Dice)</div>"
             f"{_filter(ordered)}</header>\n<main>\n{cards}\n</main>\n<footer>{note}</footer>"
             f"<script>{_JS}</script></body></html>\n")
+
+
+def _one_card_per_failed_case(rows: list[dict]) -> list[dict]:
+    """A case that failed as a whole (the same error for several regions) shows as one row."""
+    out, seen = [], {}
+    for r in rows:
+        if r["status"] != "failed":
+            out.append(r)
+            continue
+        key = (r["case"], r.get("error"))
+        if key in seen:
+            seen[key]["region"] = f"{seen[key]['_n'] + 1} regions"
+            seen[key]["_n"] += 1
+            continue
+        seen[key] = dict(r, _n=1)
+        out.append(seen[key])
+    return out
 
 
 def picture_finder(folder: Path | None, limit: int = EMBED_LIMIT_BYTES) -> Callable[[dict], str | None]:

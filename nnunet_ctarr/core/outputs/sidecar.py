@@ -1,10 +1,10 @@
-"""The crop command's sidecar ``<case>.ctarr.json``: one per case and output folder.
+"""The sidecar ``<case>.ctarr.json``: one per case and output folder (:class:`.records.CaseRecord`).
 
 The case's fields (input, image geometry, anatomy, registration, versions, seconds) sit at the
-top; ``regions`` maps every region cropped into the folder to its entry (mode, ``trusted`` with
-the reasons, transform, boxes, outputs, warnings). Cropping another region into the same folder
-adds its entry; re-cropping a region replaces it; a sidecar written for another input file of
-the same case id is replaced as a whole.
+top; ``regions`` maps every region cropped (or predicted) into the folder to its record. Cropping
+another region into the same folder adds its record; re-cropping a region replaces it; a sidecar
+written for another input of the same case id is replaced as a whole. A sidecar of another
+schema version, or not a sidecar at all, reads as None: ``--continue`` redoes the case.
 """
 from __future__ import annotations
 
@@ -12,48 +12,42 @@ import json
 from pathlib import Path
 
 from ..base.files import write_json
+from .records import CaseRecord, RegionRecord
 
 
-def read_sidecar(path: Path) -> dict | None:
-    """The sidecar at ``path``, or None when there is none or it is not a CTARR sidecar."""
+def read_sidecar(path: Path) -> CaseRecord | None:
+    """The record at ``path``, or None when there is none or it is not a sidecar of this schema."""
     try:
-        side = json.loads(path.read_text())
+        return CaseRecord.from_json(json.loads(path.read_text()))
     except (OSError, ValueError):
         return None
-    return side if isinstance(side, dict) and isinstance(side.get("regions"), dict) else None
 
 
-def write_sidecar(path: Path, case_fields: dict, entries: dict[str, dict]) -> dict:
-    """Write (atomically) the case's sidecar with ``entries`` (region name -> entry), keeping the
-    entries of other regions cropped from the same input; returns what was written."""
+def write_sidecar(path: Path, record: CaseRecord) -> CaseRecord:
+    """Write (atomically) the case's sidecar, keeping the records of other regions written from the
+    same input into this folder; returns what was written."""
     old = read_sidecar(path)
-    regions = dict(old["regions"]) if old is not None and old.get("input") == case_fields.get("input") else {}
-    regions.update(entries)
-    side = {**case_fields, "regions": regions}
-    write_json(path, side)
+    regions = dict(old.regions) if old is not None and old.input == record.input else {}
+    regions.update(record.regions)
+    side = record.with_regions(regions)
+    write_json(path, side.to_json())
     return side
 
 
-def matching_sidecar(path: Path, case_fields: dict) -> dict | None:
+def matching_sidecar(path: Path, stamp: CaseRecord) -> CaseRecord | None:
     """The sidecar at ``path`` when it records the same input (path, size, mtime), settings and
-    package version as ``case_fields``; else None."""
+    package version as ``stamp``; else None."""
     side = read_sidecar(path)
-    keys = ("input", "input_stamp", "settings")
-    if side is None or any(side.get(k) != case_fields[k] for k in keys) \
-            or side.get("versions", {}).get("nnunet_ctarr") != case_fields["versions"]["nnunet_ctarr"]:
-        return None
-    return side
+    return side if side is not None and side.stamp() == stamp.stamp() else None
 
 
-def finished_entries(path: Path, case_fields: dict, regions: list[str]) -> dict[str, dict] | None:
-    """The entries of ``regions`` when the sidecar at ``path`` records them for the same input
-    (path, size, mtime), settings and package version, and every output it names exists; else None.
-    A case interrupted mid-write has no sidecar (it is written last, atomically): never done."""
-    side = matching_sidecar(path, case_fields)
-    if side is None:
+def finished_regions(path: Path, stamp: CaseRecord, regions: list[str]) -> dict[str, RegionRecord] | None:
+    """The records of ``regions`` when the sidecar at ``path`` holds them for the same input,
+    settings and version, and every file they name exists; else None. A case interrupted mid-write
+    has no sidecar (it is written last, atomically): never done."""
+    side = matching_sidecar(path, stamp)
+    if side is None or any(r not in side.regions for r in regions):
         return None
-    entries = {r: side["regions"].get(r) for r in regions}
-    if any(e is None for e in entries.values()):
-        return None
-    names = [o[k] for e in entries.values() for o in e.get("outputs", []) for k in ("image", "labels") if k in o]
-    return entries if all((path.parent / n).is_file() for n in names) else None
+    found = {r: side.regions[r] for r in regions}
+    names = [n for rec in found.values() for o in rec.outputs for n in o.names]
+    return found if all((path.parent / n).is_file() for n in names) else None

@@ -61,9 +61,8 @@ class CropPlan:
         return [b for b in self.boxes if b.status != "outside"]
 
     def voxel_fraction(self) -> float:
-        """Share of the image's voxels inside the union of the crops."""
-        m = self.union_mask_zyx()
-        return float(m.mean())
+        """Share of the image's voxels inside the union of the crops (from the boxes' corners: no mask)."""
+        return union_voxels([(b.start_xyz, b.stop_xyz) for b in self.usable]) / float(np.prod(self.image_size_xyz))
 
     def union_mask_zyx(self) -> np.ndarray:
         return index_union_mask(self.image_size_xyz, [(b.start_xyz, b.stop_xyz) for b in self.usable])
@@ -75,6 +74,20 @@ def index_union_mask(size_xyz, ranges) -> np.ndarray:
     for start, stop in ranges:
         m[Geometry.slices_zyx(start, stop)] = True
     return m
+
+
+def union_voxels(ranges) -> int:
+    """Voxels in the union of half-open index boxes ``(start_xyz, stop_xyz)``, by coordinate
+    compression over the boxes' own corners (a few boxes: a grid of a few cells, never a mask)."""
+    ranges = [(np.asarray(a, int), np.asarray(b, int)) for a, b in ranges if np.all(np.asarray(b) > np.asarray(a))]
+    if not ranges:
+        return 0
+    edges = [np.unique([v for a, b in ranges for v in (a[ax], b[ax])]) for ax in range(3)]
+    covered = np.zeros([len(e) - 1 for e in edges], bool)
+    for a, b in ranges:
+        covered[tuple(slice(np.searchsorted(e, a[ax]), np.searchsorted(e, b[ax])) for ax, e in enumerate(edges))] = True
+    sizes = np.einsum("i,j,k->ijk", *[np.diff(e) for e in edges])
+    return int(sizes[covered].sum())
 
 
 def crop_scores(fg: np.ndarray, keep: np.ndarray) -> dict:
@@ -126,6 +139,47 @@ def crop_image(img: sitk.Image, box: BoxPlan, pad_to_full_box: bool = False,
     return crop
 
 
+class MaxMerge:
+    """Per voxel of a full grid, the candidate with the highest confidence so far (``winner``: its
+    index, -1 where none). The one max-confidence merge: crops' probabilities pasted back
+    (:func:`paste_pieces`), several models' votes (``inference.multi_predictor``)."""
+
+    def __init__(self, shape_zyx):
+        self.best = np.full(tuple(shape_zyx), -np.inf, np.float32)
+        self.winner = np.full(tuple(shape_zyx), -1, np.int16)
+
+    def add(self, k: int, confidence: np.ndarray, where: tuple[slice, ...] = ()) -> np.ndarray:
+        """Candidate ``k`` with ``confidence`` on the part ``where`` (numpy slices; default: the whole
+        grid); returns the mask (of that part) where it wins. Ties go to the earlier candidate."""
+        better = confidence > self.best[where]
+        self.best[where] = np.where(better, confidence, self.best[where])
+        self.winner[where] = np.where(better, k, self.winner[where])
+        return better
+
+
+def paste_pieces(out: np.ndarray, pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+                 confidence=None) -> np.ndarray:
+    """Paste ``(array, start_xyz, stop_xyz)`` pieces into ``out`` (``[..., z, y, x]``, channels first
+    allowed; parts outside ``out`` dropped). Overlaps: the later piece wins, or with
+    ``confidence(array) -> (z, y, x)`` the piece whose confidence is highest (:class:`MaxMerge`).
+    The inverse of cutting the pieces with the same boxes: every crop path pastes through here."""
+    size = np.array(out.shape[-3:][::-1])
+    merge = MaxMerge(out.shape[-3:]) if confidence is not None else None
+    for k, (arr, start, stop) in enumerate(pieces):
+        start, stop = np.asarray(start, int), np.asarray(stop, int)
+        s, e = np.clip(start, 0, size), np.clip(stop, 0, size)
+        if np.any(e <= s):
+            continue
+        src = arr[(Ellipsis, *Geometry.slices_zyx(s - start, e - start))]
+        dst = (Ellipsis, *Geometry.slices_zyx(s, e))
+        if merge is None:
+            out[dst] = src
+        else:
+            better = merge.add(k, confidence(src), Geometry.slices_zyx(s, e))
+            out[dst] = np.where(better, src, out[dst])
+    return out
+
+
 def paste_back(crops: list[sitk.Image], reference: sitk.Image, fill_value: float = 0,
                merge: str = "last") -> sitk.Image:
     """Paste crops into an image with ``reference``'s grid, matching them by world position.
@@ -138,13 +192,10 @@ def paste_back(crops: list[sitk.Image], reference: sitk.Image, fill_value: float
         raise CTARRError("nothing to paste")
     ref = Geometry.of(reference)
     arr = np.full(ref.shape_zyx, fill_value, dtype=sitk.GetArrayViewFromImage(crops[0]).dtype)
-    size = np.array(ref.size_xyz)
+    pieces = []
     for crop in crops:
         off = ref.offset_of(Geometry.of(crop))
-        s, e = np.clip(off, 0, size), np.clip(off + np.array(crop.GetSize()), 0, size)
-        if np.any(e <= s):
-            continue
-        src = sitk.GetArrayViewFromImage(crop)[Geometry.slices_zyx(s - off, e - off)]
-        dst = Geometry.slices_zyx(s, e)
-        arr[dst] = np.maximum(arr[dst], src) if merge == "max" else src
-    return ref.image(arr)
+        pieces.append((sitk.GetArrayViewFromImage(crop), off, off + np.array(crop.GetSize())))
+    if merge == "max":
+        pieces.insert(0, (arr.copy(), np.zeros(3, int), np.array(ref.size_xyz)))   # the fill competes too
+    return ref.image(paste_pieces(arr, pieces, (lambda a: a.astype(np.float32)) if merge == "max" else None))

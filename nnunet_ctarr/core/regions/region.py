@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..base.errors import CTARRError, WarningLog
+from ..base.user_data import set_region, set_regions
 
 
 @dataclass
@@ -71,6 +72,15 @@ def check_region_atlas(region: Region, atlas_id: str, warnings: WarningLog) -> N
                       "(pass the atlas it was learned on with -atlas)")
 
 
+def atlas_named_by(names: list[str], atlas: str | None) -> str | None:
+    """The ``-atlas`` a command uses: the one given; else, when every region is named ``SET:REGION``
+    of one imported set, that set's atlas (its boxes are in that atlas's frame); else the default."""
+    sets = {n.partition(":")[0] for n in names if ":" in n and not Path(n).exists()}
+    if atlas is None and len(sets) == 1 and all(":" in n for n in names):
+        return sets.pop()
+    return atlas
+
+
 def builtin_regions() -> dict[str, Path]:
     """Region name -> JSON file shipped in ``region_defs/``."""
     folder = resources.files("nnunet_ctarr.region_defs")
@@ -82,20 +92,26 @@ def builtin_regions() -> dict[str, Path]:
 
 
 def load_region(name_or_path: str) -> Region:
-    """A built-in region by name, or a region JSON file by path."""
+    """A built-in region by name, a region JSON file by path, or ``SET:REGION`` of an imported set."""
     p = Path(name_or_path)
     if p.suffix == ".json" and p.exists():
         return Region.from_file(p)
+    if ":" in name_or_path and not p.exists():
+        return Region.from_file(set_region(name_or_path))
     regions = builtin_regions()
     if name_or_path in regions:
         return Region.from_file(regions[name_or_path])
     raise CTARRError(f"unknown region '{name_or_path}'; available: {', '.join(regions) or 'none'} "
-                     "(or pass a region .json file)")
+                     "(or pass a region .json file, or SET:REGION of an imported atlas set)")
 
 
 def load_regions(names: list[str]) -> list[Region]:
-    """The regions of a ``-r`` list (``all``: every built-in one); a name given twice counts once."""
-    names = list(builtin_regions()) if names == ["all"] else list(dict.fromkeys(names))
+    """The regions of a ``-r`` list (``all``: every built-in one; ``SET:all``: every region of an
+    imported set); a name given twice counts once."""
+    expanded = []
+    for n in list(builtin_regions()) if names == ["all"] else names:
+        expanded += [f"{n[:-4]}:{r}" for r in set_regions(n[:-4])] if n.endswith(":all") else [n]
+    names = list(dict.fromkeys(expanded))
     regions = [load_region(n) for n in names]
     dup = {r.name for r in regions if sum(q.name == r.name for q in regions) > 1}
     if dup:

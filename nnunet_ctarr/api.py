@@ -1,0 +1,190 @@
+"""The Python API: locate a CT on the atlas and cut its regions in memory; nothing is written.
+
+    import SimpleITK as sitk
+    from nnunet_ctarr import api
+
+    result = api.crop("ct.nii.gz", ["liver", "kidneys"])          # anatomy from the CT's HU values
+    result = api.crop(sitk.ReadImage("ct.nii.gz"), ["liver"], anatomy="ct_totalseg.nii.gz")
+    for region in result.regions:
+        print(region.decision.region.name, region.status, [p.box.start_xyz for p in region.pieces if p.box])
+        crops = [p.channels[0] for p in region.pieces]                # SimpleITK images on the CT's grid
+
+``image``: a file, a DICOM folder, a SimpleITK image, or a list of them (the channels of one case,
+channel 0 located). ``anatomy``: None or ``"hu"`` (the CT's HU values), a TotalSegmentator keyword
+(``totalsegmentator``, ``totalsegmentator:6mm``), an nnU-Net model folder, a label map or mask
+folder (path), a label image (SimpleITK), :class:`AnatomyMasks` or any :class:`AnatomySource`. The
+crop command (``nnUNetv2_ctarr_crop``) is this call per case plus :mod:`.core.outputs.case_writer`.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from .core.anatomy.atlas import Atlas
+from .core.anatomy.hu_anatomy import HUAnatomy
+from .core.anatomy.masks import AnatomyMasks
+from .core.anatomy.sources import AnatomySource, InMemoryAnatomy, PrecomputedAnatomy, anatomy_keyword
+from .core.anatomy.totalseg_weights import model_for, resolve
+from .core.base.cases import case_id
+from .core.base.errors import CTARRError, WarningLog
+from .core.base.images import check_ct_intensities, match_label_to_image, read_image, write_image
+from .core.base.integrity import check_finite
+from .core.localise.decision import Located, Policy, Status, locate_case
+from .core.outputs.records import CaseRecord
+from .core.pipeline import CaseCrops, CutOptions, crop_case
+from .core.regions.cropping import crop_image
+from .core.regions.region import Region, load_regions
+
+__all__ = ["anatomy_source", "crop", "crops_from_sidecar", "locate", "read_channels"]
+
+ImageLike = str | Path | sitk.Image
+
+
+def anatomy_source(anatomy=None, *, kind: str = "auto", fmt: str = "auto", atlas: Atlas | str | None = None,
+                   device: str = "cpu", folds=None, checkpoint: str = "checkpoint_final.pth", step_size: float = 0.5,
+                   disable_tta: bool = False, npp: int = 2, nps: int = 2, verbose: bool = False) -> AnatomySource:
+    """The :class:`AnatomySource` an ``anatomy`` argument names (module docstring); ``kind``: what a
+    path is (``map``: a label map or mask folder, ``model``: an nnU-Net model folder, ``auto``: a
+    folder with plans.json is a model). nnU-Net is imported only for a model."""
+    if isinstance(anatomy, AnatomySource):
+        return anatomy
+    if isinstance(anatomy, (AnatomyMasks, sitk.Image)):
+        return InMemoryAnatomy(anatomy, "case")
+    key = anatomy_keyword(str(anatomy)) if isinstance(anatomy, str) else None
+    if anatomy is None or key == "hu":
+        return HUAnatomy(atlas, default=anatomy is None)
+    model, name = Path(str(anatomy)), None
+    if key is not None and model_for(key) is not None:
+        model, folds, ts = resolve(key, folds, checkpoint)
+        name = ts.keyword
+    elif kind == "map" or (kind == "auto" and not (model.is_dir() and (model / "plans.json").is_file())):
+        return PrecomputedAnatomy(model, fmt)
+    from .inference.anatomy_model import ModelAnatomy
+    return ModelAnatomy(model, folds, checkpoint, device, step_size, disable_tta, npp, nps, verbose, name=name)
+
+
+def read_channels(image: ImageLike | list[ImageLike], hu_check: bool = True, allow_nonfinite: bool = False,
+                  warnings: WarningLog | None = None) -> list[sitk.Image]:
+    """The channels of one case, read and checked (finite voxels, channel 0 a CT in HU)."""
+    warnings = warnings if warnings is not None else WarningLog()
+    items = list(image) if isinstance(image, (list, tuple)) else [image]
+    out = []
+    for k, item in enumerate(items):
+        name = f"image {Path(item).name}" if not isinstance(item, sitk.Image) else f"channel {k}"
+        img = item if isinstance(item, sitk.Image) else read_image(item, warnings=warnings)
+        img, n_bad = check_finite(img, name, allow_nonfinite, None if isinstance(item, sitk.Image) else Path(item))
+        if n_bad:
+            warnings.warn(f"{name}: {n_bad} NaN/infinite voxel(s) replaced by the image minimum")
+        out.append(img)
+    if not out:
+        raise CTARRError("no image given")
+    if hu_check:
+        check_ct_intensities(out[0], "image" if isinstance(items[0], sitk.Image) else f"image {Path(items[0]).name}")
+    return out
+
+
+def _case_name(image: ImageLike | list[ImageLike], case: str | None) -> str:
+    first = image[0] if isinstance(image, (list, tuple)) else image
+    return case or ("case" if isinstance(first, sitk.Image) else case_id(first))
+
+
+def _paths(image: ImageLike | list[ImageLike]) -> list[str] | None:
+    """The input files of a case given by path (None: given in memory)."""
+    items = list(image) if isinstance(image, (list, tuple)) else [image]
+    return None if any(isinstance(i, sitk.Image) for i in items) else [str(i) for i in items]
+
+
+def _load_anatomy(source: AnatomySource, case: str, image: ImageLike | list[ImageLike], channel0: sitk.Image,
+                  warnings: WarningLog, prepared: bool = False) -> AnatomyMasks:
+    """The case's anatomy from ``source`` (prepared here unless ``prepared``): the HU anatomy from
+    the image already read; a model on an in-memory image through a temporary file."""
+    if isinstance(source, HUAnatomy):
+        return source.from_image(channel0, warnings, case)
+    files = _paths(image)
+    if not prepared and files is None and source.needs_files:
+        with tempfile.TemporaryDirectory(prefix="ctarr_api_") as tmp:
+            path = Path(tmp) / f"{case}_0000.nii.gz"
+            write_image(channel0, path)
+            source.prepare({case: [str(path)]})
+            return source.load(case, warnings)
+    if not prepared:
+        source.prepare({case: files or []})
+    return source.load(case, warnings)
+
+
+def _regions(regions: str | Region | list[str | Region]) -> list[Region]:
+    items = [regions] if isinstance(regions, (str, Region)) else list(regions)
+    named = [r for r in items if not isinstance(r, Region)]
+    loaded = iter(load_regions(named) if named else [])
+    return [r if isinstance(r, Region) else next(loaded) for r in items]
+
+
+def locate(image: ImageLike | list[ImageLike], anatomy=None, *, atlas: Atlas | str | None = None,
+           case: str | None = None, hu_check: bool = True) -> Located:
+    """Where the image sits on the atlas (the transform, registration, or why it was refused)."""
+    atlas = atlas if isinstance(atlas, Atlas) else Atlas.load(atlas)
+    warnings = WarningLog(case=_case_name(image, case))
+    channels = read_channels(image, hu_check, warnings=warnings)
+    anat = _load_anatomy(anatomy_source(anatomy, atlas=atlas), warnings.case, image, channels[0], warnings)
+    return locate_case(channels[0], anat, atlas, warnings=warnings)
+
+
+def crop(image: ImageLike | list[ImageLike], regions: str | Region | list[str | Region], anatomy=None, *,
+         atlas: Atlas | str | None = None, labels: ImageLike | None = None, on_untrusted: str = "whole",
+         margin_mm: float = 0.0, z_only: bool = False, pad: bool = False, fill_value: float | None = None,
+         boxes_only: bool = False, hu_check: bool = True, allow_nonfinite: bool = False,
+         case: str | None = None, prepared: bool = False) -> CaseCrops:
+    """Locate the image once and decide and cut every region (``regions``: names, region files,
+    :class:`Region` objects or ``"all"``); crops overlay the image exactly, nothing is written.
+    ``prepared``: ``anatomy`` is an :class:`AnatomySource` prepared with this case already (the
+    crop command prepares a batch at once)."""
+    atlas = atlas if isinstance(atlas, Atlas) else Atlas.load(atlas)
+    name = _case_name(image, case)
+    warnings = WarningLog(case=name)
+    t0 = time.perf_counter()
+    channels = read_channels(image, hu_check, allow_nonfinite, warnings)
+    seconds = {"read_image": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    anat = _load_anatomy(anatomy_source(anatomy, atlas=atlas), name, image, channels[0], warnings, prepared)
+    lab = None
+    if labels is not None:
+        lab_img = labels if isinstance(labels, sitk.Image) else read_image(labels, label=True, warnings=warnings)
+        lab = match_label_to_image(lab_img, channels[0], "label map" if isinstance(labels, sitk.Image)
+                                   else f"label map {Path(labels).name}")
+    seconds["read_anatomy_labels"] = time.perf_counter() - t0
+    result = crop_case(name, channels, anat, _regions(regions), atlas, Policy(on_untrusted, margin_mm, z_only),
+                       CutOptions(boxes_only, pad, fill_value), lab, warnings=warnings)
+    return replace(result, seconds={**seconds, **result.seconds})
+
+
+def crops_from_sidecar(sidecar: str | Path | CaseRecord, image: ImageLike,
+                       regions: list[str] | None = None) -> dict[str, list[sitk.Image]]:
+    """Cut the crops a sidecar describes from the image (e.g. one written with ``--boxes_only``):
+    region name -> one crop per usable box, on the fly, without locating again."""
+    from .core.outputs.sidecar import read_sidecar
+    record = sidecar if isinstance(sidecar, CaseRecord) else read_sidecar(Path(sidecar))
+    if record is None:
+        raise CTARRError(f"{sidecar}: not a sidecar of this version of nnunet-ctarr")
+    img = image if isinstance(image, sitk.Image) else read_image(image)
+    out = {}
+    for name, rec in record.regions.items():
+        if regions is not None and name not in regions:
+            continue
+        if rec.status in (Status.CROPPED, Status.ANYWAY):
+            out[name] = [crop_image(img, _box(b)) for b in rec.boxes if b["status"] != "outside"]
+    return out
+
+
+def _box(d: dict):
+    """A sidecar box as the :class:`BoxPlan` that cuts it."""
+    import numpy as np
+
+    from .core.regions.cropping import BoxPlan
+    return BoxPlan(d["box"], np.array([d["atlas_min_mm"], d["atlas_max_mm"]]),
+                   np.array([d["world_min_mm_lps"], d["world_max_mm_lps"]]), np.array(d["index_start_xyz"]),
+                   np.array(d["index_stop_xyz"]), np.array(d["unclipped_index_start_xyz"]),
+                   np.array(d["unclipped_index_stop_xyz"]), d["status"], d["fraction_of_box_inside_image"])

@@ -1,0 +1,125 @@
+"""What the trust rule measures (:mod:`.trust`): anatomy outside the atlas, scan anatomy vs atlas
+inside a region's boxes, the region's organ in the image and in the crops, and how much of the
+atlas's organ (or of the region's boxes) the registration places in the field of view."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..anatomy.atlas import Atlas
+from ..anatomy.groups import GROUPS, group_of
+from ..base.geometry import Geometry
+from ..regions.cropping import CropPlan, plan_crops
+from ..regions.region import Region
+
+#: the region Dice needs at least this much (ml) atlas anatomy the scan can express inside the boxes
+MIN_REGION_ATLAS_ML = 20.0
+
+
+def outside_atlas(loc, atlas: Atlas) -> tuple[float, list[str], str]:
+    """(share of the scan's anatomy volume outside the atlas, the groups concerned, above/below)."""
+    vol = loc.anatomy_volume
+    zyx = np.argwhere(vol.labels > 0)
+    if not len(zyx):
+        return 0.0, [], ""
+    groups = vol.labels[tuple(zyx.T)].astype(int) - 1
+    pts = loc.transform.to_atlas(vol.origin + zyx[:, ::-1] * vol.spacing)
+    idx = np.rint((pts - atlas.origin) / atlas.spacing).astype(int)
+    size = np.array(atlas.shape_zyx[::-1])
+    on_grid = np.all((idx >= 0) & (idx < size), 1)
+    cov = np.zeros(len(idx))
+    cov[on_grid] = atlas.coverage[idx[on_grid, 2], idx[on_grid, 1], idx[on_grid, 0]]
+    out = (cov <= 0) | ~atlas.observed[groups]
+    names = [GROUPS[g] for g in np.unique(groups[out])]
+    top = atlas.origin[2] + 0.5 * (size[2] - 1) * atlas.spacing[2]
+    where = ("above" if np.median(pts[out, 2]) > top else "below") if out.any() else ""
+    return float(out.mean()), names, where
+
+
+def target_groups(region: Region) -> list[int]:
+    """Group indices of the structures the region was learned for (empty when none maps to a group)."""
+    names = region.provenance.get("roi_structures_totalsegmentator_v2") or region.provenance.get("labels") or []
+    groups = {group_of(str(n)) for n in names} - {None}
+    return sorted(GROUPS.index(g) for g in groups)
+
+
+def labels_on_atlas_box(vol, tf, origin: np.ndarray, spacing: np.ndarray, n_xyz: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """The scan's group labels (nearest voxel) at the centres of an atlas-frame box grid, and
+    whether each centre lies in the scan's field of view; (Z, Y, X) arrays. The transform is
+    axis-aligned, so every atlas axis reads one scan axis: index arithmetic, no interpolation."""
+    M, shape_xyz = tf.M, np.array(vol.shape_zyx[::-1])
+    perm = [int(np.nonzero(M[i])[0][0]) for i in range(3)]          # atlas axis i <- scan axis perm[i]
+    index, ok = [None] * 3, [None] * 3
+    for i, j in enumerate(perm):
+        a = origin[i] + spacing[i] * np.arange(n_xyz[i])
+        k = np.rint(((a - tf.translation[i]) / tf.scale[i] * M[i, j] - vol.origin[j]) / vol.spacing[j]).astype(int)
+        ok[i] = (k >= 0) & (k < shape_xyz[j])
+        index[j] = np.clip(k, 0, shape_xyz[j] - 1)
+    lab = vol.labels[np.ix_(index[2], index[1], index[0])]           # dims: scan z, y, x
+    lab = lab.transpose([2 - perm[2 - e] for e in range(3)])         # dims: atlas z, y, x
+    inside = ok[2][:, None, None] & ok[1][None, :, None] & ok[0][None, None, :]
+    return lab, inside
+
+
+def region_dice(loc, atlas: Atlas, plan: CropPlan) -> float:
+    """Soft Dice of scan anatomy vs atlas inside the region's boxes and the field of view (atlas
+    frame, groups both the scan and the atlas can express); NaN when there is nothing to compare: the
+    atlas holds less than :data:`MIN_REGION_ATLAS_ML` of those groups there (e.g. an HU anatomy, which
+    sees lungs and bones, in the gallbladder's box)."""
+    vol, g = loc.anatomy_volume, atlas.grid
+    use = vol.observed & atlas.observed
+    ids = (np.arange(len(GROUPS)) + 1)[use][:, None, None, None]
+    inter = den = atlas_mass = 0.0
+    for box in plan.usable:
+        lo = np.clip(np.floor((box.atlas_mm[0] - g.origin) / g.spacing).astype(int), 0, g.size_xyz)
+        hi = np.clip(np.ceil((box.atlas_mm[1] - g.origin) / g.spacing).astype(int) + 1, 0, g.size_xyz)
+        if np.any(hi <= lo):
+            continue
+        lab, inside = labels_on_atlas_box(vol, loc.transform, g.origin + lo * g.spacing, g.spacing, hi - lo)
+        sl = (slice(lo[2], hi[2]), slice(lo[1], hi[1]), slice(lo[0], hi[0]))
+        w = inside & (atlas.coverage[sl] > 0)
+        a, s = atlas.prob[(slice(None),) + sl][use] * w, (lab == ids) & w
+        inter += float((a * s).sum())
+        den += float(a.sum() + s.sum())
+        atlas_mass += float(a.sum())
+    if atlas_mass * np.prod(g.spacing) / 1000.0 < MIN_REGION_ATLAS_ML:
+        return float("nan")
+    return 2 * inter / den
+
+
+def organ_in_crop(loc, plan: CropPlan, image: Geometry, groups: list[int]) -> tuple[float, float]:
+    """(ml of the region's own organ in the image per the anatomy, share of it inside the crops)."""
+    vol = loc.anatomy_volume
+    zyx = np.argwhere(np.isin(vol.labels, np.asarray(groups) + 1))
+    idx = image.world_to_index(vol.origin + zyx[:, ::-1] * vol.spacing)
+    size = np.array(image.size_xyz)
+    in_image = np.all((idx > -0.5) & (idx < size - 0.5), 1)
+    in_crop = np.zeros(len(idx), bool)
+    for b in plan.usable:
+        in_crop |= np.all((idx > b.start_xyz - 0.5) & (idx < b.stop_xyz - 0.5), 1)
+    n = int(in_image.sum())
+    return n * vol.voxel_volume / 1000.0, (float((in_crop & in_image).sum()) / n if n else float("nan"))
+
+
+
+
+def atlas_in_view(loc, atlas: Atlas, region: Region, image: Geometry) -> tuple[float, float, str]:
+    """(share in the image's field of view, the ml that share is in this scan, of what): the share of
+    the atlas's probability mass of the region's organs that the registration maps into the image;
+    for a region of organs the atlas lacks (pancreas, colon, ...), the share of the volume of the
+    region's tight boxes (no margin)."""
+    groups = [g for g in target_groups(region) if atlas.observed[g]]
+    tf = loc.transform
+    if groups:
+        prob = atlas.prob[groups].sum(0)
+        zyx = np.argwhere(prob > 0.01)
+        w = prob[tuple(zyx.T)]
+        idx = image.world_to_index(tf.to_world(atlas.origin + zyx[:, ::-1] * atlas.spacing))
+        inside = np.all((idx > -0.5) & (idx < np.array(image.size_xyz) - 0.5), 1)
+        ml = float(w[inside].sum()) * float(np.prod(atlas.spacing)) / float(np.prod(tf.scale)) / 1000.0
+        return (float(w[inside].sum() / w.sum()) if w.sum() > 0 else 0.0), ml, ", ".join(GROUPS[g] for g in groups)
+    plan = plan_crops(image, tf, region.boxes_mm)
+    full = np.array([np.prod((b.full_stop_xyz - b.full_start_xyz).astype(float)) for b in plan.boxes])
+    frac = np.array([b.fraction_inside for b in plan.boxes])
+    share = float((full * frac).sum() / full.sum()) if full.sum() > 0 else 0.0
+    return share, float((full * frac).sum() * np.prod(image.spacing)) / 1000.0, f"region '{region.name}''s boxes"

@@ -1,0 +1,69 @@
+"""The Python API on images in memory: crops that overlay the source exactly, nothing written, the
+same boxes as the command; boxes only + cutting the crops later from the sidecar."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import SimpleITK as sitk
+from conftest import ABDOMEN, run_in_process
+
+from nnunet_ctarr import api
+from nnunet_ctarr.cli.crop import main as crop_main
+from nnunet_ctarr.core.anatomy.atlas import Atlas
+from nnunet_ctarr.core.localise.decision import Status
+
+
+def _files(folder) -> set[str]:
+    return {os.path.join(d, f) for d, _, fs in os.walk(folder) for f in fs}
+
+
+def test_crop_in_memory_overlays_the_source_writes_nothing_and_matches_the_command(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    image, labels = sitk.ReadImage(str(ABDOMEN[0])), sitk.ReadImage(str(ABDOMEN[1]))
+    before = _files(tmp_path)
+    result = api.crop(image, ["kidneys", "liver"], anatomy=labels)
+    assert _files(tmp_path) == before  # nothing written
+    src = sitk.GetArrayViewFromImage(image)
+    for rc in result.regions:
+        assert rc.status is Status.CROPPED and rc.decision.trusted
+        for piece in rc.pieces:
+            crop, b = piece.channels[0], piece.box
+            assert crop.GetSpacing() == image.GetSpacing() and crop.GetDirection() == image.GetDirection()
+            assert np.allclose(crop.GetOrigin(), image.TransformIndexToPhysicalPoint([int(v) for v in b.start_xyz]))
+            (x0, y0, z0), (x1, y1, z1) = b.start_xyz, b.stop_xyz
+            assert np.array_equal(sitk.GetArrayViewFromImage(crop), src[z0:z1, y0:y1, x0:x1])
+    out = tmp_path / "cmd"
+    assert (
+        crop_main(["-i", str(ABDOMEN[0]), "-anatomy_seg", str(ABDOMEN[1]), "-r", "kidneys", "liver", "-o", str(out)])
+        == 0
+    )
+    side = json.loads((out / "example_ct.ctarr.json").read_text())["regions"]
+    for rc in result.regions:
+        name = rc.decision.region.name
+        api_boxes = [(b.start_xyz.tolist(), b.stop_xyz.tolist()) for b in rc.decision.plan.boxes]
+        assert api_boxes == [(b["index_start_xyz"], b["index_stop_xyz"]) for b in side[name]["boxes"]]
+
+
+def test_locate_in_memory_gives_the_transform():
+    located = api.locate(sitk.ReadImage(str(ABDOMEN[0])), anatomy=str(ABDOMEN[1]))
+    assert located.localisation is not None and located.refused is None
+    assert located.localisation.transform.orientation_text == "as in header"
+    assert located.scan_trust(Atlas.load()).trusted
+
+
+def test_boxes_only_then_crops_cut_from_the_sidecar_equal_the_written_crops(tmp_path):
+    args = ["-i", str(ABDOMEN[0]), "-anatomy_seg", str(ABDOMEN[1]), "-r", "kidneys"]
+    r = run_in_process(crop_main, [*args, "-o", str(tmp_path / "boxes"), "--boxes_only"])
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "boxes").iterdir()) == ["example_ct.ctarr.json"]
+    assert "2 box(es)" in r.stdout
+    assert crop_main([*args, "-o", str(tmp_path / "crops")]) == 0
+    cut = api.crops_from_sidecar(tmp_path / "boxes" / "example_ct.ctarr.json", str(ABDOMEN[0]))
+    assert len(cut["kidneys"]) == 2
+    for k, crop in enumerate(cut["kidneys"]):
+        written = sitk.ReadImage(str(tmp_path / "crops" / f"example_ct_kidneys_box{k}.nii.gz"))
+        assert crop.GetOrigin() == written.GetOrigin() and crop.GetSize() == written.GetSize()
+        assert np.array_equal(sitk.GetArrayViewFromImage(crop), sitk.GetArrayViewFromImage(written))
