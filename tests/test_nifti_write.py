@@ -156,7 +156,9 @@ def test_levels_uncompressed_and_nnunet_reads_it(tmp_path):
 def test_threads_write_the_same_files_atomically_with_the_umask(tmp_path):
     img = read_image(CHEST[0])
     crops = [img[i * 10 : i * 10 + 50, 20:90, :] for i in range(3)] + [img > 0]
-    crops += [Crop(img, (i * 10, 20, 0), (i * 10 + 50, 90, img.GetSize()[2])) for i in range(3)]
+    # many boxes of one image: the voxel views are taken before the threads start (a view taken in a
+    # thread while another sliced the same image segfaulted: SimpleITK copied the buffer under it)
+    crops += [Crop(img, (i * 5, 20, 0), (i * 5 + 50, 90, img.GetSize()[2])) for i in range(12)]
     seq, par = tmp_path / "seq", tmp_path / "par"
     write_images([(c, seq / f"c{i}.nii.gz") for i, c in enumerate(crops)], threads=1)
     old = os.umask(0o027)
@@ -167,7 +169,7 @@ def test_threads_write_the_same_files_atomically_with_the_umask(tmp_path):
     for i in range(len(crops)):
         assert (par / f"c{i}.nii.gz").read_bytes() == (seq / f"c{i}.nii.gz").read_bytes()  # gzip mtime 0
         assert (par / f"c{i}.nii.gz").stat().st_mode & 0o777 == 0o640
-    assert sorted(p.name for p in par.iterdir()) == [f"c{i}.nii.gz" for i in range(len(crops))]  # no temp files
+    assert sorted(p.name for p in par.iterdir()) == sorted(f"c{i}.nii.gz" for i in range(len(crops)))  # no temp files
     write_images([(crops[0], par / "c.mha")], threads=2)  # other formats: SimpleITK
     assert sitk.ReadImage(str(par / "c.mha")).GetSize() == crops[0].GetSize()
     write_images([(crops[-1], par / "box.mha")], threads=1)  # a Crop too
@@ -179,3 +181,26 @@ def test_write_errors_are_one_line(tmp_path):
     blocker.write_text("x")
     with pytest.raises(CTARRError, match="cannot write"):
         write_images([(sitk.Image(4, 4, 4, sitk.sitkUInt8), blocker / "a.nii.gz")] * 2, threads=2)
+
+
+RACE = """
+import sys, tempfile
+from pathlib import Path
+import SimpleITK as sitk
+from nnunet_ctarr.core.base.nifti import Crop, write_images
+big = sitk.Expand(sitk.ReadImage(sys.argv[1]), [2, 2, 2])
+with tempfile.TemporaryDirectory() as d:
+    for _ in range(2):
+        crops = [Crop(big, (i * 8, 10, 0), (i * 8 + 120, 200, big.GetSize()[2])) for i in range(16)]
+        write_images([(c, Path(d) / f"c{i}.nii.gz") for i, c in enumerate(crops)], 0, 2)
+"""
+
+
+def test_many_crops_of_one_image_in_threads_do_not_crash():
+    """In a process of its own: a voxel view taken in one thread while another sliced the same image
+    crashed the interpreter (SimpleITK made the buffer unique, copying it under the view)."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", RACE, str(CHEST[0])], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-500:]

@@ -65,12 +65,28 @@ class Crop:
     def size(self) -> tuple[int, ...]:
         return tuple(int(b - a) for a, b in zip(self.start_xyz, self.stop_xyz))
 
-    def corner(self) -> sitk.Image:
-        """The box's first voxel as SimpleITK slices it (the crop's pixel type, geometry and metadata)."""
-        return self.image[tuple(slice(int(a), int(a) + 1) for a in self.start_xyz)]
-
     def image_crop(self) -> sitk.Image:
+        """The crop as SimpleITK slices it (a copy)."""
         return self.image[tuple(slice(int(a), int(b)) for a, b in zip(self.start_xyz, self.stop_xyz))]
+
+
+@dataclass(frozen=True)
+class _Voxels:
+    """What a NIfTI write needs, taken in the caller's thread: SimpleITK's ``GetArrayViewFromImage``
+    makes the image's buffer unique first, and a slice taken meanwhile in another thread (which
+    holds a reference) made it copy the buffer under a view still in use."""
+    owner: sitk.Image          # the image the voxels belong to (kept alive with the view)
+    header: sitk.Image         # pixel type, geometry and metadata of the file
+    size: tuple[int, ...]
+    voxels: np.ndarray         # (z, y, x) view
+
+    @classmethod
+    def of(cls, source: sitk.Image | Crop) -> _Voxels:
+        if isinstance(source, Crop):
+            corner = source.image[tuple(slice(int(a), int(a) + 1) for a in source.start_xyz)]
+            box = tuple(slice(int(a), int(b)) for a, b in zip(source.start_xyz[::-1], source.stop_xyz[::-1]))
+            return cls(source.image, corner, source.size, sitk.GetArrayViewFromImage(source.image)[box])
+        return cls(source, source, source.GetSize(), sitk.GetArrayViewFromImage(source))
 
 
 def _sitk_write(img: sitk.Image, tmp: str, compress: bool) -> None:
@@ -118,31 +134,32 @@ def sitk_header(img: sitk.Image, scratch: str | Path, size: tuple[int, ...] | No
     return bytes(head[:offset])
 
 
-def _slabs(source: sitk.Image | Crop):
+def _slabs(arr: np.ndarray):
     """The voxel bytes in NIfTI order (x fastest), in slabs of about ``_CHUNK`` bytes."""
-    if isinstance(source, Crop):
-        box = tuple(slice(int(a), int(b)) for a, b in zip(source.start_xyz[::-1], source.stop_xyz[::-1]))
-        arr = sitk.GetArrayViewFromImage(source.image)[box]
-    else:
-        arr = sitk.GetArrayViewFromImage(source)
     step = max(1, _CHUNK // max(1, arr[:1].nbytes))
     for k in range(0, len(arr), step):
         yield memoryview(np.ascontiguousarray(arr[k:k + step])).cast("B")
 
 
-def _write_nifti_file(source: sitk.Image | Crop, tmp: str, compressed: bool, level: int) -> None:
+def _write_nifti_file(v: _Voxels, tmp: str, compressed: bool, level: int) -> None:
     """The header SimpleITK writes, then the voxels (deflated into one gzip member when
     ``compressed``); ``tmp`` also holds SimpleITK's small header file first."""
-    if isinstance(source, Crop):
-        head = sitk_header(source.corner(), tmp, source.size)
-    else:
-        head = sitk_header(source, tmp)
+    head = sitk_header(v.header, tmp, v.size)
     with open(tmp, "wb") as f:
         comp = isal_zlib.compressobj(level, isal_zlib.DEFLATED, 31) if compressed else None  # gzip, mtime 0
-        for chunk in itertools.chain([head], _slabs(source)):
+        for chunk in itertools.chain([head], _slabs(v.voxels)):
             f.write(comp.compress(chunk) if comp else chunk)
         if comp:
             f.write(comp.flush())
+
+
+def _owner(source: sitk.Image | Crop | _Voxels) -> sitk.Image:
+    return source.owner if isinstance(source, _Voxels) else source.image if isinstance(source, Crop) else source
+
+
+def _whole(source: sitk.Image | Crop) -> sitk.Image:
+    """The image to hand to SimpleITK's own writer."""
+    return source.image_crop() if isinstance(source, Crop) else source
 
 
 def write_nifti(source: sitk.Image | Crop, path: str | Path, level: int = DEFAULT_LEVEL) -> None:
@@ -156,16 +173,17 @@ def write_nifti(source: sitk.Image | Crop, path: str | Path, level: int = DEFAUL
         raise CTARRError(f"compression level {level} is not one of {list(LEVELS)} (ISA-L levels)")
     compressed = path.name.lower().endswith(".gz")
     suffix = ".nii.gz" if compressed else ".nii"
-    img = source.image if isinstance(source, Crop) else source
+    img = _owner(source)
     d = np.array(img.GetDirection(), float).reshape(img.GetDimension(), img.GetDimension())
     if not np.allclose(d.T @ d, np.eye(len(d)), atol=1e-4):
         raise CTARRError(f"cannot write {path}: NIfTI cannot store a sheared (non-orthogonal) grid; "
                          "write .nrrd or .mha")
     if not _fast_path(img):
-        whole = source.image_crop() if isinstance(source, Crop) else source
+        whole = _whole(source)
         atomic_write(path, suffix, lambda tmp: _sitk_write(whole, tmp, compressed))
         return
-    atomic_write(path, suffix, lambda tmp: _write_nifti_file(source, tmp, compressed, level))
+    v = source if isinstance(source, _Voxels) else _Voxels.of(source)
+    atomic_write(path, suffix, lambda tmp: _write_nifti_file(v, tmp, compressed, level))
 
 
 def save_image(source: sitk.Image | Crop, path: str | Path, level: int = DEFAULT_LEVEL, compress: bool = True) -> None:
@@ -176,7 +194,7 @@ def save_image(source: sitk.Image | Crop, path: str | Path, level: int = DEFAULT
     if is_nifti(path):
         write_nifti(source, path, level)
         return
-    img = source.image_crop() if isinstance(source, Crop) else source
+    img = _whole(source)
     ext = next((e for e in IMAGE_EXTENSIONS if path.name.lower().endswith(e)), path.suffix)
     atomic_write(path, ext, lambda tmp: _sitk_write(img, tmp, compress))
 
@@ -189,7 +207,10 @@ def write_images(pairs: list[tuple[sitk.Image | Crop, Path]], level: int = DEFAU
         for src, path in pairs:
             save_image(src, path, level)
         return
-    with ThreadPoolExecutor(min(threads, len(pairs))) as pool:
-        futures = [pool.submit(save_image, src, path, level) for src, path in pairs]
+    # the voxel views (and every crop's slice) are taken here, in one thread: see _Voxels
+    jobs = [(_Voxels.of(src) if is_nifti(path) and _fast_path(_owner(src)) else
+             src.image_crop() if isinstance(src, Crop) else src, path) for src, path in pairs]
+    with ThreadPoolExecutor(min(threads, len(jobs))) as pool:
+        futures = [pool.submit(save_image, src, path, level) for src, path in jobs]
     for fut in futures:
         fut.result()
