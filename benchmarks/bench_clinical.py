@@ -185,12 +185,11 @@ def run_crop(exe: Path, case: Path, regions: tuple[str, ...], out: Path) -> dict
 
 
 def same_crops(a: Path, b: Path) -> list[str]:
-    """Differences between two output folders' crops (voxels, pixel type, geometry)."""
-    diffs = []
-    names = sorted(p.name for p in a.glob("*.nii.gz"))
-    if names != sorted(p.name for p in b.glob("*.nii.gz")):
-        return [f"file lists differ: {names} vs {sorted(p.name for p in b.glob('*.nii.gz'))}"]
-    for n in names:
+    """Differences between two output folders' crops (voxels, pixel type, geometry of the files both
+    hold, and the files only one holds)."""
+    na, nb = ({p.name for p in f.glob("*.nii.gz")} for f in (a, b))
+    diffs = [f"only in {f.name}: {n}" for f, n in ((a, sorted(na - nb)), (b, sorted(nb - na))) if n]
+    for n in sorted(na & nb):
         x, y = sitk.ReadImage(str(a / n)), sitk.ReadImage(str(b / n))
         same = (
             x.GetPixelID() == y.GetPixelID()
@@ -268,6 +267,10 @@ def _median(runs: list[dict]) -> dict:
     }
 
 
+def _fmt(v) -> str:
+    return "–" if v is None else f"{v:.3f}"
+
+
 def render(result: dict) -> str:
     """Markdown tables of a result (docs/benchmarks.md)."""
     stages = (
@@ -277,6 +280,7 @@ def render(result: dict) -> str:
         "registration_anatomy_to_grid",
         "registration_landmarks",
         "registration_refinement",
+        "decide_and_cut",
     )
     lines = [
         f"old = {result['old']}, new = {result['new']}; medians of {result['repeats']} runs each, "
@@ -306,9 +310,7 @@ def render(result: dict) -> str:
         r = c["runs"]["all"]
         lines.append(
             f"| {name} | "
-            + " | ".join(
-                f"{r['old']['stages_s'].get(s, 0):.3f} -> {r['new']['stages_s'].get(s, 0):.3f}" for s in stages
-            )
+            + " | ".join(f"{_fmt(r['old']['stages_s'].get(s))} -> {_fmt(r['new']['stages_s'].get(s))}" for s in stages)
             + " |"
         )
     lines += [
