@@ -1,4 +1,4 @@
-"""Calibration of the trust rule (nnunet_ctarr.core.trust) on cases whose truth is known.
+"""Calibration of the trust rule (nnunet_ctarr.core.localise.trust) on cases whose truth is known.
 
     python benchmarks/trust_calibration.py [--data examples/data] [--out docs/trust_calibration.md]
 
@@ -171,7 +171,7 @@ def main() -> None:
         "# Trust rule calibration",
         "",
         "Written by `python benchmarks/trust_calibration.py`; the rule and its "
-        "thresholds are in `nnunet_ctarr/core/trust.py`, explained in `docs/trust.md`.",
+        "thresholds are in `nnunet_ctarr/core/localise/trust.py`, explained in `docs/trust.md`.",
         "",
     ]
     md += summary(rows) + ["Every untrusted row, and any trusted row losing > 3% of its organ:", ""] + table(rows)

@@ -381,3 +381,27 @@ def test_a_bug_in_one_case_fails_that_case_only_and_the_report_is_written(tmp_pa
     rows = json.loads((out / "ctarr_report.json").read_text())["rows"]
     assert [(x["case"], x["status"]) for x in rows] == [("a", "cropped"), ("b", "failed"), ("c", "cropped")]
     assert "ZeroDivisionError: a bug" in (out / "ctarr_errors.log").read_text()
+
+
+def test_ctrl_c_keeps_the_rows_so_far_and_writes_the_report(tmp_path, monkeypatch):
+    from nnunet_ctarr import api
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for name in ("a", "b", "c"):
+        shutil.copy(SMALL[0], imgs / f"{name}.nii.gz")
+    real = api.crop
+
+    def interrupted(image, *a, **k):
+        if k.get("case") == "b":
+            raise KeyboardInterrupt
+        return real(image, *a, **k)
+
+    monkeypatch.setattr(api, "crop", interrupted)
+    out = tmp_path / "o"
+    r = run_cli(["-i", str(imgs), "-anatomy_seg", str(SMALL[1]), "-r", "liver", "-o", str(out)])
+    assert r.returncode == 130 and "Traceback" not in r.stderr
+    rep = json.loads((out / "ctarr_report.json").read_text())
+    assert rep["interrupted"] is True
+    assert [(x["case"], x["status"]) for x in rep["rows"]] == [("a", "cropped"), ("b", "failed"), ("c", "failed")]
+    assert "INTERRUPTED" in r.stdout and (out / "a_liver.nii.gz").exists()

@@ -116,7 +116,7 @@ def _run_main(argv: list[str]) -> int:
 def multi_run(models, cases, tmp_path_factory):
     """One in-process run on both cases, counting registrations."""
     import nnunet_ctarr.inference.multi_predictor as mp
-    import nnunet_ctarr.inference.predictor as pr
+    import nnunet_ctarr.inference.planner as pr
 
     calls = {"multi": 0, "predictor": 0}
 

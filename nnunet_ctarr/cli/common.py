@@ -139,6 +139,11 @@ def init_worker(job, anatomy, atlas: Atlas | str | None, threads: int | None = N
     WORKER.update(job=job, anatomy=anatomy, atlas=atlas if isinstance(atlas, Atlas) else Atlas.load(atlas))
 
 
+def without_case(message: str, case: str) -> str:
+    """A case's error message without a leading ``<case>: `` (the log line names the case once)."""
+    return message[len(case) + 2:] if message.startswith(f"{case}: ") else message
+
+
 def internal_error(e: BaseException) -> tuple[str, str]:
     """(one line, the traceback) of an unexpected exception in a case: the batch goes on."""
     where = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None

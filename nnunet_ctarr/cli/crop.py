@@ -16,7 +16,7 @@ from ..core.outputs.case_writer import CropOptions, case_stamp, region_definitio
 from ..core.outputs.records import CaseRecord, ReportRow
 from ..core.outputs.sidecar import finished_regions
 from ..core.regions.region import Region, atlas_named_by, builtin_regions, check_region_atlas, load_region, load_regions
-from .common import WORKER, WorkerDied, init_worker, internal_error, map_cases, parse, run_cli
+from .common import WORKER, WorkerDied, init_worker, internal_error, map_cases, parse, run_cli, without_case
 from .options import (
     Parser,
     add_anatomy_args,
@@ -140,7 +140,7 @@ def _run(job: _CropJob, inputs: list[InputCase], anatomy, atlas, n_workers: int)
 
 def _log_failure(out: Path, case: str, error: str, tb: str | None, verbose: bool) -> None:
     """The case's error line; an internal error's traceback goes to ``ctarr_errors.log`` (and with -v to stderr)."""
-    logging.getLogger("nnunet_ctarr").error(f"{case}: {error}")
+    logging.getLogger("nnunet_ctarr").error(f"{case}: {without_case(error, case)}")
     if tb is None:
         return
     try:

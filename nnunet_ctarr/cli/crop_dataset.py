@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
               "finishes last (or by a run with --continue once all parts are done)")
     else:
         _write_dataset_files(dst, src, region, name, args, complete, atlas_id)
-    return 0 if all(r["status"] == Status.CROPPED.value for r in rows) else 1
+    return 0 if all(r["status"] in (Status.CROPPED.value, Status.OUTSIDE.value) for r in rows) else 1
 
 
 def _write_dataset_files(dst: Path, src, region, name: str, args, rows: list[dict], atlas_id: str) -> None:

@@ -10,7 +10,7 @@ may be an nnU-Net raw dataset folder (imagesTr + labelsTr) or image/label folder
 """
 from __future__ import annotations
 
-import sys
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from ..evaluation.table import (
     summary,
     worst_rows,
 )
-from .common import WORKER, init_worker, map_cases, parse, run_cli
+from .common import WORKER, WorkerDied, init_worker, internal_error, map_cases, parse, run_cli, without_case
 from .options import (
     Parser,
     add_anatomy_args,
@@ -96,6 +96,7 @@ class _EvalJob:
     regions: list[Region]
     settings: EvalSettings
     known: dict
+    verbose: bool = False
 
 
 def _evaluate_one(img: Path) -> list[dict]:
@@ -106,8 +107,12 @@ def _evaluate_one(img: Path) -> list[dict]:
         return evaluate_case(img, lab, WORKER["anatomy"], job.regions, WORKER["atlas"], job.settings,
                              job.known.get(case))
     except CTARRError as e:
-        print(f"error: {case}: {e}", file=sys.stderr)
+        logging.getLogger("nnunet_ctarr").error(f"{case}: {without_case(str(e), case)}")
         return failed_rows(case, job.regions, str(e))
+    except Exception as e:                     # noqa: BLE001 (one case's bug must not lose the batch)
+        line, tb = internal_error(e)
+        logging.getLogger("nnunet_ctarr").error(f"{case}: {line}\n{tb}" if job.verbose else f"{case}: {line}")
+        return failed_rows(case, job.regions, line)
 
 
 def _stamps(job: _EvalJob, inputs: list[Path]) -> dict[str, dict]:
@@ -133,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     inputs = select_part(all_inputs, args)
     settings = EvalSettings(Policy(args.on_untrusted, args.margin), tuple(args.label_ids) if args.label_ids else None)
     job = _EvalJob(labels_dir, [case_id(p) for p in all_inputs], regions, settings,
-                   load_perturbations(args.perturbations))
+                   load_perturbations(args.perturbations), args.verbose)
     out = check_output_folder(args.out)
     run = run_settings(args.margin, args.label_ids, atlas.atlas_id,
                        {"seg": args.anatomy_seg, "format": args.anatomy_format, "model": args.anatomy_model},
@@ -144,16 +149,34 @@ def main(argv: list[str] | None = None) -> int:
     anatomy = anatomy_source(args, device=args.device, verbose=args.verbose)
     if todo:                  # a model predicts here, once, before any worker; not for rows kept
         anatomy.prepare({case_id(p): [str(p)] for p in todo})
-    new = dict(zip(todo, map_cases(_evaluate_one, todo, args.np, init_worker,
-                                   (job, anatomy, atlas if args.np <= 1 else args.atlas), "ctarr evaluate")))
+    new, interrupted = _evaluate_all(todo, job, anatomy, atlas if args.np <= 1 else args.atlas, args.np)
     rows = sort_rows([r for p in inputs for r in (done.get(case_id(p)) or new[p])], regions)
     md = _write_tables(out, part_suffix(args), rows, regions, args.images, run, stamps)
+    if interrupted:
+        return 130
     if args.qc:
         _draw(out, rows, args.qc_worst, inputs, set(done), anatomy, regions, atlas, settings)
     print("\n".join(md))
     print("\n".join(outcome_lines(rows, STATUSES, (Status.CROPPED.value,), "cropped", out, len(regions) == 1,
                                   f" ({len(done)} case(s) done before)" if done else "")))
-    return 0 if all(r["status"] == Status.CROPPED.value for r in rows) else 1
+    return 0 if all(r["status"] in (Status.CROPPED.value, Status.OUTSIDE.value) for r in rows) else 1
+
+
+def _evaluate_all(todo: list[Path], job: _EvalJob, anatomy, atlas, n_workers: int) -> tuple[dict, bool]:
+    """Rows of every case to evaluate; Ctrl-C or a dead worker keeps the rows so far (the others
+    are failed rows saying so) so that the tables are written."""
+    new: dict[Path, list[dict]] = {}
+    try:
+        for p, rows in zip(todo, map_cases(_evaluate_one, todo, n_workers, init_worker, (job, anatomy, atlas),
+                                           "ctarr evaluate")):
+            new[p] = rows
+    except (KeyboardInterrupt, WorkerDied) as e:
+        msg = "interrupted" if isinstance(e, KeyboardInterrupt) else str(e)
+        logging.getLogger("nnunet_ctarr").error(f"{msg}; the tables hold the cases done so far")
+        for p in todo:
+            new.setdefault(p, failed_rows(case_id(p), job.regions, f"not done: {msg}"))
+        return new, True
+    return new, False
 
 
 def _write_tables(out: Path, part: str, rows: list[dict], regions: list[Region], images: str, run: dict,

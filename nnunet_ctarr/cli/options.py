@@ -72,8 +72,12 @@ class _Deprecated(argparse.Action):
         if self.values and value not in self.values:
             parser.error(f"{option_string} {value}: {self.values.get('*', 'not supported any more')}; use {self.new}")
         mapped = self.values.get(value, value)
-        warn_deprecated(f"{option_string} {value}" if self.values else option_string, f"{self.new} {mapped}".strip()
-                        if self.values else self.new)
+        if self.values and self.new.startswith("("):       # an option that is gone: say what happens now
+            print(f"warning: {option_string} {value} is deprecated and does nothing: {self.new.strip('()')}",
+                  file=sys.stderr)
+        else:
+            warn_deprecated(f"{option_string} {value}" if self.values else option_string,
+                            f"{self.new} {mapped}" if self.values else self.new)
         setattr(namespace, self.dest, mapped)
 
 

@@ -70,7 +70,7 @@ def build_parser() -> Parser:
     add_fallback_arg(p, what="when the trust rule refuses the localisation (docs/trust.md): predict the whole image "
                              "(whole, default: nothing lost), write no output for the case (skip), or predict the "
                              "crop anyway (anyway). A region outside the field of view writes background")
-    add_deprecated(p, "--on_miss", "on_miss", "(nothing: a region outside the field of view writes background)",
+    add_deprecated(p, "--on_miss", "on_miss", "(a region outside the field of view writes background)",
                    {"empty": "empty", "*": "removed: a region outside the field of view now writes background; an "
                                            "untrusted localisation predicts the whole image (--on_untrusted whole)"})
     add_crops_arg(p)
@@ -90,8 +90,14 @@ def _model_folder(args) -> str:
         return args.m
     if not (args.d and args.c):
         raise CTARRError("give the model as -m MODEL_FOLDER or with -d DATASET -c CONFIGURATION [-p -tr]")
+    if not os.environ.get("nnUNet_results"):
+        raise CTARRError("-d needs nnU-Net's results folder: set nnUNet_results (export nnUNet_results=/path/to/"
+                         "nnUNet_results), or give the model folder with -m MODEL_FOLDER")
     from nnunetv2.utilities.file_path_utilities import get_output_folder
-    return get_output_folder(args.d, args.tr, args.p, args.c)
+    try:
+        return get_output_folder(args.d, args.tr, args.p, args.c)
+    except (RuntimeError, ValueError, FileNotFoundError) as e:
+        raise CTARRError(f"no model for -d {args.d} -c {args.c} in {os.environ['nnUNet_results']}: {e}") from None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -62,7 +62,7 @@ def build_parser() -> Parser:
                              "model predicts the whole image (whole, default), contributes nothing (skip), or "
                              "predicts its crop anyway (anyway). A region outside the field of view contributes "
                              "nothing")
-    add_deprecated(p, "--on_miss", "on_miss", "(nothing: a region outside the field of view contributes nothing)",
+    add_deprecated(p, "--on_miss", "on_miss", "(a region outside the field of view contributes nothing)",
                    {"empty": "empty", "*": "removed: a region outside the field of view contributes nothing"})
     add_output_type_arg(p)
     return p

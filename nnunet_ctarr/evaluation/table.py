@@ -128,7 +128,7 @@ def summary(rows: list[dict], region: str, images: str) -> list[str]:
            f"{col('voxel_reduction').mean():.2f}x | {np.median(col('ctarr_seconds')):.2f} |", ""]
     untrusted = [r for r in rows if r.get("trusted") is False]
     lossy = [r for r in ok if r.get("trusted") and float(r["preserved_fg_percent"]) < 97.0]
-    md += [f"Untrusted (a writer falls back to the full volume): {len(untrusted)}; trusted crops losing > 3% of the "
+    md += [f"Untrusted (a writer falls back: --on_untrusted): {len(untrusted)}; trusted crops losing > 3% of the "
            f"foreground: {len(lossy)}" + (f" ({', '.join(r['case'] for r in lossy)})" if lossy else ""), ""]
     checked = [r for r in ok if r.get("orientation_correct") != ""]
     if checked:

@@ -3,8 +3,9 @@
 How it hooks into nnU-Net 2.8 (no nnU-Net code is copied; tests/test_nnunet_contract.py checks
 every signature, property and private hook used here):
 
-1. every case is planned in the main process (:func:`.plans.plan_case`: anatomy -> registration
-   -> the one decision -> region boxes fitted to the model's tiles) into a frozen :class:`.plans.CasePlan`;
+1. every case is planned in the main process by :class:`.planner.CasePlanner` (:func:`.plans.plan_case`:
+   anatomy -> registration -> the one decision -> region boxes fitted to the model's tiles) into a
+   frozen :class:`.plans.CasePlan`;
 2. :func:`.plans.split_jobs` turns the plans into nnU-Net cases: one per case with one crop or a
    full-volume fallback, one pseudo-case per crop for cases with several crops;
 3. :class:`.preprocessing.CTARRPreprocessor` crops each case before nnU-Net's preprocessing, and
@@ -27,16 +28,16 @@ from nnunetv2.configuration import default_num_processes
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
 from ..core.anatomy.atlas import Atlas
-from ..core.anatomy.sources import AnatomySource, InMemoryAnatomy
+from ..core.anatomy.sources import AnatomySource
 from ..core.base.errors import CTARRError
 from ..core.base.geometry import Geometry
-from ..core.base.images import read_image
-from ..core.localise.decision import Policy, locate_case
+from ..core.localise.decision import Policy
 from ..core.localise.settings import RegistrationSettings
 from ..core.regions.region import Region
-from .export import empty_outputs, merge_crops, write_outputs, write_plan_sidecar
+from .export import empty_outputs, merge_crops, write_outputs
 from .nnunet_cases import as_list, prev_stage_folder, pseudo_case, with_task
-from .plans import CasePlan, CTARRSettings, Job, failed_plan, plan_case, split_jobs
+from .planner import CasePlanner
+from .plans import CasePlan, CTARRSettings, Job, split_jobs
 from .preprocessing import CTARRConfigurationManager
 from .tiling import TileGeometry
 
@@ -60,47 +61,25 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
         (the crop); ``sidecar_folder``: write ``<case>.ctarr.json`` there; ``qc_folder``: QC pictures;
         ``fit_tiles``: merge and grow the crops to the model's sliding-window tiles at no extra network
         cost (:mod:`.tiling`); False crops exactly the region boxes."""
-        self.ctarr = CTARRSettings(region=region, atlas=atlas or Atlas.load(),
-                                   policy=Policy(on_untrusted, margin_mm), registration=registration or
-                                   RegistrationSettings(), fit_tiles=fit_tiles, sidecar_folder=sidecar_folder,
-                                   qc_folder=qc_folder)
-        self.ctarr_anatomy = anatomy_source
-        self.ctarr_plans: dict[str, CasePlan] = {}
+        settings = CTARRSettings(region=region, atlas=atlas or Atlas.load(), policy=Policy(on_untrusted, margin_mm),
+                                 registration=registration or RegistrationSettings(), fit_tiles=fit_tiles,
+                                 sidecar_folder=sidecar_folder, qc_folder=qc_folder)
+        self.ctarr = CasePlanner(settings, anatomy_source, self._ctarr_tiles)
 
-    # ---- planning ---------------------------------------------------------------------------
-    def ctarr_tiles(self, geometry: Geometry) -> TileGeometry:
-        return TileGeometry.from_nnunet(self.configuration_manager, self.plans_manager, geometry.spacing_xyz,
-                                        self.tile_step_size)
+    @property
+    def ctarr_plans(self) -> dict[str, CasePlan]:
+        """Case -> its plan (status, crops, sidecar record), for every case predicted so far."""
+        return self.ctarr.plans
 
     def ctarr_plan(self, case: str, geometry: Geometry, anatomy_source=None, image=None, locate_case=None) -> CasePlan:
-        """Plan one case. ``locate_case(warnings) -> Located`` replaces the anatomy load + registration
-        (the multi-model predictor shares one); a user error gives a ``failed`` plan, never a fallback."""
+        """Plan one case (:meth:`.planner.CasePlanner.plan`)."""
         if not hasattr(self, "ctarr"):
             raise CTARRError("call ctarr_setup(...) before predicting")
-        source = anatomy_source or self.ctarr_anatomy
+        return self.ctarr.plan(case, geometry, anatomy_source, image, locate_case)
 
-        def load_and_locate(warnings):
-            return _locate(geometry, source.load(case, warnings), self.ctarr, warnings)
-        try:
-            return plan_case(case, geometry, self.ctarr, self.ctarr_tiles(geometry), locate_case or load_and_locate,
-                             image)
-        except CTARRError as e:
-            logger.error(f"{case}: {e}")
-            return failed_plan(case, geometry, e, self.ctarr.region.name)
-
-    def _ctarr_plan_file(self, first_file: str, case: str) -> CasePlan:
-        try:
-            image = read_image(first_file) if self.ctarr.qc_folder else None
-            geometry = Geometry.of(image) if image is not None else Geometry.from_file(first_file)
-        except CTARRError as e:
-            logger.error(f"{case}: {e}")
-            return failed_plan(case, None, e, self.ctarr.region.name)
-        return self.ctarr_plan(case, geometry, image=image)
-
-    def _ctarr_record(self, plan: CasePlan, files: list[str] | None = None) -> None:
-        self.ctarr_plans[plan.case] = plan
-        if self.ctarr.sidecar_folder:
-            write_plan_sidecar(Path(self.ctarr.sidecar_folder), plan, files or [], self.ctarr)
+    def _ctarr_tiles(self, geometry: Geometry) -> TileGeometry:
+        return TileGeometry.from_nnunet(self.configuration_manager, self.plans_manager, geometry.spacing_xyz,
+                                        self.tile_step_size)
 
     def _ctarr_emit(self, seg, probs, plan: CasePlan, ofn: str | None, save_probabilities: bool):
         """Write a case's outputs (``ofn`` given) or return them as nnU-Net's npy entry points do."""
@@ -153,8 +132,8 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
             raise CTARRError("nnUNetPredictorCTARR writes files; give an output folder or output file names")
         for o in outs:
             os.makedirs(os.path.dirname(o) or ".", exist_ok=True)
-        self.ctarr_anatomy.prepare({Path(o).name: files for files, o in zip(lists, outs)})
-        plans = [self._ctarr_plan_file(files[0], Path(o).name) for files, o in zip(lists, outs)]
+        self.ctarr.anatomy.prepare({Path(o).name: files for files, o in zip(lists, outs)})
+        plans = [self.ctarr.plan_file(files[0], Path(o).name) for files, o in zip(lists, outs)]
         for plan, out in zip(plans, outs):
             if plan.predicts == "empty":
                 self._ctarr_empty(plan, out, save_probabilities)
@@ -167,8 +146,9 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
         if boxes:
             with tempfile.TemporaryDirectory(prefix="ctarr_predict_") as tmp:
                 self._ctarr_run_boxes(run, Path(tmp), boxes, plans, lists, outs, prevs, save_probabilities)
-        for plan, files in zip(plans, lists):
-            self._ctarr_record(plan, files)
+        ending = self.dataset_json["file_ending"]
+        for plan, files, out in zip(plans, lists, outs):
+            self.ctarr.record(plan, files, out + ending if plan.predicts != "nothing" else None)
         return None
 
     @contextlib.contextmanager
@@ -206,7 +186,7 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
                                  save_or_return_probabilities: bool = False, anatomy=None, case: str = "case"):
         """As nnU-Net's, plus ``anatomy`` (label image, path or anatomy source) for this image.
         ``image_properties`` must hold SimpleITKIO's ``sitk_stuff`` (geometry)."""
-        plan = self._ctarr_plan_npy(input_image, image_properties, anatomy, case)
+        plan = self.ctarr.plan_npy(input_image, image_properties, anatomy, case)
         return self.ctarr_predict_planned([input_image], [segmentation_previous_stage], [image_properties],
                                           [output_file_truncated], [plan], save_or_return_probabilities)[0]
 
@@ -222,7 +202,7 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
         ofns = as_list(truncated_ofname, len(imgs))
         anat = as_list(anatomy, len(imgs))
         cases = cases or [f"case{i}" for i in range(len(imgs))]
-        plans = [self._ctarr_plan_npy(i, p, a, c) for i, p, a, c in zip(imgs, props, anat, cases)]
+        plans = [self.ctarr.plan_npy(i, p, a, c) for i, p, a, c in zip(imgs, props, anat, cases)]
 
         def run(i, s, p, o, probs):
             return super(nnUNetPredictorCTARR, self).predict_from_list_of_npy_arrays(
@@ -231,16 +211,6 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
                 save_probabilities=probs, num_processes_segmentation_export=num_processes_segmentation_export)
         results = self.ctarr_predict_planned(imgs, segs, props, ofns, plans, save_probabilities, run)
         return results if any(o is None for o in ofns) else None
-
-    def _ctarr_plan_npy(self, img: np.ndarray, props: dict, anatomy, case: str) -> CasePlan:
-        if "sitk_stuff" not in props:
-            raise CTARRError("image properties need 'sitk_stuff' (origin/spacing/direction) for CTARR")
-        geometry = Geometry.from_sitk_stuff(props["sitk_stuff"], img.shape[1:])
-        source = anatomy if hasattr(anatomy, "load") else InMemoryAnatomy(anatomy, case)
-        plan = self.ctarr_plan(case, geometry, anatomy_source=source)
-        if plan.predicts == "nothing":
-            raise CTARRError(f"{case}: {plan.error or plan.record.why}")
-        return plan
 
     def _ctarr_single_runner(self):
         def run(imgs, segs, props, ofns, probs):
@@ -273,9 +243,6 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
                 seg, probs = merge_crops(self.label_manager, plans[i], [r[1] for r in out])
                 results[i] = self._ctarr_emit(seg, probs, plans[i], ofns[i], save_probabilities)
         for plan in plans:
-            self._ctarr_record(plan)
+            self.ctarr.record(plan)
         return results
 
-
-def _locate(geometry: Geometry, anatomy, settings: CTARRSettings, warnings):
-    return locate_case(geometry, anatomy, settings.atlas, settings.registration, warnings)

@@ -56,10 +56,11 @@ def crop_dataset_case(job: CropJob, anatomy_source: AnatomySource, atlas: Atlas)
         measures = {**record.measures, "foreground_voxels": fg,
                     "voxel_reduction": _reduction(crops, outputs)}
         record = replace(record, measures=measures)
-    except CTARRError as e:
+    except Exception as e:                     # noqa: BLE001 (a user error, or a bug: this case fails, not the run)
         for f in written:
             (job.out_folder / f).unlink(missing_ok=True)
-        record = RegionRecord(job.region.name, Status.FAILED, warnings=tuple(warnings), error=str(e))
+        why = str(e) if isinstance(e, CTARRError) else f"internal error {type(e).__name__}: {e} (a bug: please report)"
+        record = RegionRecord(job.region.name, Status.FAILED, warnings=tuple(warnings), error=why)
     return replace(record, seconds=round(time.perf_counter() - t0, 3))
 
 

@@ -16,7 +16,7 @@ class CTARRError(Exception):
 class LocalisationUntrusted(CTARRError):
     """The anatomy cannot be trusted to place a region: too few usable groups, registration Dice
     below the threshold, an ambiguous orientation, anatomy and image that do not overlap. The only
-    error a writer may answer with a safe fallback (the full volume); every other
+    error a writer may answer with its fallback (``--on_untrusted``); every other
     :class:`CTARRError` is a user error for that case."""
 
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from ..base.errors import CTARRError
 from ..base.files import atomic_write
-from .dicom_series import DicomSeries
+from .dicom_series import Algorithm, DicomSeries, Segment
 
 #: the values of ``-output_type``: file name suffix of each DICOM kind (``nifti`` writes none)
 DICOM_KINDS = {"dicom_seg": "_seg.dcm", "dicom_rtstruct": "_rtstruct.dcm"}
@@ -32,27 +32,6 @@ PALETTE = (
     (0, 128, 128), (220, 190, 255), (170, 110, 40), (255, 250, 200), (128, 0, 0),
     (170, 255, 195), (128, 128, 0), (255, 215, 180), (0, 0, 128), (128, 128, 128),
 )
-
-
-@dataclass(frozen=True)
-class Segment:
-    """One label of the label map as a SEG segment / RTSTRUCT ROI."""
-    number: int                          # segment / ROI number, 1..N
-    value: int                           # voxel value in the label map
-    name: str
-    rgb: tuple[int, int, int]
-
-
-@dataclass(frozen=True)
-class Algorithm:
-    """Who made the segmentation (SEG AlgorithmIdentification, RTSTRUCT generation description)."""
-    name: str = "nnunet-ctarr"
-    version: str = ""
-    model: str = ""                      # e.g. the nnU-Net model folder's dataset name
-
-    @property
-    def description(self) -> str:
-        return " ".join(x for x in (self.name, self.version, self.model) if x)
 
 
 @dataclass

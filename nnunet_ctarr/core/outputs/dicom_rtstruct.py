@@ -11,14 +11,10 @@ gantry tilt are written where the pixels are (contract: :mod:`.dicom_series`).
 from __future__ import annotations
 
 import datetime
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .dicom_series import DicomSeries
-
-if TYPE_CHECKING:
-    from .dicom import Algorithm, Segment
+from .dicom_series import Algorithm, DicomSeries, Segment
 
 RTSTRUCT_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.481.3"
 #: the Referenced SOP Class of RTReferencedStudySequence that treatment planning systems write

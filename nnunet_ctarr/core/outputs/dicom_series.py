@@ -176,3 +176,24 @@ def _tilt_deg(ipp: np.ndarray, normal: np.ndarray) -> float:
     steps = np.diff(ipp, axis=0)
     cos = np.abs(steps @ normal) / np.maximum(np.linalg.norm(steps, axis=1), 1e-9)
     return float(np.degrees(np.arccos(np.clip(cos.min(), 0.0, 1.0))))
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One label of the label map as a SEG segment / RTSTRUCT ROI."""
+    number: int                          # segment / ROI number, 1..N
+    value: int                           # voxel value in the label map
+    name: str
+    rgb: tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """Who made the segmentation (SEG AlgorithmIdentification, RTSTRUCT generation description)."""
+    name: str = "nnunet-ctarr"
+    version: str = ""
+    model: str = ""                      # e.g. the nnU-Net model folder's dataset name
+
+    @property
+    def description(self) -> str:
+        return " ".join(x for x in (self.name, self.version, self.model) if x)
