@@ -45,6 +45,11 @@ class AnatomySource(ABC):
         """What ``--continue`` compares of the case's anatomy."""
         return {"source": type(self).__name__}
 
+    def from_image(self, image: sitk.Image, warnings: WarningLog, case: str = "") -> AnatomyMasks | None:
+        """The anatomy made from an image already in memory, or None when this source reads files
+        (the default; the HU anatomy computes it from the image)."""
+        return None
+
 
 #: ``-anatomy_model`` keywords besides a model folder -> what they are (argparse help, docs, checks)
 ANATOMY_KEYWORDS: dict[str, str] = {
