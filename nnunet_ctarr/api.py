@@ -25,7 +25,6 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from .core.anatomy.atlas import Atlas
-from .core.anatomy.hu_anatomy import HUAnatomy
 from .core.anatomy.masks import AnatomyMasks
 from .core.anatomy.sources import AnatomySource, InMemoryAnatomy, PrecomputedAnatomy, anatomy_keyword
 from .core.anatomy.totalseg_weights import model_for, resolve
@@ -56,6 +55,7 @@ def anatomy_source(anatomy=None, *, kind: str = "auto", fmt: str = "auto", atlas
         return InMemoryAnatomy(anatomy, "case")
     key = anatomy_keyword(str(anatomy)) if isinstance(anatomy, str) else None
     if anatomy is None or key == "hu":
+        from .core.anatomy.hu_anatomy import HUAnatomy  # scipy.ndimage: imported when used
         return HUAnatomy(atlas, default=anatomy is None)
     model, name = Path(str(anatomy)), None
     if key is not None and model_for(key) is not None:
@@ -102,8 +102,9 @@ def _load_anatomy(source: AnatomySource, case: str, image: ImageLike | list[Imag
                   warnings: WarningLog, prepared: bool = False) -> AnatomyMasks:
     """The case's anatomy from ``source`` (prepared here unless ``prepared``): the HU anatomy from
     the image already read; a model on an in-memory image through a temporary file."""
-    if isinstance(source, HUAnatomy):
-        return source.from_image(channel0, warnings, case)
+    anat = source.from_image(channel0, warnings, case)
+    if anat is not None:                               # the HU anatomy: from the image already read
+        return anat
     files = _paths(image)
     if not prepared and files is None and source.needs_files:
         with tempfile.TemporaryDirectory(prefix="ctarr_api_") as tmp:
@@ -117,10 +118,12 @@ def _load_anatomy(source: AnatomySource, case: str, image: ImageLike | list[Imag
 
 
 def _regions(regions: str | Region | list[str | Region]) -> list[Region]:
+    """Region objects as given, names and files loaded (``all``, ``SET:all``: every region of the set)."""
     items = [regions] if isinstance(regions, (str, Region)) else list(regions)
-    named = [r for r in items if not isinstance(r, Region)]
-    loaded = iter(load_regions(named) if named else [])
-    return [r if isinstance(r, Region) else next(loaded) for r in items]
+    out: list[Region] = []
+    for r in items:
+        out += [r] if isinstance(r, Region) else load_regions([r])
+    return out
 
 
 def locate(image: ImageLike | list[ImageLike], anatomy=None, *, atlas: Atlas | str | None = None,
@@ -137,11 +140,12 @@ def crop(image: ImageLike | list[ImageLike], regions: str | Region | list[str | 
          atlas: Atlas | str | None = None, labels: ImageLike | None = None, on_untrusted: str = "whole",
          margin_mm: float = 0.0, z_only: bool = False, pad: bool = False, fill_value: float | None = None,
          boxes_only: bool = False, hu_check: bool = True, allow_nonfinite: bool = False,
-         case: str | None = None, prepared: bool = False) -> CaseCrops:
+         case: str | None = None, prepared: bool = False, lazy: bool = False) -> CaseCrops:
     """Locate the image once and decide and cut every region (``regions``: names, region files,
     :class:`Region` objects or ``"all"``); crops overlay the image exactly, nothing is written.
     ``prepared``: ``anatomy`` is an :class:`AnatomySource` prepared with this case already (the
-    crop command prepares a batch at once)."""
+    crop command prepares a batch at once); ``lazy``: unpadded crops as ``core.base.nifti.Crop``
+    boxes of the image, which a writer streams without a copy (``crop.image_crop()`` cuts one)."""
     atlas = atlas if isinstance(atlas, Atlas) else Atlas.load(atlas)
     name = _case_name(image, case)
     warnings = WarningLog(case=name)
@@ -157,7 +161,7 @@ def crop(image: ImageLike | list[ImageLike], regions: str | Region | list[str | 
                                    else f"label map {Path(labels).name}")
     seconds["read_anatomy_labels"] = time.perf_counter() - t0
     result = crop_case(name, channels, anat, _regions(regions), atlas, Policy(on_untrusted, margin_mm, z_only),
-                       CutOptions(boxes_only, pad, fill_value), lab, warnings=warnings)
+                       CutOptions(boxes_only, pad, fill_value, lazy), lab, warnings=warnings)
     return replace(result, seconds={**seconds, **result.seconds})
 
 

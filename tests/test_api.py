@@ -47,6 +47,14 @@ def test_crop_in_memory_overlays_the_source_writes_nothing_and_matches_the_comma
         assert api_boxes == [(b["index_start_xyz"], b["index_stop_xyz"]) for b in side[name]["boxes"]]
 
 
+def test_all_means_every_built_in_region():
+    from nnunet_ctarr.core.regions.region import builtin_regions
+
+    result = api.crop(str(ABDOMEN[0]), "all", anatomy=str(ABDOMEN[1]), boxes_only=True)
+    assert [r.decision.region.name for r in result.regions] == list(builtin_regions())
+    assert all(not p.channels for r in result.regions for p in r.pieces)  # boxes only: nothing cut
+
+
 def test_locate_in_memory_gives_the_transform():
     located = api.locate(sitk.ReadImage(str(ABDOMEN[0])), anatomy=str(ABDOMEN[1]))
     assert located.localisation is not None and located.refused is None

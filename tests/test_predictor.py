@@ -284,6 +284,7 @@ def test_model_folder_ctarr_json_sets_region(tiny_model, inputs, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     side = json.loads((tmp_path / "o" / "abd.ctarr.json").read_text())["regions"]["liver"]
     assert side["status"] == "cropped" and side["definition"]["extra_margin_mm"] == 5.0
+    assert side["outputs"] == [{"images": ["abd.nii.gz"], "box": None, "labels": None}]
     box, crop = side["boxes"][0], side["crops"][0]  # "crops": "exact" -> the region box itself
     assert len(side["crops"]) == 1
     assert (crop["index_start_xyz"], crop["index_stop_xyz"]) == (box["index_start_xyz"], box["index_stop_xyz"])

@@ -10,6 +10,7 @@ from ..core.anatomy.atlas import Atlas
 from ..core.base.cases import InputCase, list_cases, match_case_file
 from ..core.base.errors import CTARRError, WarningLog
 from ..core.base.files import as_json, check_output_folder
+from ..core.base.nifti import DEFAULT_LEVEL, LEVELS
 from ..core.localise.decision import Status
 from ..core.outputs.batch_report import BatchReport
 from ..core.outputs.case_writer import CropOptions, case_stamp, region_definition, write_case
@@ -57,6 +58,9 @@ def build_parser() -> Parser:
     p.add_argument("--pad", action="store_true", help="pad crops to the full box where the region leaves the image")
     p.add_argument("--fill_value", type=float, default=None,
                    help="padding value for --pad (default: image minimum)")
+    p.add_argument("--compression", choices=["none", *map(str, LEVELS)], default=str(DEFAULT_LEVEL),
+                   help=f"gzip level of the crops (ISA-L, 0 fastest .. 3 smallest; default {DEFAULT_LEVEL}), or none: "
+                        "uncompressed .nii files")
     p.add_argument("--boxes_only", action="store_true",
                    help="write only the sidecar and the report (boxes as index ranges and world corners), no image; "
                         "nnunet_ctarr.api.crops_from_sidecar cuts the crops later")
@@ -105,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     anatomy = anatomy_source(args, device=args.device, verbose=args.verbose)
     anatomy.prepare({c.case: [str(p) for p in c.channels] for c in inputs})   # a model predicts once, before workers
     opts = CropOptions(args.margin, args.z_only, args.pad, args.fill_value, args.qc, not args.no_hu_check,
-                       args.allow_nonfinite, args.on_untrusted, args.boxes_only)
+                       args.allow_nonfinite, args.on_untrusted, args.boxes_only, args.compression)
     job = _CropJob(args.labels, cases, out, regions, opts, args.resume, args.verbose)
     report = _run(job, inputs, anatomy, atlas if args.np <= 1 else args.atlas, args.np)
     if len(all_inputs) > 1 or report.interrupted:   # a batch; a one-scan run has its sidecar
@@ -178,7 +182,7 @@ def _crop_one(src: InputCase) -> tuple[str, CaseRecord | None, bool, str | None,
         crops = api.crop(list(src.channels), job.regions, WORKER["anatomy"], atlas=WORKER["atlas"], labels=lab,
                          prepared=True,
                          on_untrusted=job.opts.on_untrusted, margin_mm=job.opts.margin_mm, z_only=job.opts.z_only,
-                         pad=job.opts.pad, fill_value=job.opts.fill_value, boxes_only=job.opts.boxes_only,
+                         pad=job.opts.pad, fill_value=job.opts.fill_value, boxes_only=job.opts.boxes_only, lazy=True,
                          hu_check=job.opts.hu_check, allow_nonfinite=job.opts.allow_nonfinite, case=case)
         return case, write_case(crops, stamp, job.out, job.opts), False, None, None
     except CTARRError as e:

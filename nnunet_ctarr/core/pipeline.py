@@ -16,6 +16,7 @@ from .anatomy.atlas import Atlas
 from .anatomy.masks import AnatomyMasks
 from .base.errors import CTARRError, WarningLog
 from .base.geometry import Geometry
+from .base.nifti import Crop
 from .localise.decision import Located, Policy, RegionDecision, Status, decide, locate_case
 from .localise.settings import RegistrationSettings
 from .regions.cropping import BoxPlan, crop_image, crop_scores
@@ -25,10 +26,11 @@ from .regions.region import Region
 @dataclass(frozen=True)
 class Piece:
     """One output of a region: box ``box`` (None: the whole image) cut from every channel (empty
-    when only the boxes were asked for) and from the label map."""
+    when only the boxes were asked for) and from the label map; with ``CutOptions.lazy`` an
+    unpadded box is a :class:`Crop` (the box of the image, written without a copy)."""
     box: BoxPlan | None
-    channels: tuple[sitk.Image, ...] = ()
-    labels: sitk.Image | None = None
+    channels: tuple[sitk.Image | Crop, ...] = ()
+    labels: sitk.Image | Crop | None = None
 
 
 @dataclass(frozen=True)
@@ -68,10 +70,17 @@ class CaseCrops:
 @dataclass(frozen=True)
 class CutOptions:
     """How pieces are cut: ``boxes_only`` cuts nothing (boxes and decisions only); ``pad`` extends
-    a box the image cuts with ``fill_value`` (default: the image minimum)."""
+    a box the image cuts with ``fill_value`` (default: the image minimum); ``lazy``: an unpadded
+    box stays a :class:`Crop` of the image for a writer (no copy), else it is a SimpleITK image."""
     boxes_only: bool = False
     pad: bool = False
     fill_value: float | None = None
+    lazy: bool = False
+
+    def cut(self, img: sitk.Image, box: BoxPlan, fill: float) -> sitk.Image | Crop:
+        if self.lazy and not (self.pad and box.status == "partial"):
+            return Crop(img, tuple(int(v) for v in box.start_xyz), tuple(int(v) for v in box.stop_xyz))
+        return crop_image(img, box, self.pad, fill)
 
 
 def crop_case(case: str, channels: list[sitk.Image], anatomy: AnatomyMasks, regions: list[Region], atlas: Atlas,
@@ -113,8 +122,8 @@ def _cut(d: RegionDecision, channels: list[sitk.Image], labels: sitk.Image | Non
     fill = 0.0
     if cut.pad:
         fill = cut.fill_value if cut.fill_value is not None else float(sitk.GetArrayViewFromImage(channels[0]).min())
-    pieces = tuple(Piece(b, () if cut.boxes_only else tuple(crop_image(c, b, cut.pad, fill) for c in channels),
-                         None if cut.boxes_only or labels is None else crop_image(labels, b, cut.pad, 0))
+    pieces = tuple(Piece(b, () if cut.boxes_only else tuple(cut.cut(c, b, fill) for c in channels),
+                         None if cut.boxes_only or labels is None else cut.cut(labels, b, 0))
                    for b in d.boxes)
     if labels is not None:
         preserved = crop_scores(sitk.GetArrayViewFromImage(labels) > 0, d.plan.union_mask_zyx())["preserved_percent"]

@@ -2,6 +2,7 @@
 with the input's exact geometry."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ from batchgenerators.utilities.file_and_folder_operations import save_pickle
 from ..core.base.files import input_stamp, write_json
 from ..core.base.images import write_image
 from ..core.outputs.case_writer import versions
-from ..core.outputs.records import CaseRecord
+from ..core.outputs.records import CaseRecord, OutputFile
 from ..core.regions.cropping import paste_pieces
 from .plans import CasePlan, CTARRSettings
 
@@ -65,16 +66,21 @@ def write_outputs(seg: np.ndarray, probs: np.ndarray | None, plan: CasePlan, out
         write_probabilities(probs, plan, out)
 
 
-def write_plan_sidecar(folder: Path, plan: CasePlan, files: list[str], settings: CTARRSettings) -> CaseRecord:
+def write_plan_sidecar(folder: Path, plan: CasePlan, files: list[str], settings: CTARRSettings,
+                       output: str | None = None) -> CaseRecord:
     """``<case>.ctarr.json`` of a predicted case: the sidecar schema of the crop command, its
-    region's record with the crops nnU-Net ran on."""
+    region's record with the crops nnU-Net ran on and the segmentation written (``output``)."""
+    region = plan.record
+    if output and region is not None:
+        region = replace(region, outputs=(OutputFile((Path(output).name,)),))
     record = CaseRecord(
         case=plan.case, command="predict", input=[str(f) for f in files],
         input_stamp=[input_stamp(Path(f)) for f in files if Path(f).exists()],
         settings={"on_untrusted": settings.policy.on_untrusted, "margin_mm": settings.policy.margin_mm,
                   "fit_tiles": settings.fit_tiles, "atlas_id": settings.atlas.atlas_id},
         versions=versions(settings.atlas.atlas_id), image=plan.geometry.to_dict() if plan.geometry else None,
-        registration=plan.registration, regions={plan.record.name: plan.record},
+        registration=plan.registration, regions={region.name: region},
+        seconds={"ctarr": region.seconds} if region.seconds is not None else {},
         error=plan.error if plan.status.value == "failed" else None)
     write_json(folder / f"{plan.case}.ctarr.json", record.to_json())
     return record

@@ -67,8 +67,9 @@ class CasePlanner:
             raise CTARRError(f"{case}: {plan.error or plan.record.why}")
         return plan
 
-    def record(self, plan: CasePlan, files: list[str] | None = None) -> None:
-        """Keep the plan (by case) and write its sidecar when asked for."""
+    def record(self, plan: CasePlan, files: list[str] | None = None, output: str | None = None) -> None:
+        """Keep the plan (by case) and write its sidecar when asked for (``output``: the segmentation
+        file written for the case, if any)."""
         self.plans[plan.case] = plan
         if self.settings.sidecar_folder:
-            write_plan_sidecar(Path(self.settings.sidecar_folder), plan, files or [], self.settings)
+            write_plan_sidecar(Path(self.settings.sidecar_folder), plan, files or [], self.settings, output)

@@ -146,8 +146,9 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
         if boxes:
             with tempfile.TemporaryDirectory(prefix="ctarr_predict_") as tmp:
                 self._ctarr_run_boxes(run, Path(tmp), boxes, plans, lists, outs, prevs, save_probabilities)
-        for plan, files in zip(plans, lists):
-            self.ctarr.record(plan, files)
+        ending = self.dataset_json["file_ending"]
+        for plan, files, out in zip(plans, lists, outs):
+            self.ctarr.record(plan, files, out + ending if plan.predicts != "nothing" else None)
         return None
 
     @contextlib.contextmanager

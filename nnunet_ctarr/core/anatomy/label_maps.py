@@ -13,6 +13,26 @@ from ..base.errors import WarningLog
 from ..base.images import canonical
 from .groups import LabelScheme
 
+#: voxels per bincount call in :func:`label_counts` (its int64 copy stays in the cache)
+_SLAB = 1 << 18
+
+
+def label_counts(arr: np.ndarray) -> np.ndarray:
+    """Voxels per value of a non-negative integer array (bincount in slabs: no full int64 copy)."""
+    flat = arr.reshape(-1)
+    counts = np.zeros(int(flat.max()) + 1 if flat.size else 1, np.int64)
+    for start in range(0, flat.size, _SLAB):
+        counts += np.bincount(flat[start:start + _SLAB], minlength=counts.size)
+    return counts
+
+
+def present_labels(arr: np.ndarray) -> np.ndarray:
+    """The sorted values of a label array (``np.unique``; for non-negative integers up to 2^16 a
+    bincount in slabs, ~3x faster on a 512x512x133 map)."""
+    if arr.size and np.issubdtype(arr.dtype, np.integer) and arr.min() >= 0 and arr.max() < 1 << 16:
+        return np.nonzero(label_counts(arr))[0]
+    return np.unique(arr)
+
 
 def read_nifti_label_table(path: Path) -> dict[int, str] | None:
     """Label names stored by TotalSegmentator inside a NIfTI header extension (Caret XML)."""
@@ -35,18 +55,18 @@ def read_nifti_label_table(path: Path) -> dict[int, str] | None:
     return {int(k): v for k, v in found} or None
 
 
-def _vertebra_order_score(arr_zyx: np.ndarray, present: np.ndarray, names: dict[int, str]) -> float:
-    """Rank correlation of vertebra level vs. superior position; ~1 if the scheme fits."""
+def _vertebra_order_score(z_mean: dict[int, float], names: dict[int, str]) -> float:
+    """Rank correlation of vertebra level vs. superior position; ~1 if the scheme fits.
+    ``z_mean``: label id -> mean z index of its voxels in the canonical (LPS) frame."""
     order = {f"vertebrae_{p}{i}": rank for rank, (p, i) in enumerate(
         [("S", 1)] + [("L", i) for i in range(6, 0, -1)] + [("T", i) for i in range(12, 0, -1)]
         + [("C", i) for i in range(7, 0, -1)])}
     levels, zs = [], []
-    for lab in present:
-        n = names.get(int(lab))
+    for lab, z in z_mean.items():
+        n = names.get(lab)
         if n in order:
-            z = np.nonzero(arr_zyx == lab)[0]
             levels.append(order[n])
-            zs.append(z.mean())
+            zs.append(z)
     if len(levels) < 3:
         return 0.0
     rl = np.argsort(np.argsort(levels))
@@ -54,8 +74,20 @@ def _vertebra_order_score(arr_zyx: np.ndarray, present: np.ndarray, names: dict[
     return float(np.corrcoef(rl, rz)[0, 1])
 
 
-def detect_scheme(img: sitk.Image, path: Path | None, warnings: WarningLog) -> LabelScheme:
-    """Guess the label scheme of a multi-label map.
+def _z_means(img: sitk.Image, labels: np.ndarray) -> dict[int, float]:
+    """Mean canonical z index of each of ``labels`` (one pass: a bincount per slice)."""
+    arr = sitk.GetArrayViewFromImage(canonical(img))
+    top = int(labels.max()) + 1
+    per_slice = np.stack([np.bincount(np.clip(sl.ravel(), 0, top).astype(np.intp), minlength=top + 1)[:top]
+                          for sl in arr])                            # (Z, top)
+    n = per_slice.sum(0)
+    zsum = np.arange(len(arr)) @ per_slice
+    return {int(lab): float(zsum[int(lab)] / n[int(lab)]) for lab in labels if n[int(lab)]}
+
+
+def detect_scheme(img: sitk.Image, path: Path | None, warnings: WarningLog,
+                  present: np.ndarray | None = None) -> LabelScheme:
+    """Guess the label scheme of a multi-label map (``present``: its label values, when known).
 
     Order: label names embedded by TotalSegmentator in the NIfTI header; label values
     (> 104 only exist in v2, <= 19 means a CTARR 19-class map); otherwise the scheme in which
@@ -65,9 +97,7 @@ def detect_scheme(img: sitk.Image, path: Path | None, warnings: WarningLog) -> L
         table = read_nifti_label_table(path)
         if table:
             return LabelScheme(f"names embedded in {path.name}", table)
-    canon = canonical(img)
-    arr = sitk.GetArrayViewFromImage(canon)
-    present = np.unique(arr)
+    present = present_labels(sitk.GetArrayViewFromImage(img)) if present is None else present
     present = present[present > 0]
     if present.size == 0:
         return LabelScheme.named("ctarr19")
@@ -77,8 +107,9 @@ def detect_scheme(img: sitk.Image, path: Path | None, warnings: WarningLog) -> L
     if top <= 19:
         return LabelScheme.named("ctarr19")
     v2, v1 = LabelScheme.named("ts_v2"), LabelScheme.named("ts_v1")
-    s2 = _vertebra_order_score(arr, present, v2.names)
-    s1 = _vertebra_order_score(arr, present, v1.names)
+    z_mean = _z_means(img, present)
+    s2 = _vertebra_order_score(z_mean, v2.names)
+    s1 = _vertebra_order_score(z_mean, v1.names)
     if s1 > s2 + 0.2:
         return v1
     if not s2 > s1 + 0.2:

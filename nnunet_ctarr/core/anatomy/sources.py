@@ -18,6 +18,7 @@ from ..base.errors import CTARRError, WarningLog
 from ..base.files import input_stamp
 from ..base.nnunet_format import foreground_labels
 from . import totalseg_weights
+from .grid import WORKING_SPACING_MM
 from .groups import LabelScheme
 from .label_maps import detect_scheme
 from .masks import AnatomyMasks, load_anatomy
@@ -43,6 +44,11 @@ class AnatomySource(ABC):
     def stamp(self, case: str) -> dict:
         """What ``--continue`` compares of the case's anatomy."""
         return {"source": type(self).__name__}
+
+    def from_image(self, image: sitk.Image, warnings: WarningLog, case: str = "") -> AnatomyMasks | None:
+        """The anatomy made from an image already in memory, or None when this source reads files
+        (the default; the HU anatomy computes it from the image)."""
+        return None
 
 
 #: ``-anatomy_model`` keywords besides a model folder -> what they are (argparse help, docs, checks)
@@ -71,7 +77,9 @@ class PrecomputedAnatomy(AnatomySource):
         self.cases = list(cases)
 
     def load(self, case: str, warnings: WarningLog) -> AnatomyMasks:
-        return load_anatomy(match_case_file(self.path, case, self.cases, "anatomy segmentation"), self.fmt, warnings)
+        """The case's anatomy for the registration (a mask folder is built on the working grid)."""
+        path = match_case_file(self.path, case, self.cases, "anatomy segmentation")
+        return load_anatomy(path, self.fmt, warnings, WORKING_SPACING_MM)
 
     def stamp(self, case: str) -> dict:
         """The case's anatomy file (or mask folder) with its size and modification time."""

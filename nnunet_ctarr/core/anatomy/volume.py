@@ -14,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..base.geometry import Geometry
+from .grid import WORKING_SPACING_MM, sample_nearest
 from .groups import GROUPS, N_GROUPS
 from .masks import AnatomyMasks
 
@@ -63,7 +64,7 @@ class MaskVolume:
             if self.labels is not None:
                 n = np.bincount(self.labels.ravel(), minlength=N_GROUPS + 1)[1:N_GROUPS + 1]
             else:
-                n = self.prob.reshape(N_GROUPS, -1).sum(1, dtype=np.float64)
+                n = self._prob_moments()[0]
             self._cache["vol"] = n.astype(np.float64) * self.voxel_volume
         return self._cache["vol"]
 
@@ -73,29 +74,70 @@ class MaskVolume:
             return self._cache["com"]
         com = np.full((N_GROUPS, 3), np.nan)
         if self.labels is not None:
-            lab = self.labels
+            lab = self.labels.astype(np.intp)
             mass = np.bincount(lab.ravel(), minlength=N_GROUPS + 1).astype(np.float64)
             for ax_xyz in range(3):
                 axis = 2 - ax_xyz
+                n = lab.shape[axis]
                 shape = [1, 1, 1]
-                shape[axis] = -1
-                c = self.origin[ax_xyz] + self.spacing[ax_xyz] * np.arange(lab.shape[axis])
-                w = np.broadcast_to(c.reshape(shape), lab.shape).ravel()
-                s = np.bincount(lab.ravel(), weights=w, minlength=N_GROUPS + 1)
+                shape[axis] = n
+                # voxels per (slice along the axis, group): exact counts, one bincount
+                per = np.bincount((lab + (N_GROUPS + 1) * np.arange(n).reshape(shape)).ravel(),
+                                  minlength=n * (N_GROUPS + 1)).reshape(n, N_GROUPS + 1)
+                c = self.origin[ax_xyz] + self.spacing[ax_xyz] * np.arange(n)
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    com[:, ax_xyz] = (s / mass)[1:N_GROUPS + 1]
+                    com[:, ax_xyz] = ((c @ per) / mass)[1:N_GROUPS + 1]
             com[mass[1:N_GROUPS + 1] == 0] = np.nan
         else:
-            p = self.prob
-            mass = p.reshape(N_GROUPS, -1).sum(1, dtype=np.float64)
+            mass, first = self._prob_moments()
             ok = mass > 0
-            zy = p.sum(axis=3, dtype=np.float64)                      # two passes over the volume
-            margins = (p.sum(axis=(1, 2), dtype=np.float64), zy.sum(1), zy.sum(2))   # x, y, z
-            for ax_xyz, marg in enumerate(margins):
-                c = self.origin[ax_xyz] + self.spacing[ax_xyz] * np.arange(p.shape[3 - ax_xyz])
-                com[ok, ax_xyz] = (marg[ok] @ c) / mass[ok]
+            com[ok] = first[ok] / mass[ok, None]
         self._cache["com"] = com
         return com
+
+    def _prob_moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per group: the probability mass (19,) and its first moments in mm (19, 3), from two float32
+        sums (over x and over y; each row summed pairwise, relative error ~1e-7), float64 from there
+        on. Their nonzero rows give every group's bounding box (:meth:`_supports`)."""
+        if "moments" not in self._cache:
+            p = self.prob
+            nz, ny, nx = p.shape[1:]
+            c = [self.origin[a] + self.spacing[a] * np.arange(n) for a, n in enumerate((nx, ny, nz))]
+            zy = p.sum(axis=3).astype(np.float64)                    # (19, Z, Y)
+            zx = p.sum(axis=2).astype(np.float64)                    # (19, Z, X)
+            mass = zy.sum((1, 2))
+            first = np.stack([zx.sum(1) @ c[0], zy.sum(1) @ c[1], zy.sum(2) @ c[2]], 1)
+            self._cache["moments"] = (mass, first)
+            self._cache["nonzero_zyx"] = (zy.any(2), zy.any(1), zx.any(1))
+        return self._cache["moments"]
+
+    def _supports(self) -> list[tuple[np.ndarray, np.ndarray] | None]:
+        """Per group: the (z, y, x) index box [lo, hi) of its nonzero probabilities (None: empty)."""
+        if "supports" not in self._cache:
+            self._prob_moments()
+            boxes = []
+            for k in range(N_GROUPS):
+                hit = [np.nonzero(v[k])[0] for v in self._cache["nonzero_zyx"]]
+                boxes.append(None if any(len(h) == 0 for h in hit) else
+                             (np.array([h[0] for h in hit]), np.array([h[-1] + 1 for h in hit])))
+            self._cache["supports"] = boxes
+        return self._cache["supports"]
+
+    def _pooled_prob(self, f: int, nb: np.ndarray) -> np.ndarray:
+        """Block means of the probabilities by ``f`` (``nb`` blocks, ragged edge dropped), each group
+        only over the blocks that touch its nonzero box (the others are exactly 0): the values of one
+        :func:`_block_mean` over the whole volume, with ~1/20 of the work on the atlas."""
+        out = np.zeros((N_GROUPS,) + tuple(int(v) for v in nb), np.float32)
+        for g, box in enumerate(self._supports()):
+            if box is None:
+                continue
+            lo, hi = box[0] // f, np.minimum(-(-box[1] // f), nb)
+            if np.any(hi <= lo):
+                continue
+            blocks = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+            voxels = tuple(slice(int(a) * f, int(b) * f) for a, b in zip(lo, hi))
+            out[(g,) + blocks] = _block_mean(self.prob[(g,) + voxels], f)
+        return out
 
     def group_span(self) -> str:
         """The groups present, top to bottom by centre of mass: ``vertebrae_C to urinary_bladder``."""
@@ -128,7 +170,7 @@ class MaskVolume:
             cnt = cnt.reshape(int(nb.prod()), N_GROUPS + 1)[:, 1:].T.astype(np.float32) / f ** 3
             prob = np.ascontiguousarray(cnt.reshape((N_GROUPS,) + tuple(nb)))
         else:
-            prob = _block_mean(self.prob[:, :n[0], :n[1], :n[2]], f)
+            prob = self._pooled_prob(f, nb)
         if self.coverage is None:
             cov = np.ones(tuple(nb), np.float32)
         else:
@@ -154,17 +196,9 @@ class MaskVolume:
         return self.geometry.image(lab)
 
 
-def anatomy_to_volume(anat: AnatomyMasks, spacing: float = 3.0) -> MaskVolume:
-    """Nearest-neighbour resample of the group label map onto an LPS grid."""
-    lab = anat.labels
-    if lab.GetPixelID() != sitk.sitkUInt8:
-        lab = sitk.Cast(lab, sitk.sitkUInt8)
-    lab = sitk.DICOMOrient(lab, "LPS")
-    aligned = np.allclose(lab.GetDirection(), np.eye(3).ravel(), atol=1e-6)
-    if aligned and np.allclose(lab.GetSpacing(), spacing, atol=1e-6):
-        res = lab
-    else:
-        grid = Geometry.of(lab).resampling_grid(spacing).to_reference()
-        res = sitk.Resample(lab, grid, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
-    return MaskVolume(np.array(res.GetOrigin()), np.array(res.GetSpacing()), anat.observed.copy(),
-                      labels=sitk.GetArrayFromImage(res))
+def anatomy_to_volume(anat: AnatomyMasks, spacing: float = WORKING_SPACING_MM) -> MaskVolume:
+    """The group label map picked nearest-neighbour onto the LPS working grid (:mod:`.grid`); a
+    source's label ids are mapped to groups after the picking, on the small grid."""
+    grid, ids = sample_nearest(anat.label_map, spacing)
+    labels = anat.groups_of(ids)
+    return MaskVolume(grid.origin, grid.spacing, anat.observed.copy(), labels=np.ascontiguousarray(labels))

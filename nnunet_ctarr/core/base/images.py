@@ -13,19 +13,17 @@ Conventions used throughout the package:
 """
 from __future__ import annotations
 
-import errno
 import zlib
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from .cases import IMAGE_EXTENSIONS
 from .dicom import read_dicom_folder
 from .errors import CTARRError, WarningLog, itk_message
-from .files import atomic_write
 from .geometry import Geometry
-from .integrity import check_complete, nifti_bytes
+from .integrity import check_complete
+from .nifti import DEFAULT_LEVEL, save_image
 
 MIN_SLICES = 3          # voxels along every axis below which an image is not a usable 3-D volume
 MAX_SHEAR_DEG = 45      # a sheared grid beyond this is an error, not resampled (gantry tilts are <= 30°)
@@ -198,23 +196,8 @@ def match_label_to_image(label: sitk.Image, image: sitk.Image, name: str = "labe
     return sitk.Resample(label, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, label.GetPixelID())
 
 
-def write_image(img: sitk.Image, path: str | Path, compress: bool = True) -> None:
+def write_image(img: sitk.Image, path: str | Path, compress: bool = True, level: int = DEFAULT_LEVEL) -> None:
     """Write atomically (a temporary file in the same folder is renamed into place), with the
-    permissions of the user's umask. A NIfTI file is read back by its header before the rename:
-    SimpleITK's NIfTI writer reports a full disk only on the console and leaves a cut file."""
-    path = Path(path)
-    ext = next((e for e in IMAGE_EXTENSIONS if path.name.lower().endswith(e)), path.suffix)
-    d = np.array(img.GetDirection(), float).reshape(img.GetDimension(), img.GetDimension())
-    if ext in (".nii", ".nii.gz") and not np.allclose(d.T @ d, np.eye(len(d)), atol=1e-4):
-        raise CTARRError(f"cannot write {path}: NIfTI cannot store a sheared (non-orthogonal) grid; "
-                         "write .nrrd or .mha")
-
-    def write(tmp: str) -> None:
-        sitk.WriteImage(img, tmp, compress)
-        try:
-            sizes = nifti_bytes(Path(tmp))
-        except (OSError, EOFError, zlib.error):
-            sizes = (0, 1)
-        if sizes is not None and sizes[0] < sizes[1]:
-            raise OSError(errno.EIO, "the file came out incomplete (is the disk full?)")
-    atomic_write(path, ext, write)
+    permissions of the user's umask: :func:`.nifti.save_image` (NIfTI deflated at ISA-L ``level`` 0-3,
+    ``.nii`` uncompressed; other formats by SimpleITK, ``compress``: its own compression)."""
+    save_image(img, path, level, compress)

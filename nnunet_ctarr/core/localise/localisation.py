@@ -37,7 +37,7 @@ class Localisation:
 def check_anatomy_matches_image(anatomy: AnatomyMasks, image: Geometry | sitk.Image) -> None:
     """The anatomy must cover the image in world space (grids may differ; an anatomy of a larger
     scan, e.g. of the full scan a CT was cropped from, is fine: the transform is in world mm)."""
-    anat, img = Geometry.of(anatomy.labels), as_geometry(image)
+    anat, img = anatomy.geometry, as_geometry(image)
     _, frac_img = anat.overlap(img)
     if frac_img < 0.9:
         raise LocalisationUntrusted(

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from ..anatomy.groups import GROUPS
 from ..anatomy.volume import MaskVolume
@@ -119,14 +120,32 @@ def _choose_orientation(cands: list[dict], searched: bool, n_big: int, s: Regist
     return chosen, False
 
 
+def _refine(moving: MaskVolume, fixed: MaskVolume, M: np.ndarray, t0: np.ndarray, groups: np.ndarray,
+            s: RegistrationSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """The Dice refinement, coarse to fine: (scale, translation, per-group Dice, iterations).
+    Its matrix products are small: one BLAS thread each (threads fighting over two busy cores made
+    it 5-10x slower, e.g. under ``-np 2`` or next to other jobs)."""
+    from .refinement import DiceProblem, refine
+
+    scale, tau = np.ones(3), np.zeros(3)
+    n_it = 0
+    dice = np.zeros(len(groups))
+    problem = None
+    with threadpool_limits(1, user_api="blas"):
+        for level in s.levels:
+            problem = DiceProblem(moving, fixed, M, t0, groups, level)
+            scale, tau, dice, it = refine(problem, scale, tau, s)
+            n_it += it
+    scale, trans = problem.to_transform(scale, tau)
+    return scale, trans, dice, n_it
+
+
 def register(moving: MaskVolume, fixed: MaskVolume, settings: RegistrationSettings | None = None,
              orientation: tuple[int, tuple[bool, bool, bool]] | None = None) -> RegistrationResult:
     """Register scan masks (world mm) to the atlas (atlas mm).
 
     ``orientation`` forces (k_rot, flip) and skips the search.
     """
-    from .refinement import DiceProblem, refine
-
     s = settings or RegistrationSettings()
     t_start = time.perf_counter()
     warnings: list[str] = []
@@ -153,15 +172,7 @@ def register(moving: MaskVolume, fixed: MaskVolume, settings: RegistrationSettin
     t_landmarks = time.perf_counter()
 
     groups = np.nonzero(usable)[0]
-    scale, tau = np.ones(3), np.zeros(3)
-    n_it = 0
-    dice = np.zeros(len(groups))
-    problem = None
-    for level in s.levels:
-        problem = DiceProblem(moving, fixed, M, t0, groups, level)
-        scale, tau, dice, it = refine(problem, scale, tau, s)
-        n_it += it
-    scale, trans = problem.to_transform(scale, tau)
+    scale, trans, dice, n_it = _refine(moving, fixed, M, t0, groups, s)
     t_end = time.perf_counter()
     tf = AtlasTransform(chosen["k_rot"], chosen["flip"], scale, trans)
     return RegistrationResult(

@@ -105,7 +105,8 @@ def _scan_reasons(loc, atlas: Atlas) -> tuple[list[str], dict]:
     return reasons, {"registration_dice": float(reg.dice), "share_outside_atlas": share}
 
 
-def region_outside(loc, atlas: Atlas, plan: CropPlan, region: Region, image: Geometry) -> tuple[str, str]:
+def region_outside(loc, atlas: Atlas, plan: CropPlan, region: Region, image: Geometry,
+                   in_view: tuple[float, float, str]) -> tuple[str, str]:
     """(why the region is not in this image's field of view or "", a reason against trust or ""):
     not in view when no box reaches into the image; when the anatomy has a channel for the region's
     organ, shows less than :data:`MIN_ORGAN_ML` of it, and the atlas's organ in view would be less
@@ -114,7 +115,7 @@ def region_outside(loc, atlas: Atlas, plan: CropPlan, region: Region, image: Geo
     region's tight boxes) maps into the image."""
     if not plan.usable:
         return f"region '{region.name}' lies entirely outside the field of view", ""
-    share, ml, what = atlas_in_view(loc, atlas, region, image)
+    share, ml, what = in_view
     groups = [t for t in target_groups(region) if loc.anatomy_volume.observed[t] and atlas.observed[t]]
     if not groups:
         if share < MIN_IN_VIEW:
@@ -163,10 +164,10 @@ def assess(loc, atlas: Atlas, region: Region | None = None, plan: CropPlan | Non
     if region is None or plan is None or image is None or reasons:
         return Trust(not reasons, tuple(reasons), measures)
     geo = as_geometry(image)
+    in_view = atlas_in_view(loc, atlas, region, geo) if plan.usable else (0.0, 0.0, "")
     if plan.usable:
-        share, ml, _ = atlas_in_view(loc, atlas, region, geo)
-        measures.update(atlas_share_in_view=share, atlas_ml_in_view=ml)
-    outside, against = region_outside(loc, atlas, plan, region, geo)
+        measures.update(atlas_share_in_view=in_view[0], atlas_ml_in_view=in_view[1])
+    outside, against = region_outside(loc, atlas, plan, region, geo, in_view)
     if outside:
         return Trust(True, (), measures, outside)
     more, m = region_reasons(loc, atlas, plan, region, geo)

@@ -13,6 +13,8 @@ from ..regions.region import Region
 
 #: the region Dice needs at least this much (ml) atlas anatomy the scan can express inside the boxes
 MIN_REGION_ATLAS_ML = 20.0
+#: atlas-side arrays (per atlas and groups), computed once per process
+_CACHE: dict = {}
 
 
 def outside_atlas(loc, atlas: Atlas) -> tuple[float, list[str], str]:
@@ -61,14 +63,28 @@ def labels_on_atlas_box(vol, tf, origin: np.ndarray, spacing: np.ndarray, n_xyz:
     return lab, inside
 
 
+def _used_prob(atlas: Atlas, use: np.ndarray) -> np.ndarray:
+    """The atlas's summed probability of the groups ``use`` (Z, Y, X), cached per atlas and groups."""
+    key = (atlas.atlas_id if atlas.atlas_id != "unknown" else id(atlas), use.tobytes())
+    if key not in _CACHE:
+        _CACHE.clear() if len(_CACHE) > 64 else None
+        total = np.zeros(atlas.prob.shape[1:], np.float32)
+        for g in np.nonzero(use)[0]:                  # no fancy-index copy of the whole atlas
+            np.add(total, atlas.prob[g], out=total)
+        _CACHE[key] = total
+    return _CACHE[key]
+
+
 def region_dice(loc, atlas: Atlas, plan: CropPlan) -> float:
     """Soft Dice of scan anatomy vs atlas inside the region's boxes and the field of view (atlas
     frame, groups both the scan and the atlas can express); NaN when there is nothing to compare: the
     atlas holds less than :data:`MIN_REGION_ATLAS_ML` of those groups there (e.g. an HU anatomy, which
-    sees lungs and bones, in the gallbladder's box)."""
+    sees lungs and bones, in the gallbladder's box). Per voxel the scan's group picks its own atlas
+    probability (one gather, no per-group arrays)."""
     vol, g = loc.anatomy_volume, atlas.grid
     use = vol.observed & atlas.observed
-    ids = (np.arange(len(GROUPS)) + 1)[use][:, None, None, None]
+    used_lut = np.r_[False, use]                                     # label value -> group in use
+    total = _used_prob(atlas, use)
     inter = den = atlas_mass = 0.0
     for box in plan.usable:
         lo = np.clip(np.floor((box.atlas_mm[0] - g.origin) / g.spacing).astype(int), 0, g.size_xyz)
@@ -78,29 +94,66 @@ def region_dice(loc, atlas: Atlas, plan: CropPlan) -> float:
         lab, inside = labels_on_atlas_box(vol, loc.transform, g.origin + lo * g.spacing, g.spacing, hi - lo)
         sl = (slice(lo[2], hi[2]), slice(lo[1], hi[1]), slice(lo[0], hi[0]))
         w = inside & (atlas.coverage[sl] > 0)
-        a, s = atlas.prob[(slice(None),) + sl][use] * w, (lab == ids) & w
-        inter += float((a * s).sum())
-        den += float(a.sum() + s.sum())
-        atlas_mass += float(a.sum())
+        s = used_lut[lab] & w
+        z, y, x = np.nonzero(s)
+        inter += float(atlas.prob[lab[z, y, x].astype(np.intp) - 1, z + lo[2], y + lo[1], x + lo[0]].sum())
+        a = float(total[sl][w].sum())
+        den += a + float(len(z))
+        atlas_mass += a
     if atlas_mass * np.prod(g.spacing) / 1000.0 < MIN_REGION_ATLAS_ML:
         return float("nan")
     return 2 * inter / den
 
 
+def _organ_index(loc, image: Geometry, groups: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(continuous image index of every anatomy voxel of ``groups``, whether it lies in the image),
+    computed once per localisation, image and groups."""
+    key = ("organ_index", tuple(groups), image)
+    if key not in loc.cache:
+        vol = loc.anatomy_volume
+        zyx = np.argwhere(np.isin(vol.labels, np.asarray(groups) + 1))
+        idx = image.world_to_index(vol.origin + zyx[:, ::-1] * vol.spacing)
+        loc.cache[key] = idx, np.all((idx > -0.5) & (idx < np.array(image.size_xyz) - 0.5), 1)
+    return loc.cache[key]
+
+
 def organ_in_crop(loc, plan: CropPlan, image: Geometry, groups: list[int]) -> tuple[float, float]:
     """(ml of the region's own organ in the image per the anatomy, share of it inside the crops)."""
-    vol = loc.anatomy_volume
-    zyx = np.argwhere(np.isin(vol.labels, np.asarray(groups) + 1))
-    idx = image.world_to_index(vol.origin + zyx[:, ::-1] * vol.spacing)
-    size = np.array(image.size_xyz)
-    in_image = np.all((idx > -0.5) & (idx < size - 0.5), 1)
+    idx, in_image = _organ_index(loc, image, groups)
     in_crop = np.zeros(len(idx), bool)
     for b in plan.usable:
         in_crop |= np.all((idx > b.start_xyz - 0.5) & (idx < b.stop_xyz - 0.5), 1)
     n = int(in_image.sum())
-    return n * vol.voxel_volume / 1000.0, (float((in_crop & in_image).sum()) / n if n else float("nan"))
+    return n * loc.anatomy_volume.voxel_volume / 1000.0, (float((in_crop & in_image).sum()) / n if n else float("nan"))
 
 
+def _group_prob(atlas: Atlas, groups: list[int]) -> np.ndarray:
+    """The atlas's summed probability of ``groups`` (Z, Y, X), below 1 % set to 0; cached."""
+    key = (atlas.atlas_id if atlas.atlas_id != "unknown" else id(atlas), "groups", tuple(groups))
+    if key not in _CACHE:
+        prob = atlas.prob[groups[0]].copy()
+        for g in groups[1:]:
+            np.add(prob, atlas.prob[g], out=prob)
+        prob[prob <= 0.01] = 0
+        _CACHE[key] = prob
+    return _CACHE[key]
+
+
+def _inside_along_axes(tf, atlas: Atlas, image: Geometry) -> list[np.ndarray] | None:
+    """Whether each atlas voxel maps into the image, as one mask per atlas axis (x, y, z) — the
+    transform is axis-aligned, so for an image stored along the world axes each image axis depends on
+    one atlas axis; None for an oblique image."""
+    if not np.allclose(np.abs(image.matrix), np.round(np.abs(image.matrix)), atol=1e-6):
+        return None
+    size = np.array(atlas.shape_zyx[::-1])
+    base = image.world_to_index(tf.to_world(atlas.origin))
+    ok = [np.ones(n, bool) for n in size]
+    for i in range(3):
+        pts = atlas.origin + np.outer(np.arange(size[i]), np.eye(3)[i] * atlas.spacing[i])
+        idx = image.world_to_index(tf.to_world(pts))                 # (N_i, 3): the image axes atlas axis i moves
+        for m in np.nonzero(np.abs(idx[-1] - base) > 1e-9)[0] if size[i] > 1 else []:
+            ok[i] &= (idx[:, m] > -0.5) & (idx[:, m] < image.size_xyz[m] - 0.5)
+    return ok
 
 
 def atlas_in_view(loc, atlas: Atlas, region: Region, image: Geometry) -> tuple[float, float, str]:
@@ -111,13 +164,18 @@ def atlas_in_view(loc, atlas: Atlas, region: Region, image: Geometry) -> tuple[f
     groups = [g for g in target_groups(region) if atlas.observed[g]]
     tf = loc.transform
     if groups:
-        prob = atlas.prob[groups].sum(0)
-        zyx = np.argwhere(prob > 0.01)
-        w = prob[tuple(zyx.T)]
-        idx = image.world_to_index(tf.to_world(atlas.origin + zyx[:, ::-1] * atlas.spacing))
-        inside = np.all((idx > -0.5) & (idx < np.array(image.size_xyz) - 0.5), 1)
-        ml = float(w[inside].sum()) * float(np.prod(atlas.spacing)) / float(np.prod(tf.scale)) / 1000.0
-        return (float(w[inside].sum() / w.sum()) if w.sum() > 0 else 0.0), ml, ", ".join(GROUPS[g] for g in groups)
+        prob, axes = _group_prob(atlas, groups), _inside_along_axes(tf, atlas, image)
+        if axes is not None:
+            wx, wy, wz = (a.astype(np.float32) for a in axes)          # three matrix-vector products
+            inside = float(((prob @ wx) @ wy) @ wz)
+        else:                                                         # an oblique image: voxel by voxel
+            zyx = np.argwhere(prob > 0)
+            idx = image.world_to_index(tf.to_world(atlas.origin + zyx[:, ::-1] * atlas.spacing))
+            ok = np.all((idx > -0.5) & (idx < np.array(image.size_xyz) - 0.5), 1)
+            inside = float(prob[tuple(zyx[ok].T)].sum())
+        total = float(prob.sum())
+        ml = inside * float(np.prod(atlas.spacing)) / float(np.prod(tf.scale)) / 1000.0
+        return (inside / total if total > 0 else 0.0), ml, ", ".join(GROUPS[g] for g in groups)
     plan = plan_crops(image, tf, region.boxes_mm)
     full = np.array([np.prod((b.full_stop_xyz - b.full_start_xyz).astype(float)) for b in plan.boxes])
     frac = np.array([b.fraction_inside for b in plan.boxes])

@@ -23,7 +23,7 @@ from ... import __version__
 from ..anatomy.atlas import Atlas
 from ..base.files import input_stamp
 from ..base.geometry import Geometry
-from ..base.images import write_image
+from ..base.nifti import DEFAULT_LEVEL, write_images
 from ..localise.decision import Policy, Status
 from ..localise.localisation import groups_present
 from ..pipeline import CaseCrops, CutOptions, RegionCrops
@@ -31,6 +31,9 @@ from ..regions.region import Region
 from .qc import picture_name
 from .records import CaseRecord, OutputFile, RegionRecord
 from .sidecar import write_sidecar
+
+#: the crops of one case are written in this many threads (the deflate releases the GIL)
+WRITE_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -45,12 +48,21 @@ class CropOptions:
     allow_nonfinite: bool = False          # replace NaN/Inf voxels by the image minimum instead of refusing
     on_untrusted: str = "whole"            # core.localise.decision.ON_UNTRUSTED
     boxes_only: bool = False               # sidecar and report only: no image written
+    compression: str = str(DEFAULT_LEVEL)  # ISA-L level "0".."3" (.nii.gz) or "none" (.nii)
 
     def policy(self) -> Policy:
         return Policy(self.on_untrusted, self.margin_mm, self.z_only)
 
     def cut(self) -> CutOptions:
-        return CutOptions(self.boxes_only, self.pad, self.fill_value)
+        return CutOptions(self.boxes_only, self.pad, self.fill_value, lazy=True)
+
+    @property
+    def suffix(self) -> str:
+        return ".nii" if self.compression == "none" else ".nii.gz"
+
+    @property
+    def level(self) -> int:
+        return DEFAULT_LEVEL if self.compression == "none" else int(self.compression)
 
 
 def torch_version() -> str:
@@ -82,15 +94,21 @@ def write_case(crops: CaseCrops, stamp: CaseRecord, out: Path, opts: CropOptions
     On error, removes whatever it wrote and re-raises."""
     written: list[Path] = []
     try:
-        regions = {}
+        t = time.perf_counter()
+        pairs, outputs = [], {}
         for rc in crops.regions:
-            t = time.perf_counter()
-            outputs = _write_pieces(crops, rc, out, written)
+            outputs[rc.decision.region.name] = _name_pieces(crops, rc, out, opts.suffix, pairs)
+        written += [p for _, p in pairs]              # listed first: a failure removes every file of the case
+        write_images(pairs, opts.level, threads=WRITE_THREADS)
+        for rc in crops.regions:
             if opts.qc and crops.located.localisation is not None:
                 written.append(_qc(out, crops, rc))
-            regions[rc.decision.region.name] = region_record(crops, rc, opts.margin_mm, opts.z_only, outputs,
-                                                             time.perf_counter() - t)
-        record = _case_record(crops, stamp, regions)
+        seconds = {"write": time.perf_counter() - t}
+        share = sum(crops.seconds.values(), seconds["write"]) / max(len(crops.regions), 1)
+        regions = {rc.decision.region.name: region_record(crops, rc, opts.margin_mm, opts.z_only,
+                                                          outputs[rc.decision.region.name], share)
+                   for rc in crops.regions}
+        record = _case_record(crops, stamp, regions, seconds)
         write_sidecar(out / f"{crops.case}.ctarr.json", record)
         return record
     except BaseException:
@@ -99,8 +117,9 @@ def write_case(crops: CaseCrops, stamp: CaseRecord, out: Path, opts: CropOptions
         raise
 
 
-def _write_pieces(crops: CaseCrops, rc: RegionCrops, out: Path, written: list[Path]) -> tuple[OutputFile, ...]:
-    """The files of one region (none for boxes only, skipped, outside)."""
+def _name_pieces(crops: CaseCrops, rc: RegionCrops, out: Path, suffix: str, pairs: list) -> tuple[OutputFile, ...]:
+    """The file names of one region's pieces (none for boxes only, skipped, outside); the
+    (image or crop, path) pairs to write are added to ``pairs``."""
     region = rc.decision.region
     multi_box, multi_channel = len(region.boxes_mm) > 1, len(crops.channels) > 1
     files = []
@@ -108,15 +127,11 @@ def _write_pieces(crops: CaseCrops, rc: RegionCrops, out: Path, written: list[Pa
         if not piece.channels:
             continue
         stem = f"{crops.case}_{region.name}" + (f"_box{piece.box.index}" if multi_box and piece.box else "")
-        names = [f"{stem}_{c:04d}.nii.gz" if multi_channel else f"{stem}.nii.gz" for c in range(len(piece.channels))]
-        for img, name in zip(piece.channels, names):
-            write_image(img, out / name)
-            written.append(out / name)
-        lab = None
-        if piece.labels is not None:
-            lab = f"{stem}_labels.nii.gz"
-            write_image(piece.labels, out / lab)
-            written.append(out / lab)
+        names = [f"{stem}_{c:04d}{suffix}" if multi_channel else f"{stem}{suffix}" for c in range(len(piece.channels))]
+        pairs += [(img, out / name) for img, name in zip(piece.channels, names)]
+        lab = f"{stem}_labels{suffix}" if piece.labels is not None else None
+        if lab:
+            pairs.append((piece.labels, out / lab))
         files.append(OutputFile(tuple(names), piece.box.index if piece.box else None, lab))
     return tuple(files)
 
@@ -151,9 +166,11 @@ def region_definition(region: Region, margin_mm: float, z_only: bool) -> dict:
             "boxes_mm": np.round(region.boxes_mm, 3).tolist()}
 
 
-def _case_record(crops: CaseCrops, stamp: CaseRecord, regions: dict[str, RegionRecord]) -> CaseRecord:
+def _case_record(crops: CaseCrops, stamp: CaseRecord, regions: dict[str, RegionRecord],
+                 more_seconds: dict[str, float]) -> CaseRecord:
     loc = crops.located.localisation
-    seconds = {**crops.seconds, **({f"registration_{k}": v for k, v in loc.seconds.items()} if loc else {})}
+    seconds = {**crops.seconds, **({f"registration_{k}": v for k, v in loc.seconds.items()} if loc else {}),
+               **more_seconds}
     return replace(stamp, anatomy=crops.anatomy.source,
                    anatomy_groups_present=groups_present(loc.anatomy_volume) if loc else None,
                    image=Geometry.of(crops.image).to_dict(),

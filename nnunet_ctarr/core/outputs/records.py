@@ -47,7 +47,7 @@ class RegionRecord:
     outputs: tuple[OutputFile, ...] = ()
     label_voxels_preserved_percent: float | None = None
     warnings: tuple[str, ...] = ()
-    seconds: float | None = None
+    seconds: float | None = None                   # the case's seconds shared equally between its regions
     error: str | None = None
 
     def to_json(self) -> dict:
