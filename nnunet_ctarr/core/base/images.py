@@ -28,9 +28,6 @@ from .nifti import DEFAULT_LEVEL, save_image
 MIN_SLICES = 3          # voxels along every axis below which an image is not a usable 3-D volume
 MAX_SHEAR_DEG = 45      # a sheared grid beyond this is an error, not resampled (gantry tilts are <= 30°)
 
-#: the last image read: (path, size, modification time) and the image (see read_image)
-_LAST_READ: list = [None, None]
-
 
 def read_image(path: str | Path, label: bool = False, warnings: WarningLog | None = None) -> sitk.Image:
     """Read a 3D image from a file (NIfTI, NRRD, MHA/MHD) or a DICOM folder, in world coordinates.
@@ -40,26 +37,11 @@ def read_image(path: str | Path, label: bool = False, warnings: WarningLog | Non
     or NRRD with non-orthogonal axes) is resampled onto an orthogonal grid, linear for images and
     nearest-neighbour for ``label`` maps, with a warning. Raises :class:`CTARRError` with a one-line
     message on any problem (unreadable, incomplete, 2-D, 4-D, vector, < 3 voxels along an axis,
-    unevenly spaced DICOM slices, a singular direction). The same unchanged file read twice in a row
-    (a case's image, then again by the HU anatomy) is decompressed once: the second read returns a
-    copy-on-write copy of the first.
+    unevenly spaced DICOM slices, a singular direction).
     """
     path = Path(path)
     if not path.exists():
         raise CTARRError(f"input not found: {path}")
-    try:
-        st = path.stat()
-        key = (str(path.resolve()), st.st_size, st.st_mtime_ns, label)
-    except OSError:
-        key = None
-    if key is not None and _LAST_READ[0] == key:
-        return sitk.Image(_LAST_READ[1])
-    img = _read(path, label, warnings)
-    _LAST_READ[:] = [key, img]
-    return sitk.Image(img)
-
-
-def _read(path: Path, label: bool, warnings: WarningLog | None) -> sitk.Image:
     try:
         if path.is_dir():
             img = read_dicom_folder(path)
