@@ -183,6 +183,37 @@ def summary_table(rows: list[dict]) -> list[str]:
     return out
 
 
+def region_table(rows: list[dict]) -> list[str]:
+    """Per region: organ voxels kept (mean / min %, as written) and the share cropped, for the
+    TotalSegmentator map and the HU anatomy, per atlas (regions whose organ is in view)."""
+    contexts = sorted({r["context"] for r in rows}, key=lambda c: (not c.startswith("in-sample"), c))
+    cols = [(c, s) for c in contexts for s in ("totalsegmentator_map", "hu")]
+    out = [
+        "| region | " + " | ".join(f"{c[:24]} {s}: kept mean / min %, cropped" for c, s in cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    for region in sorted({r["region"] for r in rows if r["region"] != "(all)"}):
+        cells = []
+        for c, s in cols:
+            sel = [
+                r
+                for r in rows
+                if r["context"] == c
+                and r["source"] == s
+                and r["region"] == region
+                and in_view(r)
+                and r.get("kept") is not None
+            ]
+            cells.append(
+                f"{np.mean([r['kept'] for r in sel]):.1f} / {np.min([r['kept'] for r in sel]):.1f}, "
+                f"{pct(np.mean([r['status'] == CROPPED for r in sel]))}"
+                if sel
+                else ""
+            )
+        out.append(f"| {region} | " + " | ".join(cells) + " |")
+    return out
+
+
 def threshold_tables(rows: list[dict]) -> list[str]:
     out = [
         "| source | good / bad crops | registration Dice good / bad | region Dice good / bad | now (0.25, 0.30): "
@@ -246,7 +277,8 @@ def failing_rows(rows: list[dict]) -> list[str]:
 
 def markdown(rows: list[dict], meta: dict, command: str) -> str:
     out = [f"Regenerate: `{command} --out docs/out_of_sample_results.md --json docs/out_of_sample.json`", ""]
-    out += summary_table(rows) + ["", "### Trust thresholds per source (all atlases and suites pooled)", ""]
+    out += summary_table(rows) + ["", "### Per region (organ in view)", ""] + region_table(rows)
+    out += ["", "### Trust thresholds per source (all atlases and suites pooled)", ""]
     out += threshold_tables(rows) + [
         "",
         "### Failing rows (cropped losing > 3 %, cropped although the organ is not "
