@@ -97,15 +97,16 @@ def calibrate(rows: list[dict], source: str) -> dict:
         rd = r.get("region_dice")
         return r["registration_dice"] >= a and (rd is None or rd >= b) and not _other_reasons(r)
 
+    region_now = T.MIN_REGION_DICE["hu" if source.startswith("hu") else "map"]
     best = None
     for a in np.round(np.arange(0.05, 0.61, 0.01), 2):
         for b in np.round(np.arange(0.0, 0.61, 0.02), 2):
             nb, ng = sum(passes(r, a, b) for r in bad), sum(passes(r, a, b) for r in good)
-            key = (-nb, ng, -abs(a - T.MIN_PLAUSIBLE_DICE) - abs(b - T.MIN_REGION_DICE))
+            key = (-nb, ng, -abs(a - T.MIN_PLAUSIBLE_DICE) - abs(b - region_now))
             if best is None or key > best[0]:
                 best = (key, float(a), float(b), nb, ng)
     span = lambda xs: [round(min(xs), 3), round(max(xs), 3)] if xs else None  # noqa: E731
-    now = (T.MIN_PLAUSIBLE_DICE, T.MIN_REGION_DICE)
+    now = (T.MIN_PLAUSIBLE_DICE, region_now)
     return {
         "good": len(good),
         "bad": len(bad),

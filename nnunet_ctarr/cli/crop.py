@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     cases = [c.case for c in all_inputs]
     inputs = select_part(all_inputs, args)
     out = check_output_folder(args.output)
-    anatomy = anatomy_source(args, device=args.device, verbose=args.verbose)
+    anatomy = anatomy_source(args, device=args.device, verbose=args.verbose,
+                             atlas=atlas if args.np <= 1 else None)        # workers load their own
     anatomy.prepare({c.case: [str(p) for p in c.channels] for c in inputs})   # a model predicts once, before workers
     opts = CropOptions(args.margin, args.z_only, args.pad, args.fill_value, args.qc, not args.no_hu_check,
                        args.allow_nonfinite, args.on_untrusted, args.boxes_only, args.compression)

@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     stamps = _stamps(job, inputs)
     done = finished_rows(out, run, regions, stamps) if args.resume else {}
     todo = [p for p in inputs if case_id(p) not in done]
-    anatomy = anatomy_source(args, device=args.device, verbose=args.verbose)
+    anatomy = anatomy_source(args, device=args.device, verbose=args.verbose,
+                             atlas=atlas if args.np <= 1 else None)        # workers load their own
     if todo:                  # a model predicts here, once, before any worker; not for rows kept
         anatomy.prepare({case_id(p): [str(p)] for p in todo})
     new, interrupted = _evaluate_all(todo, job, anatomy, atlas if args.np <= 1 else args.atlas, args.np)

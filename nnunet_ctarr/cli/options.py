@@ -200,9 +200,10 @@ def add_verbose_arg(p: argparse.ArgumentParser) -> None:
 
 
 def anatomy_source(args, device: str = "cpu", step_size: float = 0.5, disable_tta: bool = False,
-                   npp: int = 2, nps: int = 2, verbose: bool = False) -> AnatomySource:
+                   npp: int = 2, nps: int = 2, verbose: bool = False, atlas=None) -> AnatomySource:
     """The anatomy source of parsed arguments (at most one of ``-anatomy_seg`` / ``-anatomy_model``;
-    none: the HU anatomy, said on stderr) through ``nnunet_ctarr.api.anatomy_source``."""
+    none: the HU anatomy, said on stderr) through ``nnunet_ctarr.api.anatomy_source``; ``atlas``: the
+    atlas loaded already (the HU anatomy uses it; default: ``-atlas``)."""
     from ..api import anatomy_source as source_of
     model = getattr(args, "anatomy_model", None)
     if args.anatomy_seg and model:
@@ -215,7 +216,7 @@ def anatomy_source(args, device: str = "cpu", step_size: float = 0.5, disable_tt
     folds = None if getattr(args, "anatomy_folds", None) is None else \
         [f if f == "all" else int(f) for f in args.anatomy_folds]
     return source_of(args.anatomy_seg or model, kind="map" if args.anatomy_seg else "model",
-                     fmt=args.anatomy_format, atlas=getattr(args, "atlas", None),
+                     fmt=args.anatomy_format, atlas=atlas if atlas is not None else getattr(args, "atlas", None),
                      device=device, folds=folds, checkpoint=getattr(args, "anatomy_chk", "checkpoint_final.pth"),
                      step_size=step_size, disable_tta=disable_tta or getattr(args, "anatomy_disable_tta", False),
                      npp=npp, nps=nps, verbose=verbose)

@@ -111,7 +111,8 @@ def hu_anatomy(image: sitk.Image, atlas: Atlas, warnings: WarningLog | None = No
     for g in LUNGS + BONES:
         observed[GROUPS.index(g)] = atlas.observed[GROUPS.index(g)] or g == "skull"
     labels = m.geometry.image(label_groups(m, tf, atlas))
-    return AnatomyMasks(labels, observed, f"{source} (HU anatomy: lungs, bones)".strip(), (tf.k_rot, tf.flip))
+    return AnatomyMasks(labels, observed, f"{source} (HU anatomy: lungs, bones)".strip(), (tf.k_rot, tf.flip),
+                        kind="hu")
 
 
 class HUAnatomy(AnatomySource):

@@ -31,6 +31,9 @@ class AnatomyMasks:
     source: str
     orientation: tuple[int, tuple[bool, bool, bool]] | None = None
     lut: np.ndarray | None = None
+    #: what made it: "map" (a label map, mask folder or model) or "hu" (the CT's HU values); the trust
+    #: rule's thresholds are calibrated per kind (core.localise.trust.THRESHOLDS)
+    kind: str = "map"
     _groups: sitk.Image | None = field(default=None, init=False, repr=False, compare=False)
 
     @property

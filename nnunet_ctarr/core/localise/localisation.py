@@ -26,6 +26,8 @@ class Localisation:
     anatomy_volume: MaskVolume
     warnings: WarningLog = field(default_factory=WarningLog)
     seconds: dict[str, float] = field(default_factory=dict)
+    #: what made the anatomy ("map" or "hu": the trust rule's thresholds depend on it)
+    anatomy_kind: str = "map"
     #: results derived from this localisation alone (e.g. the scan-level trust verdict per atlas)
     cache: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -58,7 +60,7 @@ def locate(image: Geometry | sitk.Image | None, anatomy: AnatomyMasks, atlas: At
     res = register(vol, atlas, settings, orientation=anatomy.orientation)
     for w in res.warnings:
         warnings.warn(w)
-    return Localisation(res, vol, warnings, {"anatomy_to_grid": t1 - t0, **res.seconds})
+    return Localisation(res, vol, warnings, {"anatomy_to_grid": t1 - t0, **res.seconds}, anatomy.kind)
 
 
 def plan_region(image: Geometry | sitk.Image, loc: Localisation, region: Region, extra_margin_mm: float = 0.0,
