@@ -20,12 +20,13 @@ import SimpleITK as sitk
 from ..core.anatomy.atlas import Atlas
 from ..core.anatomy.sources import AnatomySource
 from ..core.base.errors import CTARRError, WarningLog
-from ..core.base.images import read_image, write_image
+from ..core.base.images import read_image
+from ..core.base.nifti import write_images
 from ..core.base.nnunet_format import RawCase
 from ..core.localise.decision import Policy, Status
 from ..core.outputs.case_writer import region_record
 from ..core.outputs.records import OutputFile, RegionRecord
-from ..core.pipeline import CaseCrops, crop_case
+from ..core.pipeline import CaseCrops, CutOptions, crop_case
 from ..core.regions.region import Region
 
 
@@ -48,8 +49,8 @@ def crop_dataset_case(job: CropJob, anatomy_source: AnatomySource, atlas: Atlas)
     try:
         images, label = _read(job.case)
         anatomy = anatomy_source.load(job.case.case, warnings)  # a user error for this case, never a fallback
-        crops = crop_case(job.case.case, images, anatomy, [job.region], atlas, job.policy, labels=label,
-                          warnings=warnings)
+        crops = crop_case(job.case.case, images, anatomy, [job.region], atlas, job.policy, CutOptions(lazy=True),
+                          labels=label, warnings=warnings)
         outputs = _write(job, crops, written)
         record = region_record(crops, crops.regions[0], job.policy.margin_mm, False, outputs)
         fg = int((sitk.GetArrayViewFromImage(label) > 0).sum()) if label is not None else None
@@ -70,21 +71,19 @@ def _read(case: RawCase) -> tuple[list[sitk.Image], sitk.Image | None]:
 
 
 def _write(job: CropJob, crops: CaseCrops, written: list[str]) -> tuple[OutputFile, ...]:
-    """One output case per piece (``<case>_box<k>`` for regions of several boxes); paths relative to
-    the dataset."""
-    rc, name, out = crops.regions[0], job.case.case, []
+    """One output case per piece (``<case>_box<k>`` for regions of several boxes), every file of the
+    case written at once in threads (crops streamed from the images); paths relative to the dataset."""
+    rc, name, out, pairs = crops.regions[0], job.case.case, [], []
     for piece in rc.pieces:
         case = f"{name}_box{piece.box.index}" if piece.box is not None and len(job.region.boxes_mm) > 1 else name
         files = [f"images{job.split}/{case}_{c:04d}{job.file_ending}" for c in range(len(piece.channels))]
-        for f, img in zip(files, piece.channels):
-            write_image(img, job.out_folder / f)
-            written.append(f)
-        lab = None
-        if piece.labels is not None:
-            lab = f"labels{job.split}/{case}{job.file_ending}"
-            write_image(piece.labels, job.out_folder / lab)
-            written.append(lab)
+        pairs += list(zip(piece.channels, files))
+        lab = f"labels{job.split}/{case}{job.file_ending}" if piece.labels is not None else None
+        if lab:
+            pairs.append((piece.labels, lab))
         out.append(OutputFile(tuple(files), piece.box.index if piece.box else None, lab))
+    written += [f for _, f in pairs]               # listed first: a failure removes every file of the case
+    write_images([(img, job.out_folder / f) for img, f in pairs], threads=2)
     return tuple(out)
 
 
