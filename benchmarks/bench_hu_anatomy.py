@@ -48,7 +48,7 @@ def best(fn, *args, n: int = 5):
 def main() -> None:
     torch.set_num_threads(2)
     atlas = Atlas.load()
-    t_views, _ = best(lambda: (hu_pose._CACHE.clear(), hu_pose.atlas_views(atlas)), n=3)
+    t_views, _ = best(lambda: (atlas._cache.pop("hu_views", None), hu_pose.atlas_views(atlas)), n=3)
     print(f"load average {os.getloadavg()[0]:.1f}; atlas views (once per process) {t_views:.3f} s")
     print(
         "| scan | voxels | working grid | masks | coarse pose | refined pose | groups | HU anatomy | "

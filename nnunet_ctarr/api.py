@@ -158,7 +158,7 @@ def crop(image: ImageLike | list[ImageLike], regions: str | Region | list[str | 
     if labels is not None:
         lab_img = labels if isinstance(labels, sitk.Image) else read_image(labels, label=True, warnings=warnings)
         lab = match_label_to_image(lab_img, channels[0], "label map" if isinstance(labels, sitk.Image)
-                                   else f"label map {Path(labels).name}")
+                                   else f"label map {Path(labels).name}", warnings)
     seconds["read_anatomy_labels"] = time.perf_counter() - t0
     result = crop_case(name, channels, anat, _regions(regions), atlas, Policy(on_untrusted, margin_mm, z_only),
                        CutOptions(boxes_only, pad, fill_value, lazy), lab, warnings=warnings)
@@ -167,19 +167,31 @@ def crop(image: ImageLike | list[ImageLike], regions: str | Region | list[str | 
 
 def crops_from_sidecar(sidecar: str | Path | CaseRecord, image: ImageLike,
                        regions: list[str] | None = None) -> dict[str, list[sitk.Image]]:
-    """Cut the crops a sidecar describes from the image (e.g. one written with ``--boxes_only``):
-    region name -> one crop per usable box, on the fly, without locating again."""
+    """Cut the crops a sidecar describes from the image it was written for (e.g. with
+    ``--boxes_only``), on the fly, without locating again: region name -> one crop per usable box
+    (padded as the command would with ``--pad``), or the whole image for ``untrusted: whole image``;
+    regions skipped or outside the field of view give none. An image on another grid than the
+    sidecar's is refused (its index boxes would cut the wrong voxels)."""
+    from .core.base.geometry import Geometry
     from .core.outputs.sidecar import read_sidecar
     record = sidecar if isinstance(sidecar, CaseRecord) else read_sidecar(Path(sidecar))
     if record is None:
         raise CTARRError(f"{sidecar}: not a sidecar of this version of nnunet-ctarr")
     img = image if isinstance(image, sitk.Image) else read_image(image)
+    if record.image is None or not Geometry.of(img).same_grid(Geometry(**record.image)):
+        raise CTARRError(f"the image is not on the grid the sidecar of case {record.case} was written for "
+                         f"({Geometry.of(img).describe()} vs {record.image})")
+    pad = bool(record.settings.get("pad"))
+    fill = record.settings.get("fill_value")
+    fill = float(sitk.GetArrayViewFromImage(img).min()) if fill is None else float(fill)
     out = {}
     for name, rec in record.regions.items():
         if regions is not None and name not in regions:
             continue
-        if rec.status in (Status.CROPPED, Status.ANYWAY):
-            out[name] = [crop_image(img, _box(b)) for b in rec.boxes if b["status"] != "outside"]
+        if rec.status is Status.WHOLE:
+            out[name] = [img]
+        elif rec.status in (Status.CROPPED, Status.ANYWAY):
+            out[name] = [crop_image(img, _box(b), pad, fill) for b in rec.boxes if b["status"] != "outside"]
     return out
 
 
@@ -188,7 +200,10 @@ def _box(d: dict):
     import numpy as np
 
     from .core.regions.cropping import BoxPlan
-    return BoxPlan(d["box"], np.array([d["atlas_min_mm"], d["atlas_max_mm"]]),
-                   np.array([d["world_min_mm_lps"], d["world_max_mm_lps"]]), np.array(d["index_start_xyz"]),
-                   np.array(d["index_stop_xyz"]), np.array(d["unclipped_index_start_xyz"]),
-                   np.array(d["unclipped_index_stop_xyz"]), d["status"], d["fraction_of_box_inside_image"])
+    try:
+        return BoxPlan(d["box"], np.array([d["atlas_min_mm"], d["atlas_max_mm"]]),
+                       np.array([d["world_min_mm_lps"], d["world_max_mm_lps"]]), np.array(d["index_start_xyz"]),
+                       np.array(d["index_stop_xyz"]), np.array(d["unclipped_index_start_xyz"]),
+                       np.array(d["unclipped_index_stop_xyz"]), d["status"], d["fraction_of_box_inside_image"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CTARRError(f"a box of the sidecar is damaged ({type(e).__name__}: {e})") from None

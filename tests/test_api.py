@@ -7,6 +7,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 from conftest import ABDOMEN, run_in_process
 
@@ -75,3 +76,16 @@ def test_boxes_only_then_crops_cut_from_the_sidecar_equal_the_written_crops(tmp_
         written = sitk.ReadImage(str(tmp_path / "crops" / f"example_ct_kidneys_box{k}.nii.gz"))
         assert crop.GetOrigin() == written.GetOrigin() and crop.GetSize() == written.GetSize()
         assert np.array_equal(sitk.GetArrayViewFromImage(crop), sitk.GetArrayViewFromImage(written))
+
+
+def test_crops_from_a_sidecar_refuse_an_image_on_another_grid(tmp_path):
+    from nnunet_ctarr.core.base.errors import CTARRError
+
+    r = run_in_process(
+        crop_main,
+        ["-i", str(ABDOMEN[0]), "-anatomy_seg", str(ABDOMEN[1]), "-r", "kidneys", "-o", str(tmp_path), "--boxes_only"],
+    )
+    assert r.returncode == 0, r.stderr
+    other = sitk.ReadImage(str(ABDOMEN[0]))[:, :, 10:]  # the same scan without its 10 lowest slices
+    with pytest.raises(CTARRError, match="not on the grid"):
+        api.crops_from_sidecar(tmp_path / "example_ct.ctarr.json", other)

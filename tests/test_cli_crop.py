@@ -405,3 +405,18 @@ def test_ctrl_c_keeps_the_rows_so_far_and_writes_the_report(tmp_path, monkeypatc
     assert rep["interrupted"] is True
     assert [(x["case"], x["status"]) for x in rep["rows"]] == [("a", "cropped"), ("b", "failed"), ("c", "failed")]
     assert "INTERRUPTED" in r.stdout and (out / "a_liver.nii.gz").exists()
+
+
+def test_a_replaced_input_invalidates_every_region_of_its_sidecar(tmp_path):
+    """liver from input A, then heart from a replaced input B: --continue must not take liver as done,
+    and the crops of A are not left beside B's sidecar."""
+    src, out = tmp_path / "ct.nii.gz", tmp_path / "o"
+    shutil.copy(ABDOMEN[0], src)
+    base = ["-i", str(src), "-anatomy_seg", str(ABDOMEN[1]), "-o", str(out)]
+    assert run_cli([*base, "-r", "liver"]).returncode == 0
+    img = sitk.ReadImage(str(src))
+    sitk.WriteImage(img + 0, str(src))  # the same voxels written again: another file (size, time)
+    run_cli([*base, "-r", "kidneys"])
+    side = json.loads((out / "ct.ctarr.json").read_text())
+    assert sorted(side["regions"]) == ["kidneys"]  # liver was made from the old file
+    assert not (out / "ct_liver.nii.gz").exists()

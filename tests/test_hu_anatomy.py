@@ -180,8 +180,11 @@ def test_atlas_gather_equals_per_voxel_mapping(atlas, k, flip):
     ref[ok] = amap[idx[ok, 2], idx[ok, 1], idx[ok, 0]]
     assert ref.astype(bool).sum() > 10000
     assert np.array_equal(vals.ravel(), ref)
-    assert np.array_equal(above.ravel(), np.rint((tf.to_atlas(g.origin + zyx[:, ::-1] * g.spacing)[:, 2]
-                                                   - atlas.origin[2]) / atlas.spacing[2]) >= size[2])
+    assert np.array_equal(
+        above.ravel(),
+        np.rint((tf.to_atlas(g.origin + zyx[:, ::-1] * g.spacing)[:, 2] - atlas.origin[2]) / atlas.spacing[2])
+        >= size[2],
+    )
 
 
 def test_crop_without_an_anatomy_option_uses_the_hu_anatomy_and_says_so(tmp_path):
@@ -229,7 +232,7 @@ def test_one_to_three_slices_give_a_result_or_one_clear_error(chest, abdomen, at
         img = canonical(image)
         z = img.GetSize()[2] // 2
         try:
-            hu_anatomy(img[:, :, z:z + n_slices], atlas)
+            hu_anatomy(img[:, :, z : z + n_slices], atlas)
         except CTARRError as e:
             assert "\n" not in str(e)
 
@@ -336,8 +339,11 @@ def test_head_neck_like_scan_is_not_taken_for_a_chest(chest, atlas):
     assert _trusted_organ_crops(img, atlas) == []
 
 
-HEADNECK = Path("/work/shared/data/headneck_openkbp") if not os.environ.get("CTARR_DATA") else \
-    Path(os.environ["CTARR_DATA"]).parent / "headneck_openkbp"
+HEADNECK = (
+    Path("/work/shared/data/headneck_openkbp")
+    if not os.environ.get("CTARR_DATA")
+    else Path(os.environ["CTARR_DATA"]).parent / "headneck_openkbp"
+)
 
 
 @pytest.mark.skipif(not HEADNECK.is_dir(), reason="real head-neck scans not available (../shared/data)")

@@ -144,3 +144,30 @@ def test_real_full_disk(tiny_disk, suffix):
     with pytest.raises(CTARRError, match=rf"cannot write .*ct{suffix.replace('.', '[.]')}: "):
         write_image(_image(), tiny_disk / f"ct{suffix}")
     _assert_clean(tiny_disk)
+
+
+def test_threaded_writes_keep_the_umask_and_give_its_mode(tmp_path):
+    """The crops of a case are written in threads: reading the umask for each file must never expose
+    (or leave) a temporary 0 to another thread."""
+    import os
+    import sys
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    from nnunet_ctarr.core.base import files
+    from nnunet_ctarr.core.base.nifti import write_images
+
+    old, switch = os.umask(0o027), sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch often
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            modes = set(pool.map(lambda _: files._file_mode(), range(20000)))
+        assert modes == {0o640} and os.umask(0o027) == 0o027
+        img = sitk.GetImageFromArray(np.zeros((4, 5, 6), np.int16))
+        write_images([(img, tmp_path / f"c{k}.nii.gz") for k in range(20)], threads=4)
+        assert {(tmp_path / f"c{k}.nii.gz").stat().st_mode & 0o777 for k in range(20)} == {0o640}
+    finally:
+        os.umask(old)
+        sys.setswitchinterval(switch)

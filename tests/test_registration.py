@@ -101,5 +101,3 @@ def test_default_is_the_paper_rule_and_adam_option_agrees(abdomen_vol, atlas):
     assert b.dice > 0.3
     assert np.allclose(a.transform.scale, b.transform.scale, atol=0.05)
     assert np.allclose(a.transform.translation, b.transform.translation, atol=8.0)
-
-

@@ -64,7 +64,12 @@ class CaseCrops:
         return self.channels[0]
 
     def region(self, name: str) -> RegionCrops:
-        return next(r for r in self.regions if r.decision.region.name == name)
+        """The region of that name (one-line error when the case was not cropped for it)."""
+        for r in self.regions:
+            if r.decision.region.name == name:
+                return r
+        names = ", ".join(r.decision.region.name for r in self.regions)
+        raise CTARRError(f"{self.case}: no region '{name}' (regions: {names})")
 
 
 @dataclass(frozen=True)
@@ -119,10 +124,11 @@ def _cut(d: RegionDecision, channels: list[sitk.Image], labels: sitk.Image | Non
         return RegionCrops(d, (piece,), 1.0, 100.0 if labels is not None else None)
     if not d.boxes:
         return RegionCrops(d, (), 0.0, 0.0 if labels is not None else None)
-    fill = 0.0
-    if cut.pad:
-        fill = cut.fill_value if cut.fill_value is not None else float(sitk.GetArrayViewFromImage(channels[0]).min())
-    pieces = tuple(Piece(b, () if cut.boxes_only else tuple(cut.cut(c, b, fill) for c in channels),
+    fills = [0.0] * len(channels)
+    if cut.pad:                                # each channel padded with its own minimum unless a value is given
+        fills = [cut.fill_value if cut.fill_value is not None else float(sitk.GetArrayViewFromImage(c).min())
+                 for c in channels]
+    pieces = tuple(Piece(b, () if cut.boxes_only else tuple(cut.cut(c, b, f) for c, f in zip(channels, fills)),
                          None if cut.boxes_only or labels is None else cut.cut(labels, b, 0))
                    for b in d.boxes)
     if labels is not None:

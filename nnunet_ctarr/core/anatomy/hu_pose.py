@@ -34,23 +34,22 @@ XY_SCALES = (0.85, 0.92, 1.0, 1.08, 1.17)
 LUNGS = ("lung_left", "lung_right")
 BONES = ("skull", "vertebrae_C", "ribs_left", "ribs_right", "sternum", "vertebrae_T", "vertebrae_L", "sacrum",
          "hip_left", "hip_right")
-_CACHE: dict = {}
 
 
 def atlas_views(atlas: Atlas) -> dict:
     """The atlas as the HU masks see it, cached per atlas: the unions of its lung and bone channels
     (2, Z, Y, X), smoothed for the refinement, their slice profiles (2, Z) and summed-volume table,
     and the lung and bone group maps (:func:`_lung_sides`, :func:`_bone_groups`)."""
-    key = atlas.atlas_id if atlas.atlas_id != "unknown" else id(atlas)
-    if key not in _CACHE:
+    if "hu_views" not in atlas._cache:
         idx = {g: GROUPS.index(g) for g in LUNGS + BONES if atlas.observed[GROUPS.index(g)]}
         union = np.stack([np.clip(sum((atlas.prob[idx[g]] for g in names if g in idx), np.zeros(atlas.shape_zyx)),
                                   0, 1) for names in (LUNGS, BONES)]).astype(np.float32)
         cumsum = np.pad(union, ((0, 0), (1, 0), (1, 0), (1, 0))).cumsum(1).cumsum(2).cumsum(3)
         smooth = np.stack([ndi.gaussian_filter(u, SMOOTH_VOXELS, truncate=2.0) for u in union])
-        _CACHE[key] = {"union_prob": union, "union_smooth": smooth, "profiles": union.sum((2, 3)), "cumsum": cumsum,
-                       "lung_label": _lung_sides(atlas, idx), "bone_label": _bone_groups(atlas, idx)}
-    return _CACHE[key]
+        atlas._cache["hu_views"] = {"union_prob": union, "union_smooth": smooth, "profiles": union.sum((2, 3)),
+                                    "cumsum": cumsum, "lung_label": _lung_sides(atlas, idx),
+                                    "bone_label": _bone_groups(atlas, idx)}
+    return atlas._cache["hu_views"]
 
 
 def _lung_sides(atlas: Atlas, idx: dict) -> np.ndarray:

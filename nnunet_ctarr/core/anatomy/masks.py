@@ -32,7 +32,7 @@ class AnatomyMasks:
     orientation: tuple[int, tuple[bool, bool, bool]] | None = None
     lut: np.ndarray | None = None
     #: what made it: "map" (a label map, mask folder or model) or "hu" (the CT's HU values); the trust
-    #: rule's thresholds are calibrated per kind (core.localise.trust.THRESHOLDS)
+    #: rule's region Dice threshold is calibrated per kind (core.localise.trust.MIN_REGION_DICE)
     kind: str = "map"
     _groups: sitk.Image | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -108,7 +108,7 @@ def load_mask_folder(folder: Path, warnings: WarningLog, spacing: float | None =
     groups = np.zeros(sampler.grid.shape_zyx if sampler is not None else sitk.GetArrayViewFromImage(ref).shape,
                       np.uint8)
     observed = np.zeros(N_GROUPS, bool)
-    # write larger group ids first so that organs win over bones where masks overlap
+    # smaller group ids first, larger later: an organ (id > bones') wins where masks overlap
     for n, p in sorted(known.items(), key=lambda kv: GROUPS.index(group_of(kv[0]))):
         m = _mask_on_grid(read_image(p, label=True, warnings=warnings), ref, p.name, warnings)
         gi = GROUPS.index(group_of(n))

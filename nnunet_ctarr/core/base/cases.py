@@ -25,7 +25,9 @@ def strip_extension(name: str) -> str:
 
 
 def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(IMAGE_EXTENSIONS)
+    """An image file by its name; hidden files (``.tmp_*`` of an interrupted atomic write, macOS
+    ``._*``) are none."""
+    return path.is_file() and not path.name.startswith(".") and path.name.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def case_id(path: str | Path) -> str:

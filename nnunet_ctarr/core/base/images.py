@@ -161,12 +161,14 @@ def canonical(img: sitk.Image) -> sitk.Image:
     return sitk.DICOMOrient(img, "LPS")
 
 
-def match_label_to_image(label: sitk.Image, image: sitk.Image, name: str = "label map") -> sitk.Image:
+def match_label_to_image(label: sitk.Image, image: sitk.Image, name: str = "label map",
+                         warnings: WarningLog | None = None) -> sitk.Image:
     """Return ``label`` on the grid of ``image``, matched in world coordinates.
 
-    Identical grids are returned unchanged; grids that cover the same world extent (e.g. the
-    same voxels stored with a flipped axis) are resampled with nearest neighbour, which is
-    exact for them. Grids that do not cover the image raise :class:`CTARRError`.
+    Identical grids are returned unchanged; the same voxels stored in another axis order or sense
+    are reordered exactly (nearest-neighbour resampling, exact for them); another grid that covers
+    the image is resampled nearest-neighbour with a warning (thin structures may move by half a
+    voxel). Grids that do not cover the image raise :class:`CTARRError`.
     """
     lg, ig = Geometry.of(label), Geometry.of(image)
     if lg.same_grid(ig):
@@ -175,6 +177,8 @@ def match_label_to_image(label: sitk.Image, image: sitk.Image, name: str = "labe
     if cover < 0.9:
         raise CTARRError(f"{name} does not match the image in world space: it covers {100 * cover:.0f}% of the "
                          f"image (label {lg.describe()}, image {ig.describe()})")
+    if warnings is not None and not Geometry.of(canonical(label)).same_grid(Geometry.of(canonical(image))):
+        warnings.warn(f"{name} is on another grid than the image ({lg.describe()}); resampled nearest-neighbour")
     return sitk.Resample(label, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, label.GetPixelID())
 
 

@@ -50,7 +50,7 @@ def check_anatomy_matches_image(anatomy: AnatomyMasks, image: Geometry | sitk.Im
 def locate(image: Geometry | sitk.Image | None, anatomy: AnatomyMasks, atlas: Atlas,
            settings: RegistrationSettings | None = None, warnings: WarningLog | None = None) -> Localisation:
     """Register a scan's anatomy to the atlas (paper 3.2); whether the result may place a crop is
-    :func:`nnunet_ctarr.core.trust.assess`'s decision."""
+    :func:`nnunet_ctarr.core.localise.decision.decide`'s (through :mod:`.trust`)."""
     warnings = warnings if warnings is not None else WarningLog()
     t0 = time.perf_counter()
     if image is not None:

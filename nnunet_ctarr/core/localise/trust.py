@@ -1,8 +1,9 @@
 """The one trust rule: may this localisation place this region's crop, or is the region not in view?
 
-Every writer (crop, crop_dataset, evaluate, learn_region, prealign, body_height, the predictors)
-asks :func:`assess` through :mod:`.decision`; an untrusted answer is what they fall back on (the
-whole image, nothing, or the crop anyway: ``--on_untrusted``), never a user error. A localisation
+Every writer (crop, crop_dataset, evaluate, the predictors) asks :func:`assess` through
+:mod:`.decision`, and prealign / body_height through ``Located.scan_trust``; an untrusted answer is
+what they fall back on (the whole image, nothing, or the crop anyway: ``--on_untrusted``), never a
+user error. The region learner asks it directly: an untrusted scan does not vote. A localisation
 is untrusted when
 
 * the anatomy was refused before registration (:class:`LocalisationUntrusted` from ``locate``:

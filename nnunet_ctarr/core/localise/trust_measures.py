@@ -13,8 +13,6 @@ from ..regions.region import Region
 
 #: the region Dice needs at least this much (ml) atlas anatomy the scan can express inside the boxes
 MIN_REGION_ATLAS_ML = 20.0
-#: atlas-side arrays (per atlas and groups), computed once per process
-_CACHE: dict = {}
 
 
 def outside_atlas(loc, atlas: Atlas) -> tuple[float, list[str], str]:
@@ -32,8 +30,8 @@ def outside_atlas(loc, atlas: Atlas) -> tuple[float, list[str], str]:
     cov[on_grid] = atlas.coverage[idx[on_grid, 2], idx[on_grid, 1], idx[on_grid, 0]]
     out = (cov <= 0) | ~atlas.observed[groups]
     names = [GROUPS[g] for g in np.unique(groups[out])]
-    top = atlas.origin[2] + 0.5 * (size[2] - 1) * atlas.spacing[2]
-    where = ("above" if np.median(pts[out, 2]) > top else "below") if out.any() else ""
+    mid_z = atlas.origin[2] + 0.5 * (size[2] - 1) * atlas.spacing[2]       # the atlas's middle in z
+    where = ("above" if np.median(pts[out, 2]) > mid_z else "below") if out.any() else ""
     return float(out.mean()), names, where
 
 
@@ -65,14 +63,13 @@ def labels_on_atlas_box(vol, tf, origin: np.ndarray, spacing: np.ndarray, n_xyz:
 
 def _used_prob(atlas: Atlas, use: np.ndarray) -> np.ndarray:
     """The atlas's summed probability of the groups ``use`` (Z, Y, X), cached per atlas and groups."""
-    key = (atlas.atlas_id if atlas.atlas_id != "unknown" else id(atlas), use.tobytes())
-    if key not in _CACHE:
-        _CACHE.clear() if len(_CACHE) > 64 else None
+    key = ("trust_used_prob", use.tobytes())
+    if key not in atlas._cache:
         total = np.zeros(atlas.prob.shape[1:], np.float32)
         for g in np.nonzero(use)[0]:                  # no fancy-index copy of the whole atlas
             np.add(total, atlas.prob[g], out=total)
-        _CACHE[key] = total
-    return _CACHE[key]
+        atlas._cache[key] = total
+    return atlas._cache[key]
 
 
 def region_dice(loc, atlas: Atlas, plan: CropPlan) -> float:
@@ -129,14 +126,14 @@ def organ_in_crop(loc, plan: CropPlan, image: Geometry, groups: list[int]) -> tu
 
 def _group_prob(atlas: Atlas, groups: list[int]) -> np.ndarray:
     """The atlas's summed probability of ``groups`` (Z, Y, X), below 1 % set to 0; cached."""
-    key = (atlas.atlas_id if atlas.atlas_id != "unknown" else id(atlas), "groups", tuple(groups))
-    if key not in _CACHE:
+    key = ("trust_group_prob", tuple(groups))
+    if key not in atlas._cache:
         prob = atlas.prob[groups[0]].copy()
         for g in groups[1:]:
             np.add(prob, atlas.prob[g], out=prob)
         prob[prob <= 0.01] = 0
-        _CACHE[key] = prob
-    return _CACHE[key]
+        atlas._cache[key] = prob
+    return atlas._cache[key]
 
 
 def _inside_along_axes(tf, atlas: Atlas, image: Geometry) -> list[np.ndarray] | None:

@@ -2,8 +2,10 @@
 
 The case's fields (input, image geometry, anatomy, registration, versions, seconds) sit at the
 top; ``regions`` maps every region cropped (or predicted) into the folder to its record. Cropping
-another region into the same folder adds its record; re-cropping a region replaces it; a sidecar
-written for another input of the same case id is replaced as a whole. A sidecar of another
+another region into the same folder with the same input and settings adds its record; re-cropping
+a region replaces it (the files it named and the new record does not are removed); a sidecar written
+for another input, other settings or another version is replaced as a whole (for another input,
+every file it named is removed). A sidecar of another
 schema version, or not a sidecar at all, reads as None: ``--continue`` redoes the case.
 """
 from __future__ import annotations
@@ -27,11 +29,28 @@ def write_sidecar(path: Path, record: CaseRecord) -> CaseRecord:
     """Write (atomically) the case's sidecar, keeping the records of other regions written from the
     same input into this folder; returns what was written."""
     old = read_sidecar(path)
-    regions = dict(old.regions) if old is not None and old.input == record.input else {}
+    same = old is not None and old.stamp() == record.stamp()     # same input file, settings and version
+    regions = dict(old.regions) if same else {}
     regions.update(record.regions)
     side = record.with_regions(regions)
     write_json(path, side.to_json())
+    if old is not None:
+        _remove_stale_outputs(path.parent, old, side)
     return side
+
+
+def _remove_stale_outputs(folder: Path, old: CaseRecord, new: CaseRecord) -> None:
+    """Files an earlier sidecar of this case named that the new one does not: of the regions written
+    now (a region now skipped or outside the field of view, another ``--compression``), and of every
+    region when the input itself changed (crops of a file that is gone). Crops of other regions
+    made with other settings from the same input stay (the sidecar no longer lists them)."""
+    keep = {n for r in new.regions.values() for o in r.outputs for n in o.names}
+    input_changed = (old.input, old.input_stamp) != (new.input, new.input_stamp)
+    for name, rec in old.regions.items():
+        if input_changed or name in new.regions:
+            for n in {n for o in rec.outputs for n in o.names} - keep:
+                if "/" not in n and "\\" not in n:
+                    (folder / n).unlink(missing_ok=True)
 
 
 def matching_sidecar(path: Path, stamp: CaseRecord) -> CaseRecord | None:
