@@ -123,3 +123,27 @@ def test_body_height_is_consistent_between_overlapping_scans(abdomen, ts_v2, atl
     d = json.loads((tmp_path / "h.json").read_text())
     assert len(d["atlas_z_mm"]) == img.GetSize()[2]
     assert -0.05 <= min(d["score"]) < max(d["score"]) <= 1.05
+
+
+def test_an_untrusted_localisation_is_refused_unless_asked_anyway(tmp_path):
+    """body_height on a head-neck-like CT (mostly anatomy the atlas lacks): by default one error line,
+    exit 1, nothing written; with --on_untrusted anyway the result, marked trusted: false."""
+    from conftest import run_in_process
+
+    from nnunet_ctarr.core.base.images import read_image
+    from nnunet_ctarr.evaluation.hard_cases import head_neck
+
+    img, lab = head_neck(read_image(CHEST[0]), read_image(CHEST[1]), neck_mm=90.0)
+    sitk.WriteImage(img, str(tmp_path / "hn.nii.gz"))
+    sitk.WriteImage(lab, str(tmp_path / "hn_anat.nii.gz"))
+    args = ["-i", str(tmp_path / "hn.nii.gz"), "-anatomy_seg", str(tmp_path / "hn_anat.nii.gz")]
+    r = run_in_process(body_height_main, [*args, "-o", str(tmp_path / "h.json")])
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("error")][0].startswith("error: the localisation")
+    assert not (tmp_path / "h.json").exists()
+    r = run_in_process(body_height_main, [*args, "-o", str(tmp_path / "h2.json"), "--on_untrusted", "anyway"])
+    assert r.returncode == 0, r.stderr
+    d = json.loads((tmp_path / "h2.json").read_text())
+    assert d["trusted"] is False and "lies above it" in " ".join(d["trust"]["reasons"])
+    r = run_in_process(body_height_main, [*args, "-o", str(tmp_path / "h3.json"), "--on_untrusted", "mark"])
+    assert r.returncode == 0 and "deprecated" in r.stderr  # the old spelling still works and says so

@@ -411,3 +411,20 @@ def test_missing_anatomy_is_an_error_for_that_case_and_untrusted_still_falls_bac
     only.mkdir()
     shutil.copy(SMALL[0], only / "blank_0000.nii.gz")
     assert main(["-i", str(only)] + base) == 0
+
+
+def test_a_damaged_input_is_a_failed_case_not_a_prediction(tiny_model, tmp_path):
+    """nnU-Net's reader zero-fills a cut file; the predict command refuses it (one line, exit 1)."""
+    from nnunet_ctarr.cli.predict import main
+
+    img, anat = tmp_path / "img", tmp_path / "anat"
+    img.mkdir(), anat.mkdir()
+    (img / "cut_0000.nii.gz").write_bytes(Path(SMALL[0]).read_bytes()[:5000])
+    shutil.copy(SMALL[1], anat / "cut.nii.gz")
+    r = run_in_process(
+        main,
+        ["-i", str(img), "-o", str(tmp_path / "o"), "-r", "liver", "-anatomy_seg", str(anat), *cli_flags(tiny_model)],
+    )
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "damaged or incomplete" in r.stderr and "not predicted: cut" in r.stderr
+    assert not (tmp_path / "o" / "cut.nii.gz").exists()

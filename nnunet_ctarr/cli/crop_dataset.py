@@ -61,7 +61,8 @@ def build_parser() -> Parser:
                      what="a case whose localisation the trust rule refuses (docs/trust.md): copy it uncropped "
                           "(whole, default: no label lost), leave it out (skip), or crop it anyway (anyway). A "
                           "case without the region in view is left out (outside the field of view)")
-    add_deprecated(p, "--on_fail", "on_untrusted", "--on_untrusted", {"full": "whole", "skip": "skip"})
+    add_deprecated(p, "--on_fail", "on_untrusted", "--on_untrusted", {"full": "whole", "skip": "skip"},
+                   note="a case whose region is outside the field of view is now left out, not copied whole")
     p.add_argument("--no_test", action="store_true", help="do not crop imagesTs")
     add_workers_arg(p, default=max(1, min(4, (os.cpu_count() or 1) - 1)))
     add_device_arg(p, what="the anatomy model (-anatomy_model)")
@@ -134,7 +135,8 @@ def _write_dataset_files(dst: Path, src, region, name: str, args, rows: list[dic
     would not change is not rewritten."""
     n_train = sum(len(r["outputs"]) for r in rows if r["split"] == "Tr")
     if n_train == 0:
-        raise CTARRError("no training case could be cropped: " + "; ".join(r.get("error", "") for r in rows[:3]))
+        why = [f"{r['case']}: {r.get('error') or r.get('why') or r['status']}" for r in rows[:3]]
+        raise CTARRError("no training case could be cropped: " + "; ".join(why))
     # a model trained on these crops is predicted on the same crops (not on tile-fitted ones)
     cfg = make_config(region, args.margin, crops="exact", source_dataset=src.folder.name)
     write_json_if_changed(dst / "dataset.json", dict(src.dataset_json, name=name, numTraining=n_train, ctarr=cfg))

@@ -64,8 +64,8 @@ def warn_deprecated(old: str, new: str) -> None:
 class _Deprecated(argparse.Action):
     """An old option spelling: stores into the new option's ``dest`` (values mapped) and warns."""
 
-    def __init__(self, option_strings, dest, new: str = "", values: dict | None = None, **kwargs):
-        self.new, self.values = new, values or {}
+    def __init__(self, option_strings, dest, new: str = "", values: dict | None = None, note: str = "", **kwargs):
+        self.new, self.values, self.note = new, values or {}, note
         super().__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, value, option_string=None):
@@ -76,16 +76,16 @@ class _Deprecated(argparse.Action):
             print(f"warning: {option_string} {value} is deprecated and does nothing: {self.new.strip('()')}",
                   file=sys.stderr)
         else:
-            warn_deprecated(f"{option_string} {value}" if self.values else option_string,
-                            f"{self.new} {mapped}" if self.values else self.new)
+            new = (f"{self.new} {mapped}" if self.values else self.new) + (f" ({self.note})" if self.note else "")
+            warn_deprecated(f"{option_string} {value}" if self.values else option_string, new)
         setattr(namespace, self.dest, mapped)
 
 
 def add_deprecated(p: argparse.ArgumentParser, old: str, dest: str, new: str, values: dict | None = None,
-                   **kwargs) -> None:
+                   note: str = "", **kwargs) -> None:
     """``old`` (hidden from help) as an alias of the option ``new`` storing into ``dest``;
     ``values``: old value -> new value (any other value is refused with the text under ``"*"``)."""
-    p.add_argument(old, dest=dest, action=_Deprecated, new=new, values=values, **kwargs)
+    p.add_argument(old, dest=dest, action=_Deprecated, new=new, values=values, note=note, **kwargs)
 
 
 def _fallback(value: str) -> str:
@@ -257,6 +257,10 @@ def inference_device(name: str):
     if name == "cpu":
         import multiprocessing
         torch.set_num_threads(multiprocessing.cpu_count())
+    elif name.startswith("cuda") and not torch.cuda.is_available():
+        raise CTARRError(f"-device {name}: no CUDA device here (torch {torch.__version__}); use -device cpu")
+    elif name == "mps" and not torch.backends.mps.is_available():
+        raise CTARRError("-device mps: no MPS device here; use -device cpu")
     return torch.device(name)
 
 

@@ -20,7 +20,7 @@ from ..core.anatomy.atlas import Atlas
 from ..core.anatomy.sources import PrecomputedAnatomy
 from ..core.base.cases import case_id
 from ..core.base.errors import CTARRError, WarningLog
-from ..core.base.files import write_json
+from ..core.base.files import atomic_write, write_json
 from ..core.base.images import read_image
 from ..core.localise.decision import locate_case
 from ..core.localise.prealign import body_height, itk_transform, moving_to_fixed
@@ -132,12 +132,12 @@ def prealign_main(argv: list[str] | None = None) -> int:
     A, b = moving_to_fixed(fixed.transform, moving.transform)
     tx = itk_transform(fixed.transform, moving.transform)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteTransform(tx, str(out.with_suffix(".tfm")))
-    write_json(out.with_suffix(".json"), {
+    tfm, js = Path(f"{out}.tfm"), Path(f"{out}.json")              # a prefix: dots in it are kept
+    atomic_write(tfm, ".tfm", lambda tmp: sitk.WriteTransform(tx, tmp))
+    write_json(js, {
         "moving_to_fixed": {"matrix": np.round(A, 6).tolist(), "translation_mm": np.round(b, 3).tolist(),
                             "formula": "p_fixed = matrix @ p_moving + translation (world LPS mm)"},
-        "itk_transform_file": out.with_suffix(".tfm").name,
+        "itk_transform_file": tfm.name,
         "itk_convention": "maps fixed points to moving points: sitk.Resample(moving, fixed, transform)",
         "trusted": f_trust.trusted and m_trust.trusted,
         "trust": {"fixed": f_trust.to_dict(), "moving": m_trust.to_dict()},
@@ -147,7 +147,7 @@ def prealign_main(argv: list[str] | None = None) -> int:
         "seconds": round(time.perf_counter() - t0, 3),
     })
     print(f"moving -> fixed: translation {np.round(b, 1).tolist()} mm, per-axis scale (x, y, z of FIXED) "
-          f"{np.round(np.abs(A).max(axis=1), 3).tolist()} -> {out.with_suffix('.tfm')}")
+          f"{np.round(np.abs(A).max(axis=1), 3).tolist()} -> {tfm}")
     return 0
 
 
@@ -162,22 +162,30 @@ def body_height_main(argv: list[str] | None = None) -> int:
     res.update(trusted=trust.trusted, trust=trust.to_dict())
     res["registration"] = loc.registration.to_dict()
     res["warnings"] = list(loc.warnings)
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise CTARRError(f"--plot {args.plot}: give a .png file name")
     write_json(Path(args.out), res)
     if args.plot:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(range(len(res["atlas_z_mm"])), res["atlas_z_mm"])
-        ax.set_xlabel(f"slice index (image axis {'xyz'[res['slice_axis_xyz']]})")
-        ax.set_ylabel("atlas z (mm, head up)")
-        ax.set_title(Path(args.image).name, fontsize=9)
-        fig.tight_layout()
-        fig.savefig(args.plot, dpi=80)
-        plt.close(fig)
+        _plot(res, Path(args.image).name, Path(args.plot))
     z = res["atlas_z_mm"]
     print(f"{len(z)} slices, atlas z {min(z):.1f} .. {max(z):.1f} mm -> {args.out}")
     return 0
+
+
+def _plot(res: dict, title: str, path: Path) -> None:
+    """The body-height curve as a PNG (written atomically, umask permissions)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..core.outputs.qc import save_figure
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(range(len(res["atlas_z_mm"])), res["atlas_z_mm"])
+    ax.set_xlabel(f"slice index (image axis {'xyz'[res['slice_axis_xyz']]})")
+    ax.set_ylabel("atlas z (mm, head up)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=80)
 
 
 def prealign_entry() -> None:

@@ -108,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     if predictor.failed:
         print(f"error: {len(predictor.failed)} of {len(lists)} case(s) not predicted: {', '.join(predictor.failed)}",
               file=sys.stderr)
-    return max(1 if predictor.failed else 0, write_dicom_outputs(dicom_plan, args.o))
+    partly = [c for c, r in reports.items() if any(m["status"] == "failed" for m in r["models"])]
+    if partly:                                  # a model that could not plan the case: its labels are missing
+        print(f"error: {len(partly)} case(s) with a model that failed: {', '.join(partly)}", file=sys.stderr)
+    return max(1 if predictor.failed or partly else 0, write_dicom_outputs(dicom_plan, args.o))
 
 
 def entry() -> None:

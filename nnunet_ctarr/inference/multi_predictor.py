@@ -19,16 +19,29 @@ from pathlib import Path
 import numpy as np
 
 from ..core.anatomy.atlas import Atlas
-from ..core.base.errors import CTARRError, WarningLog
+from ..core.base.errors import CTARRError, WarningLog, itk_message
 from ..core.base.files import write_json
 from ..core.base.geometry import Geometry
 from ..core.base.images import write_image
+from ..core.base.integrity import check_complete
 from ..core.localise.decision import Located, locate_case
 from ..core.localise.settings import RegistrationSettings
 from ..core.regions.cropping import MaxMerge
 from .export import label_dtype
 from .multi_spec import MultiSpec
 from .predictor import nnUNetPredictorCTARR
+
+
+def _read(files: list[str]):
+    """A case's channels as nnU-Net's SimpleITKIO reads them; a damaged or unreadable file is one
+    :class:`CTARRError` for that case (nnU-Net's reader would zero-fill a cut file)."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    for f in files:
+        check_complete(Path(f))
+    try:
+        return SimpleITKIO().read_images(files)
+    except (RuntimeError, OSError, ValueError) as e:
+        raise CTARRError(f"cannot read {', '.join(Path(f).name for f in files)}: {itk_message(e)}") from None
 
 
 class ModelVotes:
@@ -135,7 +148,6 @@ class MultiModelPredictor:
         """``lists``: case -> input files (channels). Writes ``<case><ending>`` (input geometry)
         and ``<case>.ctarr_multi.json`` per case, plus ``dataset.json`` (the output labels). A case
         with a user error is recorded in :attr:`failed` and the others go on."""
-        from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
         out = Path(output_folder)
         out.mkdir(parents=True, exist_ok=True)
         ending = self.spec.file_ending
@@ -146,8 +158,8 @@ class MultiModelPredictor:
         self.anatomy.prepare(todo)
         reports = {}
         for case, files in todo.items():
-            data, props = SimpleITKIO().read_images(files)
             try:
+                data, props = _read(files)
                 seg, report = self.predict_case(case, data, props)
             except CTARRError as e:
                 self.failed[case] = str(e)

@@ -17,6 +17,7 @@ from ..core.anatomy.sources import AnatomySource, InMemoryAnatomy
 from ..core.base.errors import CTARRError, WarningLog
 from ..core.base.geometry import Geometry
 from ..core.base.images import read_image
+from ..core.base.integrity import check_complete
 from ..core.localise.decision import Located, locate_case
 from .export import write_plan_sidecar
 from .plans import CasePlan, CTARRSettings, failed_plan, plan_case
@@ -49,6 +50,7 @@ class CasePlanner:
     def plan_file(self, first_file: str, case: str) -> CasePlan:
         """Plan a case given by its first channel file (read whole only for a QC picture)."""
         try:
+            check_complete(Path(first_file))                  # nnU-Net's reader would zero-fill a cut file
             image = read_image(first_file) if self.settings.qc_folder else None
             geometry = Geometry.of(image) if image is not None else Geometry.from_file(first_file)
         except CTARRError as e:
