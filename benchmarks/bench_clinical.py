@@ -27,6 +27,8 @@ subprocess (start-up included), for ``-r all`` and single regions (``liver``, ``
 interleaved, ``--repeats`` times each; the medians are reported. Per run: wall seconds, peak
 resident memory (``wait4``), the sidecar's per-stage seconds, the load average before the run.
 Checks: every crop of the new run equals the old run's voxel for voxel with the same geometry.
+Boxes only: ``-r all --boxes_only`` of this checkout, ``--repeats`` times (the old release has no such
+mode): wall, peak memory, and the statuses and index boxes against the full run's sidecar.
 Writes: per case, the crops of ``-r all`` written in-process with SimpleITK (sliced, as the old
 release), with :func:`nnunet_ctarr.core.base.nifti.write_images` of the sliced crops at each ISA-L
 level, and of :class:`~nnunet_ctarr.core.base.nifti.Crop` boxes (streamed, no slicing), 1 and 2 threads.
@@ -158,10 +160,11 @@ def _trunk(out: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- runs
-def run_crop(exe: Path, case: Path, regions: tuple[str, ...], out: Path) -> dict:
+def run_crop(exe: Path, case: Path, regions: tuple[str, ...], out: Path, extra: tuple[str, ...] = ()) -> dict:
     """One console run: wall seconds, peak memory, the sidecar's seconds, the load before."""
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [str(exe), "-i", str(case / "image"), "-anatomy_seg", str(case / "anatomy"), "-r", *regions, "-o", str(out)]
+    cmd = [str(exe), "-i", str(case / "image"), "-anatomy_seg", str(case / "anatomy"), "-r", *regions, "-o", str(out),
+           *extra]
     load = os.getloadavg()
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -182,6 +185,21 @@ def run_crop(exe: Path, case: Path, regions: tuple[str, ...], out: Path) -> dict
         "stages_s": side["seconds"],
         "region_s": {k: v.get("seconds") for k, v in side["regions"].items()},
     }
+
+
+def boxes_only_runs(exe: Path, case: Path, out: Path, full: Path, repeats: int) -> dict:
+    """``-r all --boxes_only`` (this checkout only; the old release has no such mode): median wall and
+    peak memory, and whether its sidecar holds the statuses and index boxes of the full run's and
+    it wrote nothing else."""
+    runs = [run_crop(exe, case, ("all",), out, ("--boxes_only",)) for _ in range(repeats)]
+
+    def boxes(folder: Path) -> dict:
+        side = json.loads(next(folder.glob("*.ctarr.json")).read_text())["regions"]
+        return {k: (v["status"], [(b["index_start_xyz"], b["index_stop_xyz"]) for b in v["boxes"]])
+                for k, v in side.items()}
+
+    return {**_median(runs), "walls_s": [r["wall_s"] for r in runs], "same_boxes": boxes(out) == boxes(full),
+            "no_image_written": not any(p.name.endswith((".nii", ".nii.gz", ".png")) for p in out.iterdir())}
 
 
 def same_crops(a: Path, b: Path) -> list[str]:
@@ -315,6 +333,20 @@ def render(result: dict) -> str:
         )
     lines += [
         "",
+        "`-r all --boxes_only` (this checkout; median wall with start-up, every run, peak MB, the statuses and "
+        "index boxes of the full run, no image written):",
+        "",
+        "| case | wall s | runs s | peak MB | same boxes | no image written |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, c in result["cases"].items():
+        b = c.get("boxes_only")
+        if b:
+            lines.append(f"| {name} | {b['wall_s']:.2f} | {', '.join(f'{v:.2f}' for v in b['walls_s'])} "
+                         f"| {b['peak_rss_mb']:.0f} | {'yes' if b['same_boxes'] else 'NO'} "
+                         f"| {'yes' if b['no_image_written'] else 'NO'} |")
+    lines += [
+        "",
         "Writing the crops of `-r all` in-process (seconds / MB on disk; sliced: `image[box]` copies first, "
         "Crop: streamed from the image):",
         "",
@@ -398,6 +430,10 @@ def main() -> None:
             )
             if regions == ("all",):
                 entry["writes"] = write_timings(case, work / "out" / name / "new")
+                entry["boxes_only"] = boxes_only_runs(exes["new"], case, work / "out" / name / "boxes",
+                                                      work / "out" / name / "new", args.repeats)
+                print(f"{name:13s} -r all --boxes_only {entry['boxes_only']['wall_s']:.2f}s "
+                      f"same boxes={entry['boxes_only']['same_boxes']}", flush=True)
         result["cases"][name] = entry
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")  # after each case: kept if stopped
     print(render(result))

@@ -30,7 +30,8 @@ from .core.anatomy.sources import AnatomySource, InMemoryAnatomy, PrecomputedAna
 from .core.anatomy.totalseg_weights import model_for, resolve
 from .core.base.cases import case_id
 from .core.base.errors import CTARRError, WarningLog
-from .core.base.images import check_ct_intensities, match_label_to_image, read_image, write_image
+from .core.base.geometry import Geometry
+from .core.base.images import check_ct_intensities, match_label_to_image, read_geometry, read_image, write_image
 from .core.base.integrity import check_finite
 from .core.localise.decision import Located, Policy, Status, locate_case
 from .core.outputs.records import CaseRecord
@@ -98,11 +99,18 @@ def _paths(image: ImageLike | list[ImageLike]) -> list[str] | None:
     return None if any(isinstance(i, sitk.Image) for i in items) else [str(i) for i in items]
 
 
-def _load_anatomy(source: AnatomySource, case: str, image: ImageLike | list[ImageLike], channel0: sitk.Image,
-                  warnings: WarningLog, prepared: bool = False) -> AnatomyMasks:
+def _read_grids(image: ImageLike | list[ImageLike]) -> list[Geometry] | None:
+    """The grids of a case's channel files from their headers, or None when a voxel read is needed."""
+    files = _paths(image)
+    grids = [read_geometry(f) for f in files] if files else [None]
+    return None if any(g is None for g in grids) else grids
+
+
+def _load_anatomy(source: AnatomySource, case: str, image: ImageLike | list[ImageLike],
+                  channel0: sitk.Image | Geometry, warnings: WarningLog, prepared: bool = False) -> AnatomyMasks:
     """The case's anatomy from ``source`` (prepared here unless ``prepared``): the HU anatomy from
     the image already read; a model on an in-memory image through a temporary file."""
-    anat = source.from_image(channel0, warnings, case)
+    anat = source.from_image(channel0, warnings, case) if isinstance(channel0, sitk.Image) else None
     if anat is not None:                               # the HU anatomy: from the image already read
         return anat
     files = _paths(image)
@@ -139,21 +147,28 @@ def locate(image: ImageLike | list[ImageLike], anatomy=None, *, atlas: Atlas | s
 def crop(image: ImageLike | list[ImageLike], regions: str | Region | list[str | Region], anatomy=None, *,
          atlas: Atlas | str | None = None, labels: ImageLike | None = None, on_untrusted: str = "whole",
          margin_mm: float = 0.0, z_only: bool = False, pad: bool = False, fill_value: float | None = None,
-         boxes_only: bool = False, hu_check: bool = True, allow_nonfinite: bool = False,
+         boxes_only: bool = False, read_voxels: bool = False, hu_check: bool = True, allow_nonfinite: bool = False,
          case: str | None = None, prepared: bool = False, lazy: bool = False) -> CaseCrops:
     """Locate the image once and decide and cut every region (``regions``: names, region files,
     :class:`Region` objects or ``"all"``); crops overlay the image exactly, nothing is written.
-    ``prepared``: ``anatomy`` is an :class:`AnatomySource` prepared with this case already (the
-    crop command prepares a batch at once); ``lazy``: unpadded crops as ``core.base.nifti.Crop``
-    boxes of the image, which a writer streams without a copy (``crop.image_crop()`` cuts one)."""
+    ``boxes_only``: decide, cut nothing; the image files' voxels are then not read unless needed
+    (the HU anatomy, ``labels``, a DICOM folder, a sheared grid) or ``read_voxels`` asks for them
+    (QC pictures; the HU and finite-value checks, which :func:`crops_from_sidecar` runs otherwise):
+    ``channels`` are then their :class:`Geometry`. ``prepared``: ``anatomy`` is an
+    :class:`AnatomySource` prepared with this case already (the crop command prepares a batch at
+    once); ``lazy``: unpadded crops as ``core.base.nifti.Crop`` boxes of the image, which a writer
+    streams without a copy (``crop.image_crop()`` cuts one)."""
     atlas = atlas if isinstance(atlas, Atlas) else Atlas.load(atlas)
+    source = anatomy_source(anatomy, atlas=atlas)
     name = _case_name(image, case)
     warnings = WarningLog(case=name)
     t0 = time.perf_counter()
-    channels = read_channels(image, hu_check, allow_nonfinite, warnings)
+    grids_only = boxes_only and not read_voxels and labels is None and not source.reads_voxels
+    channels = (_read_grids(image) if grids_only else None) or read_channels(image, hu_check, allow_nonfinite,
+                                                                              warnings)
     seconds = {"read_image": time.perf_counter() - t0}
     t0 = time.perf_counter()
-    anat = _load_anatomy(anatomy_source(anatomy, atlas=atlas), name, image, channels[0], warnings, prepared)
+    anat = _load_anatomy(source, name, image, channels[0], warnings, prepared)
     lab = None
     if labels is not None:
         lab_img = labels if isinstance(labels, sitk.Image) else read_image(labels, label=True, warnings=warnings)
@@ -165,19 +180,19 @@ def crop(image: ImageLike | list[ImageLike], regions: str | Region | list[str | 
     return replace(result, seconds={**seconds, **result.seconds})
 
 
-def crops_from_sidecar(sidecar: str | Path | CaseRecord, image: ImageLike,
-                       regions: list[str] | None = None) -> dict[str, list[sitk.Image]]:
+def crops_from_sidecar(sidecar: str | Path | CaseRecord, image: ImageLike, regions: list[str] | None = None,
+                       hu_check: bool = True, allow_nonfinite: bool = False) -> dict[str, list[sitk.Image]]:
     """Cut the crops a sidecar describes from the image it was written for (e.g. with
     ``--boxes_only``), on the fly, without locating again: region name -> one crop per usable box
     (padded as the command would with ``--pad``), or the whole image for ``untrusted: whole image``;
-    regions skipped or outside the field of view give none. An image on another grid than the
-    sidecar's is refused (its index boxes would cut the wrong voxels)."""
-    from .core.base.geometry import Geometry
+    regions skipped or outside the field of view give none. The image is checked as the crop
+    command checks it (:func:`read_channels`); one on another grid than the sidecar's is refused
+    (its index boxes would cut the wrong voxels)."""
     from .core.outputs.sidecar import read_sidecar
     record = sidecar if isinstance(sidecar, CaseRecord) else read_sidecar(Path(sidecar))
     if record is None:
         raise CTARRError(f"{sidecar}: not a sidecar of this version of nnunet-ctarr")
-    img = image if isinstance(image, sitk.Image) else read_image(image)
+    img = read_channels(image, hu_check, allow_nonfinite)[0]
     if record.image is None or not Geometry.of(img).same_grid(Geometry(**record.image)):
         raise CTARRError(f"the image is not on the grid the sidecar of case {record.case} was written for "
                          f"({Geometry.of(img).describe()} vs {record.image})")

@@ -89,3 +89,37 @@ def test_crops_from_a_sidecar_refuse_an_image_on_another_grid(tmp_path):
     other = sitk.ReadImage(str(ABDOMEN[0]))[:, :, 10:]  # the same scan without its 10 lowest slices
     with pytest.raises(CTARRError, match="not on the grid"):
         api.crops_from_sidecar(tmp_path / "example_ct.ctarr.json", other)
+
+
+def test_boxes_only_with_a_map_reads_headers_only_and_decides_as_a_full_read(tmp_path):
+    from nnunet_ctarr.core.base.geometry import Geometry
+
+    regions = ["kidneys", "liver", "heart", "lungs"]
+    quick = api.crop(str(ABDOMEN[0]), regions, anatomy=str(ABDOMEN[1]), boxes_only=True)
+    full = api.crop(str(ABDOMEN[0]), regions, anatomy=str(ABDOMEN[1]), boxes_only=True, read_voxels=True)
+    assert all(isinstance(c, Geometry) for c in quick.channels)            # no voxel read
+    assert isinstance(full.image, sitk.Image) and quick.geometry == Geometry.of(full.image)
+    for a, b in zip(quick.regions, full.regions):
+        assert a.status is b.status and a.decision.trust.measures == b.decision.trust.measures
+        assert [(p.box.start_xyz.tolist(), p.box.stop_xyz.tolist()) for p in a.pieces if p.box] == \
+               [(p.box.start_xyz.tolist(), p.box.stop_xyz.tolist()) for p in b.pieces if p.box]
+    hu = api.crop(str(ABDOMEN[0]), ["kidneys"], boxes_only=True)            # the HU anatomy needs the voxels
+    assert isinstance(hu.image, sitk.Image)
+
+
+def test_the_voxel_checks_a_header_only_run_skips_run_when_the_crops_are_cut(tmp_path):
+    from nnunet_ctarr.core.base.errors import CTARRError
+
+    img = sitk.ReadImage(str(ABDOMEN[0]))
+    scaled = sitk.Cast(sitk.Cast(img, sitk.sitkFloat32) * 0.001, sitk.sitkFloat32)   # not in HU
+    sitk.WriteImage(scaled, str(tmp_path / "scaled.nii.gz"))
+    r = run_in_process(crop_main, ["-i", str(tmp_path / "scaled.nii.gz"), "-anatomy_seg", str(ABDOMEN[1]),
+                                   "-r", "kidneys", "-o", str(tmp_path / "out"), "--boxes_only"])
+    assert r.returncode == 0, r.stderr
+    sidecar = tmp_path / "out" / "scaled.ctarr.json"
+    with pytest.raises(CTARRError, match="Hounsfield"):
+        api.crops_from_sidecar(sidecar, str(tmp_path / "scaled.nii.gz"))
+    assert len(api.crops_from_sidecar(sidecar, str(tmp_path / "scaled.nii.gz"), hu_check=False)["kidneys"]) == 2
+    r = run_in_process(crop_main, ["-i", str(tmp_path / "scaled.nii.gz"), "-anatomy_seg", str(ABDOMEN[1]),
+                                   "-r", "kidneys", "-o", str(tmp_path / "qc"), "--boxes_only", "--qc"])
+    assert r.returncode != 0 and "Hounsfield" in r.stdout + r.stderr      # --qc reads the voxels: checked now

@@ -119,3 +119,17 @@ def test_nnunet_label_names_map_to_groups_and_region_labels_are_refused(tmp_path
     (ds / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "kidneys": [1, 2]}}))
     with pytest.raises(CTARRError, match="region-based label 'kidneys'"):
         nnunet_scheme(ds / "labelsTr" / "c.nii.gz")
+
+
+def test_a_loaded_atlas_converts_only_what_is_asked_with_the_values_of_the_whole():
+    lazy, whole = Atlas.load(), Atlas.load()
+    full = whole.prob                                                   # the whole float32 array, made once
+    assert lazy.__dict__.get("_prob") is None and lazy.shape_zyx == full.shape[1:]
+    g = GROUPS.index("liver")
+    for index in [(g,), (g, slice(10, 40), slice(5, 60), slice(0, 30)),
+                  (np.array([g, 0]), np.array([50, 60]), np.array([40, 41]), np.array([60, 61]))]:
+        assert np.array_equal(lazy.prob_values(index), full[index])
+    mass, first = lazy._prob_moments()                                  # exact integer sums of the stored values
+    assert np.allclose(mass, full.sum((1, 2, 3), dtype=np.float64), rtol=1e-6)
+    assert all(np.array_equal(a, b) for a, b in zip(lazy.pooled(2)[:2], whole.pooled(2)[:2]))
+    assert lazy.__dict__.get("_prob") is None                           # nothing above needed all of it

@@ -213,3 +213,43 @@ def test_inputs_that_would_write_the_same_outputs_are_refused_before_any_work(tm
     assert "\n" not in str(e.value)
     with pytest.raises(CTARRError, match=r"would all write case 'a'"):
         check_unique_case_ids(list_inputs(folder))
+
+
+def _stored(img: sitk.Image, order: tuple[int, int, int], flip: tuple[bool, bool, bool], dtype) -> sitk.Image:
+    return sitk.Cast(sitk.Flip(sitk.PermuteAxes(img, order), flip), dtype)
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])
+def test_header_geometry_is_the_grid_the_voxels_read_with(tmp_path, suffix):
+    from nnunet_ctarr.core.base.images import read_geometry
+
+    img = sitk.ReadImage(str(CHEST[0]))
+    for k, (order, flip, dtype) in enumerate([((0, 1, 2), (False, False, False), sitk.sitkInt16),
+                                              ((1, 0, 2), (True, False, False), sitk.sitkFloat32),
+                                              ((2, 0, 1), (False, True, True), sitk.sitkInt32)]):
+        path = tmp_path / f"s{k}{suffix}"
+        sitk.WriteImage(_stored(img, order, flip, dtype), str(path))
+        geo = read_geometry(path)
+        assert geo is not None and geo == Geometry.of(read_image(path))
+
+
+def test_header_geometry_leaves_to_the_voxel_read_what_only_it_can_tell(tmp_path):
+    from nnunet_ctarr.core.base.images import read_geometry
+
+    img = sitk.ReadImage(str(CHEST[0]))
+    assert read_geometry(DICOM[0]) is None                           # a DICOM folder
+    sitk.WriteImage(sitk.JoinSeries([img]), str(tmp_path / "one.nii.gz"))     # 4-D, one volume: read as 3-D
+    assert read_geometry(tmp_path / "one.nii.gz") == Geometry.of(read_image(tmp_path / "one.nii.gz"))
+    sitk.WriteImage(sitk.JoinSeries([img, img]), str(tmp_path / "two.nii.gz"))  # a time series: refused by a read
+    assert read_geometry(tmp_path / "two.nii.gz") is None
+    sheared = sitk.Image(img)
+    m = np.eye(3)
+    m[2, 1] = np.sin(np.radians(15))                                  # a gantry tilt of 15 degrees
+    sheared.SetDirection(tuple((m / np.linalg.norm(m, axis=0)).ravel()))
+    sitk.WriteImage(sheared, str(tmp_path / "tilt.nrrd"))
+    assert read_geometry(tmp_path / "tilt.nrrd") is None
+    sitk.WriteImage(img, str(tmp_path / "full.nii"))
+    raw = (tmp_path / "full.nii").read_bytes()
+    (tmp_path / "cut.nii").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(CTARRError):                                   # damaged: the same refusal as a read
+        read_geometry(tmp_path / "cut.nii")

@@ -63,7 +63,8 @@ def build_parser() -> Parser:
                         "uncompressed .nii files")
     p.add_argument("--boxes_only", action="store_true",
                    help="write only the sidecar and the report (boxes as index ranges and world corners), no image; "
-                        "nnunet_ctarr.api.crops_from_sidecar cuts the crops later")
+                        "with an anatomy map or model only the image headers are read (the HU and finite-value "
+                        "checks run when nnunet_ctarr.api.crops_from_sidecar cuts the crops later)")
     add_qc_arg(p)
     add_atlas_arg(p)
     p.add_argument("--no_hu_check", action="store_true", help="accept images that do not look like CT in HU")
@@ -184,6 +185,7 @@ def _crop_one(src: InputCase) -> tuple[str, CaseRecord | None, bool, str | None,
                          prepared=True,
                          on_untrusted=job.opts.on_untrusted, margin_mm=job.opts.margin_mm, z_only=job.opts.z_only,
                          pad=job.opts.pad, fill_value=job.opts.fill_value, boxes_only=job.opts.boxes_only, lazy=True,
+                         read_voxels=job.opts.qc,
                          hu_check=job.opts.hu_check, allow_nonfinite=job.opts.allow_nonfinite, case=case)
         return case, write_case(crops, stamp, job.out, job.opts), False, None, None
     except CTARRError as e:

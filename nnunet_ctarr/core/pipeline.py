@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from .anatomy.atlas import Atlas
 from .anatomy.masks import AnatomyMasks
 from .base.errors import CTARRError, WarningLog
-from .base.geometry import Geometry
+from .base.geometry import Geometry, as_geometry
 from .base.nifti import Crop
 from .localise.decision import Located, Policy, RegionDecision, Status, decide, locate_case
 from .localise.settings import RegistrationSettings
@@ -49,9 +49,10 @@ class RegionCrops:
 
 @dataclass(frozen=True)
 class CaseCrops:
-    """One case in memory: its channels (channel 0 located), labels, localisation and regions."""
+    """One case in memory: its channels (channel 0 located; only their grids when nothing is cut and
+    the voxels were not needed), labels, localisation and regions."""
     case: str
-    channels: tuple[sitk.Image, ...]
+    channels: tuple[sitk.Image | Geometry, ...]
     labels: sitk.Image | None
     anatomy: AnatomyMasks
     located: Located
@@ -60,8 +61,13 @@ class CaseCrops:
     seconds: dict[str, float] = field(default_factory=dict)
 
     @property
-    def image(self) -> sitk.Image:
+    def image(self) -> sitk.Image | Geometry:
         return self.channels[0]
+
+    @property
+    def geometry(self) -> Geometry:
+        """The grid of channel 0."""
+        return as_geometry(self.channels[0])
 
     def region(self, name: str) -> RegionCrops:
         """The region of that name (one-line error when the case was not cropped for it)."""
@@ -88,9 +94,10 @@ class CutOptions:
         return crop_image(img, box, self.pad, fill)
 
 
-def crop_case(case: str, channels: list[sitk.Image], anatomy: AnatomyMasks, regions: list[Region], atlas: Atlas,
-              policy: Policy | None = None, cut: CutOptions | None = None, labels: sitk.Image | None = None,
-              settings: RegistrationSettings | None = None, warnings: WarningLog | None = None) -> CaseCrops:
+def crop_case(case: str, channels: list[sitk.Image | Geometry], anatomy: AnatomyMasks, regions: list[Region],
+              atlas: Atlas, policy: Policy | None = None, cut: CutOptions | None = None,
+              labels: sitk.Image | None = None, settings: RegistrationSettings | None = None,
+              warnings: WarningLog | None = None) -> CaseCrops:
     """Locate the case once and decide and cut every region (module docstring)."""
     policy, cut = policy or Policy(), cut or CutOptions()
     if not channels:
@@ -105,18 +112,19 @@ def crop_case(case: str, channels: list[sitk.Image], anatomy: AnatomyMasks, regi
     return CaseCrops(case, tuple(channels), labels, anatomy, located, out, tuple(warnings), seconds)
 
 
-def _check_channels(case: str, channels: list[sitk.Image], labels: sitk.Image | None) -> None:
+def _check_channels(case: str, channels: list[sitk.Image | Geometry], labels: sitk.Image | None) -> None:
     """Every channel and the label map on the grid of channel 0 (nnU-Net requires it)."""
-    ref = Geometry.of(channels[0])
+    ref = as_geometry(channels[0])
     for k, img in enumerate(channels[1:], 1):
-        if not ref.same_grid(Geometry.of(img)):
-            raise CTARRError(f"{case}: channel {k} is not on the grid of channel 0 ({Geometry.of(img).describe()} vs "
+        if not ref.same_grid(as_geometry(img)):
+            raise CTARRError(f"{case}: channel {k} is not on the grid of channel 0 ({as_geometry(img).describe()} vs "
                              f"{ref.describe()})")
     if labels is not None and not ref.same_grid(Geometry.of(labels)):
         raise CTARRError(f"{case}: the label map is not on the image's grid")
 
 
-def _cut(d: RegionDecision, channels: list[sitk.Image], labels: sitk.Image | None, cut: CutOptions) -> RegionCrops:
+def _cut(d: RegionDecision, channels: list[sitk.Image | Geometry], labels: sitk.Image | None,
+         cut: CutOptions) -> RegionCrops:
     """The pieces of one decision: its boxes, the whole image, or nothing."""
     preserved = None
     if d.status is Status.WHOLE:
@@ -125,7 +133,7 @@ def _cut(d: RegionDecision, channels: list[sitk.Image], labels: sitk.Image | Non
     if not d.boxes:
         return RegionCrops(d, (), 0.0, 0.0 if labels is not None else None)
     fills = [0.0] * len(channels)
-    if cut.pad:                                # each channel padded with its own minimum unless a value is given
+    if cut.pad and not cut.boxes_only:         # each channel padded with its own minimum unless a value is given
         fills = [cut.fill_value if cut.fill_value is not None else float(sitk.GetArrayViewFromImage(c).min())
                  for c in channels]
     pieces = tuple(Piece(b, () if cut.boxes_only else tuple(cut.cut(c, b, f) for c, f in zip(channels, fills)),

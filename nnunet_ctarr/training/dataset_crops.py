@@ -90,9 +90,9 @@ def _write(job: CropJob, crops: CaseCrops, written: list[str]) -> tuple[OutputFi
 def _reduction(crops: CaseCrops, outputs: tuple[OutputFile, ...]) -> float | None:
     """Image voxels per voxel written (None: nothing written)."""
     rc = crops.regions[0]
-    kept = sum(int(np.prod(p.box.size_xyz)) if p.box is not None else int(np.prod(crops.image.GetSize()))
+    kept = sum(int(np.prod(p.box.size_xyz)) if p.box is not None else int(np.prod(crops.geometry.size_xyz))
                for p in rc.pieces)
-    return round(int(np.prod(crops.image.GetSize())) / kept, 3) if outputs and kept else None
+    return round(int(np.prod(crops.geometry.size_xyz)) / kept, 3) if outputs and kept else None
 
 
 def output_case(f: OutputFile) -> str:

@@ -33,7 +33,39 @@ DEFAULT_ATLAS = "atlas_ctarr_starter.npz"
 
 @dataclass
 class Atlas(MaskVolume):
+    """The atlas (module docstring). A loaded atlas keeps its probabilities as stored, ``prob8``
+    (uint8 x 255), and makes the float32 ``prob`` (216 MB for the starter atlas) only when a caller
+    needs all of it; :meth:`prob_values` converts just what it indexes, with the same values."""
     meta: dict = field(default_factory=dict)
+    prob8: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def prob(self) -> np.ndarray | None:
+        """(19, Z, Y, X) float32 probabilities (converted from ``prob8`` on first use)."""
+        if self.__dict__.get("_prob") is None and self.prob8 is not None:
+            self.__dict__["_prob"] = _unit(self.prob8)
+        return self.__dict__.get("_prob")
+
+    @prob.setter
+    def prob(self, value: np.ndarray | None) -> None:
+        self.__dict__["_prob"] = value
+
+    @property
+    def shape_zyx(self) -> tuple[int, int, int]:
+        stored = self.__dict__.get("_prob")
+        return tuple((stored if stored is not None else self.prob8).shape[1:])
+
+    def _axis_sums(self) -> tuple[np.ndarray, np.ndarray]:
+        """Exact integer sums of the stored values / 255 (a float32 sum of the converted values
+        differs by ~1e-7 relative), without converting the atlas."""
+        if self.prob8 is None:
+            return super()._axis_sums()
+        return tuple(self.prob8.sum(axis=a, dtype=np.uint16 if self.prob8.shape[a] <= 257 else np.uint32) / 255.0
+                     for a in (3, 2))
+
+    def prob_values(self, index: tuple = ()) -> np.ndarray:
+        stored = self.__dict__.get("_prob")
+        return stored[index] if stored is not None else _unit(self.prob8[index])
 
     @property
     def atlas_id(self) -> str:
@@ -66,7 +98,7 @@ class Atlas(MaskVolume):
         except (OSError, ValueError, KeyError, zipfile.BadZipFile, isal_zlib.error) as e:
             raise CTARRError(f"cannot load atlas {path or DEFAULT_ATLAS}: {e}") from None
         return cls(origin=data["origin"].astype(float), spacing=data["spacing"].astype(float),
-                   observed=data["observed"].astype(bool), prob=_unit(data["prob"]),
+                   observed=data["observed"].astype(bool), prob8=data["prob"],
                    coverage=_unit(data["coverage"]), meta=json.loads(str(data["meta"])))
 
 

@@ -118,6 +118,8 @@ def hu_anatomy(image: sitk.Image, atlas: Atlas, warnings: WarningLog | None = No
 class HUAnatomy(AnatomySource):
     """``-anatomy_model hu``: anatomy from the CT's intensities (no network, no files)."""
 
+    reads_voxels = True
+
     def __init__(self, atlas: Atlas | str | None = None, default: bool = False):
         self.atlas = atlas if isinstance(atlas, Atlas) else None
         self.atlas_path = None if isinstance(atlas, Atlas) else atlas

@@ -42,8 +42,8 @@ def atlas_views(atlas: Atlas) -> dict:
     and the lung and bone group maps (:func:`_lung_sides`, :func:`_bone_groups`)."""
     if "hu_views" not in atlas._cache:
         idx = {g: GROUPS.index(g) for g in LUNGS + BONES if atlas.observed[GROUPS.index(g)]}
-        union = np.stack([np.clip(sum((atlas.prob[idx[g]] for g in names if g in idx), np.zeros(atlas.shape_zyx)),
-                                  0, 1) for names in (LUNGS, BONES)]).astype(np.float32)
+        union = np.stack([np.clip(sum((atlas.prob_values((idx[g],)) for g in names if g in idx),
+                                      np.zeros(atlas.shape_zyx)), 0, 1) for names in (LUNGS, BONES)]).astype(np.float32)
         cumsum = np.pad(union, ((0, 0), (1, 0), (1, 0), (1, 0))).cumsum(1).cumsum(2).cumsum(3)
         smooth = np.stack([ndi.gaussian_filter(u, SMOOTH_VOXELS, truncate=2.0) for u in union])
         atlas._cache["hu_views"] = {"union_prob": union, "union_smooth": smooth, "profiles": union.sum((2, 3)),
@@ -60,7 +60,7 @@ def _lung_sides(atlas: Atlas, idx: dict) -> np.ndarray:
     if not {"lung_left", "lung_right"} <= idx.keys():
         return out
     x = atlas.origin[0] + atlas.spacing[0] * np.arange(atlas.shape_zyx[2])
-    mass = [atlas.prob[idx[g]].sum(1) for g in ("lung_left", "lung_right")]          # (Z, X)
+    mass = [atlas.prob_values((idx[g],)).sum(1) for g in ("lung_left", "lung_right")]          # (Z, X)
     com = [(mm @ x) / np.maximum(mm.sum(1), 1e-9) for mm in mass]
     both = (mass[0].sum(1) > 0) & (mass[1].sum(1) > 0)
     mid = np.full(len(both), 0.5 * (com[0][both].mean() + com[1][both].mean()) if both.any() else float(x.mean()))
@@ -78,11 +78,11 @@ def _bone_groups(atlas: Atlas, idx: dict) -> np.ndarray:
     best = np.zeros(atlas.shape_zyx, np.float32)
     out = np.zeros(atlas.shape_zyx, np.uint8)
     for g in (g for g in BONES if g in idx):
-        sl = ndi.find_objects((atlas.prob[idx[g]] > 0).astype(np.uint8))
+        sl = ndi.find_objects((atlas.prob_values((idx[g],)) > 0).astype(np.uint8))
         if not sl:
             continue
         sl = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl[0])
-        spread = ndi.maximum_filter(atlas.prob[idx[g]][sl], size=3)
+        spread = ndi.maximum_filter(atlas.prob_values((idx[g],) + sl), size=3)
         take = (spread > best[sl]) & (spread >= MIN_BONE_PROB)
         best[sl][take], out[sl][take] = spread[take], GROUPS.index(g) + 1
     return out

@@ -29,9 +29,12 @@ class AnatomySource(ABC):
     files, as a model does). ``prepare`` is called once per run with every case's
     input files (a model predicts them all there); ``load`` gives one case's anatomy (a user error
     raises :class:`CTARRError`); ``stamp`` is what ``--continue`` records of it (the matched file
-    with its size and time, the model and its checkpoint, ...)."""
+    with its size and time, the model and its checkpoint, ...). ``reads_voxels``: the anatomy is
+    made from the image's voxels in this process (:meth:`from_image`), so a boxes-only run must
+    read them; otherwise the image's grid is all it needs."""
 
     needs_files: bool = False
+    reads_voxels: bool = False
 
     @abstractmethod
     def prepare(self, cases: dict[str, list[str]]) -> None:

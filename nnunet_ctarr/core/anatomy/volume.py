@@ -46,6 +46,10 @@ class MaskVolume:
     def shape_zyx(self) -> tuple[int, int, int]:
         return tuple((self.labels if self.labels is not None else self.prob[0]).shape)
 
+    def prob_values(self, index: tuple = ()) -> np.ndarray:
+        """``prob[index]`` as float32 (the atlas converts only what is indexed); do not write to it."""
+        return self.prob[index]
+
     @property
     def voxel_volume(self) -> float:
         return float(np.prod(self.spacing))
@@ -96,20 +100,22 @@ class MaskVolume:
         return com
 
     def _prob_moments(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per group: the probability mass (19,) and its first moments in mm (19, 3), from two float32
-        sums (over x and over y; each row summed pairwise, relative error ~1e-7), float64 from there
-        on. Their nonzero rows give every group's bounding box (:meth:`_supports`)."""
+        """Per group: the probability mass (19,) and its first moments in mm (19, 3), from two sums
+        (over x and over y, :meth:`_axis_sums`), float64 from there on. Their nonzero rows give every
+        group's bounding box (:meth:`_supports`)."""
         if "moments" not in self._cache:
-            p = self.prob
-            nz, ny, nx = p.shape[1:]
+            nz, ny, nx = self.shape_zyx
             c = [self.origin[a] + self.spacing[a] * np.arange(n) for a, n in enumerate((nx, ny, nz))]
-            zy = p.sum(axis=3).astype(np.float64)                    # (19, Z, Y)
-            zx = p.sum(axis=2).astype(np.float64)                    # (19, Z, X)
+            zy, zx = self._axis_sums()
             mass = zy.sum((1, 2))
             first = np.stack([zx.sum(1) @ c[0], zy.sum(1) @ c[1], zy.sum(2) @ c[2]], 1)
             self._cache["moments"] = (mass, first)
             self._cache["nonzero_zyx"] = (zy.any(2), zy.any(1), zx.any(1))
         return self._cache["moments"]
+
+    def _axis_sums(self) -> tuple[np.ndarray, np.ndarray]:
+        """The probabilities of every group summed over x (19, Z, Y) and over y (19, Z, X), float64."""
+        return self.prob.sum(axis=3).astype(np.float64), self.prob.sum(axis=2).astype(np.float64)
 
     def _supports(self) -> list[tuple[np.ndarray, np.ndarray] | None]:
         """Per group: the (z, y, x) index box [lo, hi) of its nonzero probabilities (None: empty)."""
@@ -136,7 +142,7 @@ class MaskVolume:
                 continue
             blocks = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
             voxels = tuple(slice(int(a) * f, int(b) * f) for a, b in zip(lo, hi))
-            out[(g,) + blocks] = _block_mean(self.prob[(g,) + voxels], f)
+            out[(g,) + blocks] = _block_mean(self.prob_values((g,) + voxels), f)
         return out
 
     def group_span(self) -> str:

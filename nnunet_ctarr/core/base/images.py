@@ -56,6 +56,31 @@ def read_image(path: str | Path, label: bool = False, warnings: WarningLog | Non
     return _orthogonal(img, path, label, warnings if warnings is not None else WarningLog())
 
 
+def read_geometry(path: str | Path) -> Geometry | None:
+    """The grid :func:`read_image` would give an image file, from its header alone (the file's
+    completeness is checked, its voxels are not read); None when only reading the voxels can tell
+    (a DICOM folder, a 4-D file, a sheared grid that would be resampled, a header SimpleITK refuses)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        check_complete(path)
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+    except CTARRError:
+        raise
+    except (RuntimeError, OSError, ValueError, EOFError, zlib.error):
+        return None                                          # read_image gives the one-line error
+    size = reader.GetSize()
+    if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1 or min(size) < MIN_SLICES:
+        return None
+    _, _, corners, sheared = _grid_frame(size, reader.GetSpacing(), reader.GetDirection(), reader.GetOrigin(), path)
+    if np.abs(sheared - corners).max() > 0.05:
+        return None
+    return Geometry(size, reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+
+
 def _read_file(path: Path) -> sitk.Image:
     """SimpleITK's reading of an image file; a NIfTI whose sform is sheared (which SimpleITK refuses)
     is read with nibabel instead."""
@@ -105,11 +130,10 @@ def _as_3d_scalar(img: sitk.Image, path: Path) -> sitk.Image:
     return img
 
 
-def _orthogonal(img: sitk.Image, path: Path, label: bool, warnings: WarningLog) -> sitk.Image:
-    """``img`` on an orthogonal grid: as is when it is one (to 0.05 voxel over the whole image),
-    else resampled onto the orthogonal grid that keeps its first axis and first plane and covers it."""
-    spacing, direction, origin = (np.array(v, float) for v in (img.GetSpacing(), img.GetDirection(),
-                                                               img.GetOrigin()))
+def _grid_frame(size, spacing, direction, origin, path: Path) -> tuple[np.ndarray, ...]:
+    """The orthogonal frame of a grid (one-line refusal of an invalid or singular one): rotation
+    ``q``, upper-triangular ``r``, its spacing, the corner indices and where they fall on it."""
+    spacing, direction, origin = (np.array(v, float) for v in (spacing, direction, origin))
     if not (np.isfinite(spacing).all() and np.isfinite(direction).all() and np.isfinite(origin).all()) \
             or spacing.min() <= 0:
         raise CTARRError(f"{path}: the header holds an invalid grid (spacing {spacing.tolist()}, origin "
@@ -121,9 +145,16 @@ def _orthogonal(img: sitk.Image, path: Path, label: bool, warnings: WarningLog) 
     q, r = np.linalg.qr(m)
     q, r = q * np.sign(np.diag(r)), r * np.sign(np.diag(r))[:, None]
     new_spacing = np.diag(r).copy()
-    corners = np.array([[x, y, z] for x in (0, img.GetSize()[0] - 1) for y in (0, img.GetSize()[1] - 1)
-                        for z in (0, img.GetSize()[2] - 1)], float)
-    sheared = corners @ (r / new_spacing[:, None]).T         # corners in the orthogonal grid's index
+    corners = np.array([[x, y, z] for x in (0, size[0] - 1) for y in (0, size[1] - 1) for z in (0, size[2] - 1)],
+                       float)
+    return q, new_spacing, corners, corners @ (r / new_spacing[:, None]).T
+
+
+def _orthogonal(img: sitk.Image, path: Path, label: bool, warnings: WarningLog) -> sitk.Image:
+    """``img`` on an orthogonal grid: as is when it is one (to 0.05 voxel over the whole image),
+    else resampled onto the orthogonal grid that keeps its first axis and first plane and covers it."""
+    spacing, origin = np.array(img.GetSpacing(), float), np.array(img.GetOrigin(), float)
+    q, new_spacing, corners, sheared = _grid_frame(img.GetSize(), spacing, img.GetDirection(), origin, path)
     if np.abs(sheared - corners).max() <= 0.05:
         return img
     angle = max(np.degrees(np.arccos(np.clip(new_spacing[i] / spacing[i], -1, 1))) for i in range(3))

@@ -65,9 +65,9 @@ def _used_prob(atlas: Atlas, use: np.ndarray) -> np.ndarray:
     """The atlas's summed probability of the groups ``use`` (Z, Y, X), cached per atlas and groups."""
     key = ("trust_used_prob", use.tobytes())
     if key not in atlas._cache:
-        total = np.zeros(atlas.prob.shape[1:], np.float32)
+        total = np.zeros(atlas.shape_zyx, np.float32)
         for g in np.nonzero(use)[0]:                  # no fancy-index copy of the whole atlas
-            np.add(total, atlas.prob[g], out=total)
+            np.add(total, atlas.prob_values((g,)), out=total)
         atlas._cache[key] = total
     return atlas._cache[key]
 
@@ -93,7 +93,7 @@ def region_dice(loc, atlas: Atlas, plan: CropPlan) -> float:
         w = inside & (atlas.coverage[sl] > 0)
         s = used_lut[lab] & w
         z, y, x = np.nonzero(s)
-        inter += float(atlas.prob[lab[z, y, x].astype(np.intp) - 1, z + lo[2], y + lo[1], x + lo[0]].sum())
+        inter += float(atlas.prob_values((lab[z, y, x].astype(np.intp) - 1, z + lo[2], y + lo[1], x + lo[0])).sum())
         a = float(total[sl][w].sum())
         den += a + float(len(z))
         atlas_mass += a
@@ -128,9 +128,9 @@ def _group_prob(atlas: Atlas, groups: list[int]) -> np.ndarray:
     """The atlas's summed probability of ``groups`` (Z, Y, X), below 1 % set to 0; cached."""
     key = ("trust_group_prob", tuple(groups))
     if key not in atlas._cache:
-        prob = atlas.prob[groups[0]].copy()
-        for g in groups[1:]:
-            np.add(prob, atlas.prob[g], out=prob)
+        prob = np.zeros(atlas.shape_zyx, np.float32)
+        for g in groups:
+            np.add(prob, atlas.prob_values((g,)), out=prob)
         prob[prob <= 0.01] = 0
         atlas._cache[key] = prob
     return atlas._cache[key]

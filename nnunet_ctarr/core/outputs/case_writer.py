@@ -22,7 +22,6 @@ import SimpleITK as sitk
 from ... import __version__
 from ..anatomy.atlas import Atlas
 from ..base.files import input_stamp
-from ..base.geometry import Geometry
 from ..base.nifti import DEFAULT_LEVEL, write_images
 from ..localise.decision import Policy, Status
 from ..localise.localisation import groups_present
@@ -101,7 +100,7 @@ def write_case(crops: CaseCrops, stamp: CaseRecord, out: Path, opts: CropOptions
         written += [p for _, p in pairs]              # listed first: a failure removes every file of the case
         write_images(pairs, opts.level, threads=WRITE_THREADS)
         for rc in crops.regions:
-            if opts.qc and crops.located.localisation is not None:
+            if opts.qc and crops.located.localisation is not None and isinstance(crops.image, sitk.Image):
                 written.append(_qc(out, crops, rc))
         seconds = {"write": time.perf_counter() - t}
         share = sum(crops.seconds.values(), seconds["write"]) / max(len(crops.regions), 1)
@@ -173,7 +172,7 @@ def _case_record(crops: CaseCrops, stamp: CaseRecord, regions: dict[str, RegionR
                **more_seconds}
     return replace(stamp, anatomy=crops.anatomy.source,
                    anatomy_groups_present=groups_present(loc.anatomy_volume) if loc else None,
-                   image=Geometry.of(crops.image).to_dict(),
+                   image=crops.geometry.to_dict(),
                    registration=loc.registration.to_dict() if loc else None,
                    seconds={k: round(v, 4) for k, v in seconds.items()}, regions=regions)
 
