@@ -25,7 +25,8 @@ Cases (written once into ``--work``; in-sample: both subjects built the atlas):
 Runs: the console command ``nnUNetv2_ctarr_crop -i <case> -anatomy_seg <map> -r R -o out`` as a
 subprocess (start-up included), for ``-r all`` and single regions (``liver``, ``lungs``), new and old
 interleaved, ``--repeats`` times each; the medians are reported. Per run: wall seconds, peak
-resident memory (``wait4``), the sidecar's per-stage seconds, the load average before the run.
+resident memory (GNU ``time``'s %M: ``wait4`` of a child forked from this process reports at least
+this process's size), the sidecar's per-stage seconds, the load average before the run.
 Checks: every crop of the new run equals the old run's voxel for voxel with the same geometry.
 Boxes only: ``-r all --boxes_only`` of this checkout, ``--repeats`` times (the old release has no such
 mode): wall, peak memory, and the statuses and index boxes against the full run's sidecar.
@@ -166,19 +167,24 @@ def run_crop(exe: Path, case: Path, regions: tuple[str, ...], out: Path, extra: 
     cmd = [str(exe), "-i", str(case / "image"), "-anatomy_seg", str(case / "anatomy"), "-r", *regions, "-o", str(out),
            *extra]
     load = os.getloadavg()
+    peak_file = out.parent / f"{out.name}.peak_kb"
+    timer = ["/usr/bin/time", "-f", "%M", "-o", str(peak_file)] if Path("/usr/bin/time").exists() else []
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen([*timer, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t
     proc.returncode = os.waitstatus_to_exitcode(status)
     err = proc.stderr.read().decode()
+    # a child forked from this (large) process keeps its RSS high-water mark across exec, so wait4's
+    # ru_maxrss is at least this process's size; GNU time forks the command from a small process
+    peak_kb = int(peak_file.read_text().split()[-1]) if timer else usage.ru_maxrss
     sidecar = next(out.glob("*.ctarr.json"), None)
     if sidecar is None:
         raise RuntimeError(f"{' '.join(cmd)} wrote no sidecar: {err[-500:]}")
     side = json.loads(sidecar.read_text())
     return {
         "wall_s": round(wall, 3),
-        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(peak_kb / 1024, 1),
         "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
         "load_avg_1min": round(load[0], 2),
         "exit": proc.returncode,

@@ -129,6 +129,14 @@ class MaskVolume:
             self._cache["supports"] = boxes
         return self._cache["supports"]
 
+    def support(self, groups: list[int]) -> tuple[slice, slice, slice] | None:
+        """The (z, y, x) index box holding every nonzero probability of ``groups`` (None: all empty)."""
+        boxes = [b for b in (self._supports()[g] for g in groups) if b is not None]
+        if not boxes:
+            return None
+        lo, hi = np.min([b[0] for b in boxes], 0), np.max([b[1] for b in boxes], 0)
+        return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
     def _pooled_prob(self, f: int, nb: np.ndarray) -> np.ndarray:
         """Block means of the probabilities by ``f`` (``nb`` blocks, ragged edge dropped), each group
         only over the blocks that touch its nonzero box (the others are exactly 0): the values of one

@@ -124,15 +124,17 @@ def organ_in_crop(loc, plan: CropPlan, image: Geometry, groups: list[int]) -> tu
     return n * loc.anatomy_volume.voxel_volume / 1000.0, (float((in_crop & in_image).sum()) / n if n else float("nan"))
 
 
-def _group_prob(atlas: Atlas, groups: list[int]) -> np.ndarray:
-    """The atlas's summed probability of ``groups`` (Z, Y, X), below 1 % set to 0; cached."""
+def _group_prob(atlas: Atlas, groups: list[int]) -> tuple[np.ndarray, tuple[slice, slice, slice]]:
+    """The atlas's summed probability of ``groups``, below 1 % set to 0, over the (z, y, x) box that
+    holds all of it (outside it is 0), and that box; cached."""
     key = ("trust_group_prob", tuple(groups))
     if key not in atlas._cache:
-        prob = np.zeros(atlas.shape_zyx, np.float32)
+        box = atlas.support(groups) or (slice(0, 0),) * 3
+        prob = np.zeros(tuple(s.stop - s.start for s in box), np.float32)
         for g in groups:
-            np.add(prob, atlas.prob_values((g,)), out=prob)
+            np.add(prob, atlas.prob_values((g,) + box), out=prob)
         prob[prob <= 0.01] = 0
-        atlas._cache[key] = prob
+        atlas._cache[key] = prob, box
     return atlas._cache[key]
 
 
@@ -161,15 +163,15 @@ def atlas_in_view(loc, atlas: Atlas, region: Region, image: Geometry) -> tuple[f
     groups = [g for g in target_groups(region) if atlas.observed[g]]
     tf = loc.transform
     if groups:
-        prob, axes = _group_prob(atlas, groups), _inside_along_axes(tf, atlas, image)
+        (prob, box), axes = _group_prob(atlas, groups), _inside_along_axes(tf, atlas, image)
         if axes is not None:
-            wx, wy, wz = (a.astype(np.float32) for a in axes)          # three matrix-vector products
-            inside = float(((prob @ wx) @ wy) @ wz)
+            wx, wy, wz = (a[s].astype(np.float32) for a, s in zip(axes, box[::-1]))   # three matrix-vector
+            inside = float(((prob @ wx) @ wy) @ wz)                                   # products
         else:                                                         # an oblique image: voxel by voxel
-            zyx = np.argwhere(prob > 0)
+            zyx = np.argwhere(prob > 0) + [s.start for s in box]
             idx = image.world_to_index(tf.to_world(atlas.origin + zyx[:, ::-1] * atlas.spacing))
             ok = np.all((idx > -0.5) & (idx < np.array(image.size_xyz) - 0.5), 1)
-            inside = float(prob[tuple(zyx[ok].T)].sum())
+            inside = float(prob[tuple((zyx[ok] - [s.start for s in box]).T)].sum())
         total = float(prob.sum())
         ml = inside * float(np.prod(atlas.spacing)) / float(np.prod(tf.scale)) / 1000.0
         return (inside / total if total > 0 else 0.0), ml, ", ".join(GROUPS[g] for g in groups)
