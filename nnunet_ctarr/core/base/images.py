@@ -131,8 +131,8 @@ def _as_3d_scalar(img: sitk.Image, path: Path) -> sitk.Image:
 
 
 def _grid_frame(size, spacing, direction, origin, path: Path) -> tuple[np.ndarray, ...]:
-    """The orthogonal frame of a grid (one-line refusal of an invalid or singular one): rotation
-    ``q``, upper-triangular ``r``, its spacing, the corner indices and where they fall on it."""
+    """The orthogonal frame of a grid (one-line refusal of an invalid or singular one): its rotation
+    ``q``, its spacing, the corner indices, and where the corners fall in its index (equal: not sheared)."""
     spacing, direction, origin = (np.array(v, float) for v in (spacing, direction, origin))
     if not (np.isfinite(spacing).all() and np.isfinite(direction).all() and np.isfinite(origin).all()) \
             or spacing.min() <= 0:
