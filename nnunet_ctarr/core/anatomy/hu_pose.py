@@ -78,10 +78,10 @@ def _bone_groups(atlas: Atlas, idx: dict) -> np.ndarray:
     best = np.zeros(atlas.shape_zyx, np.float32)
     out = np.zeros(atlas.shape_zyx, np.uint8)
     for g in (g for g in BONES if g in idx):
-        sl = ndi.find_objects((atlas.prob_values((idx[g],)) > 0).astype(np.uint8))
-        if not sl:
+        sl = atlas.support([idx[g]])                 # the box of its nonzero probabilities
+        if sl is None:
             continue
-        sl = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl[0])
+        sl = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in sl)
         spread = ndi.maximum_filter(atlas.prob_values((idx[g],) + sl), size=3)
         take = (spread > best[sl]) & (spread >= MIN_BONE_PROB)
         best[sl][take], out[sl][take] = spread[take], GROUPS.index(g) + 1

@@ -168,10 +168,11 @@ def atlas_in_view(loc, atlas: Atlas, region: Region, image: Geometry) -> tuple[f
             wx, wy, wz = (a[s].astype(np.float32) for a, s in zip(axes, box[::-1]))   # three matrix-vector
             inside = float(((prob @ wx) @ wy) @ wz)                                   # products
         else:                                                         # an oblique image: voxel by voxel
-            zyx = np.argwhere(prob > 0) + [s.start for s in box]
-            idx = image.world_to_index(tf.to_world(atlas.origin + zyx[:, ::-1] * atlas.spacing))
+            zyx = np.argwhere(prob > 0)                                # in the box; atlas index + start
+            atlas_xyz = (zyx + [s.start for s in box])[:, ::-1]
+            idx = image.world_to_index(tf.to_world(atlas.origin + atlas_xyz * atlas.spacing))
             ok = np.all((idx > -0.5) & (idx < np.array(image.size_xyz) - 0.5), 1)
-            inside = float(prob[tuple((zyx[ok] - [s.start for s in box]).T)].sum())
+            inside = float(prob[tuple(zyx[ok].T)].sum())
         total = float(prob.sum())
         ml = inside * float(np.prod(atlas.spacing)) / float(np.prod(tf.scale)) / 1000.0
         return (inside / total if total > 0 else 0.0), ml, ", ".join(GROUPS[g] for g in groups)
