@@ -20,7 +20,9 @@ from nnunet_ctarr.core.anatomy.masks import AnatomyMasks
 from nnunet_ctarr.core.base.errors import WarningLog
 from nnunet_ctarr.core.base.images import read_image
 
-torch.set_num_threads(2)
+#: under pytest-xdist (``make test`` runs two workers) each worker gets one of the two cores
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+torch.set_num_threads(1 if XDIST_WORKER else 2)
 REPO = Path(__file__).resolve().parents[1]
 # evaluation protocols and the random-model factory live in benchmarks/ (not in the package)
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -39,6 +41,33 @@ SMALL = (
     DATA / "totalseg_example" / "example_ct_sm.nii.gz",
     DATA / "totalseg_example" / "example_ct_sm_totalseg_v2.nii.gz",
 )
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    """The slow end-to-end files first (stable otherwise): under ``--dist loadfile`` the longest file
+    then starts at once on one worker while the other takes the rest."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def _shared_across_workers(tmp_path_factory, name: str, build):
+    """``build(folder)`` run once per test run: under pytest-xdist the first worker builds into the
+    run's common temporary folder (under a file lock) and the others wait for it and reuse it;
+    ``build`` returns a JSON-able value. Without xdist, a fresh folder of this session."""
+    if not XDIST_WORKER:
+        return build(tmp_path_factory.mktemp(name))
+    import json
+    import shutil
+
+    from filelock import FileLock
+
+    folder = tmp_path_factory.getbasetemp().parent / f"shared_{name}"   # pytest-N/: this run only
+    done = folder.with_suffix(".json")
+    with FileLock(str(done) + ".lock"):
+        if not done.is_file():
+            shutil.rmtree(folder, ignore_errors=True)                   # a build that failed in another worker
+            folder.mkdir()
+            done.write_text(json.dumps(build(folder)))
+        return json.loads(done.read_text())
 
 
 def _volume_digest(vol) -> str:
@@ -154,13 +183,18 @@ def random_models(tmp_path_factory) -> dict[str, Path]:
     (an anatomy model whose anatomy is garbage, as an untrained model's would be); ``multi_base``:
     heads a, b, 6 mm (few tiles); ``totalseg``: TotalSegmentator's 117 v2 names, planned on the
     30-slice CT at 3 mm."""
+    built = _shared_across_workers(tmp_path_factory, "random_models", _build_random_models)
+    return {name: Path(folder) for name, folder in built.items()}
+
+
+def _build_random_models(tmp: Path) -> dict[str, str]:
+    """The model folders of :func:`random_models`, built under ``tmp``."""
     import SimpleITK as sitk
     from model_factory import make_random_models, model_spec
 
     from nnunet_ctarr.core.anatomy.groups import GROUPS, totalsegmentator_scheme
     from nnunet_ctarr.core.anatomy.masks import load_anatomy
 
-    tmp = tmp_path_factory.mktemp("random_models")
     (tmp / "targets").mkdir()
     (tmp / "groups").mkdir()
     targets = write_liver_kidney_targets(tmp / "targets")
@@ -197,7 +231,7 @@ def random_models(tmp_path_factory) -> dict[str, Path]:
             dataset_id=297,
         ),
     }
-    return dict(zip(specs, make_random_models(list(specs.values()))))
+    return {name: str(folder) for name, folder in zip(specs, make_random_models(list(specs.values())))}
 
 
 def assert_same_geometry_as_dicom(result_file: Path, dicom_folder: Path = DICOM[0]) -> None:
