@@ -138,6 +138,7 @@ def locate(image: ImageLike | list[ImageLike], anatomy=None, *, atlas: Atlas | s
            case: str | None = None, hu_check: bool = True) -> Located:
     """Where the image sits on the atlas (the transform, registration, or why it was refused)."""
     atlas = atlas if isinstance(atlas, Atlas) else Atlas.load(atlas)
+    atlas.warm_up()                                    # the atlas side of the registration, while files are read
     warnings = WarningLog(case=_case_name(image, case))
     channels = read_channels(image, hu_check, warnings=warnings)
     anat = _load_anatomy(anatomy_source(anatomy, atlas=atlas), warnings.case, image, channels[0], warnings)
@@ -159,6 +160,7 @@ def crop(image: ImageLike | list[ImageLike], regions: str | Region | list[str | 
     once); ``lazy``: unpadded crops as ``core.base.nifti.Crop`` boxes of the image, which a writer
     streams without a copy (``crop.image_crop()`` cuts one)."""
     atlas = atlas if isinstance(atlas, Atlas) else Atlas.load(atlas)
+    atlas.warm_up()                                    # the atlas side of the registration, while files are read
     source = anatomy_source(anatomy, atlas=atlas)
     name = _case_name(image, case)
     warnings = WarningLog(case=name)

@@ -127,3 +127,48 @@ def test_atlas_file_inflated_by_isal_equals_numpy_and_damage_is_one_line(tmp_pat
     (tmp_path / "bad.npz").write_bytes(bytes(data))
     with pytest.raises(CTARRError, match="cannot load atlas .*bad.npz"):
         Atlas.load(tmp_path / "bad.npz")
+
+
+def test_npz_members_read_without_a_copy_equal_numpy(tmp_path):
+    """Any array numpy writes to an .npz (stored or deflated, C or Fortran order, any dtype, 0-d)
+    reads back with the same dtype, shape and values; an object array is refused (no pickles)."""
+    from nnunet_ctarr.core.anatomy.atlas import read_npz
+
+    rng = np.random.default_rng(3)
+    arrays = {
+        "u8": rng.integers(0, 255, (4, 5, 6, 7)).astype(np.uint8),
+        "f64_fortran": np.asfortranarray(rng.normal(size=(3, 4, 5))),
+        "big_endian": rng.integers(-9, 9, (5, 3)).astype(">i4"),
+        "flags": rng.integers(0, 2, 19).astype(bool),
+        "text": np.array('{"a": 1}'),
+    }
+    for save in (np.savez, np.savez_compressed):
+        save(tmp_path / "a.npz", **arrays)
+        ours = read_npz(tmp_path / "a.npz")
+        for k, v in arrays.items():
+            assert ours[k].dtype == v.dtype and ours[k].shape == v.shape and np.array_equal(ours[k], v), (save, k)
+    np.savez(tmp_path / "o.npz", o=np.array([{"x": 1}], dtype=object))
+    with pytest.raises(ValueError, match="object arrays"):
+        read_npz(tmp_path / "o.npz")
+
+
+def test_atlas_warm_up_in_a_thread_gives_the_same_registration():
+    """The atlas side of the registration computed in a background thread while the case is read:
+    the same transform, Dice and caches as a registration that computes them itself."""
+    from nnunet_ctarr.core.anatomy.atlas import _WARMING, Atlas
+    from nnunet_ctarr.core.anatomy.masks import load_anatomy
+    from nnunet_ctarr.core.anatomy.volume import anatomy_to_volume
+    from nnunet_ctarr.core.base.errors import WarningLog
+    from nnunet_ctarr.core.localise.registration import register
+
+    vol = anatomy_to_volume(load_anatomy(CHEST[1], warnings=WarningLog()))
+    cold, warm = Atlas.load(), Atlas.load()
+    warm.warm_up()
+    assert id(warm) in _WARMING or "moments" in warm._cache
+    a, b = register(vol, cold), register(vol, warm)
+    assert id(warm) not in _WARMING
+    assert np.array_equal(a.transform.scale, b.transform.scale)
+    assert np.array_equal(a.transform.translation, b.transform.translation) and a.dice == b.dice
+    for key in ("moments", ("pool", 2), ("pool", 4)):
+        x, y = cold._cache[key], warm._cache[key]
+        assert all(np.array_equal(p, q) for p, q in zip(x, y)), key

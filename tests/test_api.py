@@ -123,3 +123,19 @@ def test_the_voxel_checks_a_header_only_run_skips_run_when_the_crops_are_cut(tmp
     r = run_in_process(crop_main, ["-i", str(tmp_path / "scaled.nii.gz"), "-anatomy_seg", str(ABDOMEN[1]),
                                    "-r", "kidneys", "-o", str(tmp_path / "qc"), "--boxes_only", "--qc"])
     assert r.returncode != 0 and "Hounsfield" in r.stdout + r.stderr      # --qc reads the voxels: checked now
+
+
+def test_writing_qc_pictures_of_a_header_only_case_is_one_line_and_writes_nothing(tmp_path):
+    from nnunet_ctarr.core.anatomy.atlas import Atlas
+    from nnunet_ctarr.core.base.errors import CTARRError
+    from nnunet_ctarr.core.outputs.case_writer import CropOptions, case_stamp, write_case
+
+    quick = api.crop(str(ABDOMEN[0]), ["kidneys"], anatomy=str(ABDOMEN[1]), boxes_only=True)
+    opts = CropOptions(qc=True, boxes_only=True)
+    stamp = case_stamp(quick.case, [ABDOMEN[0]], Atlas.load(), opts, False, None)
+    with pytest.raises(CTARRError, match="QC pictures need the image's voxels"):
+        write_case(quick, stamp, tmp_path, opts)
+    assert not any(tmp_path.iterdir())
+    full = api.crop(str(ABDOMEN[0]), ["kidneys"], anatomy=str(ABDOMEN[1]), boxes_only=True, read_voxels=True)
+    write_case(full, stamp, tmp_path, opts)
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".png"]

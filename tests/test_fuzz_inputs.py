@@ -288,3 +288,34 @@ def test_crop_command_hu_default_on_thick_slices(tmp_path):
     out = tmp_path / "out"
     # a decision (any status, the sidecar says which) or one error line for a phantom with too little anatomy
     assert code in (0, 1) and ((out / "thick.ctarr.json").exists() or not list(out.glob("*.nii*")))
+
+
+def test_predict_planner_takes_the_stored_grid_and_refuses_a_4d_file(tmp_path):
+    """The predictor plans on the grid nnU-Net's reader predicts on: a sheared NRRD as stored (from
+    its header); a 4-D series is one line, not an nnU-Net crash."""
+    from conftest import ABDOMEN
+
+    from nnunet_ctarr.core.anatomy.atlas import Atlas
+    from nnunet_ctarr.core.anatomy.sources import PrecomputedAnatomy
+    from nnunet_ctarr.core.localise.decision import Status
+    from nnunet_ctarr.core.regions.region import load_regions
+    from nnunet_ctarr.inference.planner import CasePlanner
+    from nnunet_ctarr.inference.plans import CTARRSettings
+    from nnunet_ctarr.inference.tiling import TileGeometry
+
+    img = sitk.ReadImage(str(ABDOMEN[0]))
+    anatomy = PrecomputedAnatomy(ABDOMEN[1])
+    anatomy.prepare({"shear": [], "four": []})
+    planner = CasePlanner(CTARRSettings(load_regions(["liver"])[0], Atlas.load()), anatomy,
+                          lambda g: TileGeometry((64, 64, 64), (1.0, 1.0, 1.0), 1.0))
+    m = np.eye(3)
+    m[:, 2] = [0.0, np.sin(np.radians(2)), np.cos(np.radians(2))]   # slice axis leaning 2 deg in y
+    sheared = sitk.Image(img)
+    sheared.SetDirection(tuple((np.array(img.GetDirection()).reshape(3, 3) @ m).ravel()))
+    sitk.WriteImage(sheared, str(tmp_path / "shear.nrrd"))
+    plan = planner.plan_file(str(tmp_path / "shear.nrrd"), "shear")
+    assert plan.status is Status.CROPPED and plan.geometry.same_grid(Geometry.of(sheared))
+    assert not plan.geometry.same_grid(Geometry.of(read_image(tmp_path / "shear.nrrd")))   # not the resampled grid
+    sitk.WriteImage(sitk.JoinSeries([img, img]), str(tmp_path / "four.nii.gz"))
+    plan = planner.plan_file(str(tmp_path / "four.nii.gz"), "four")
+    assert plan.status is Status.FAILED and "expected a 3D image" in plan.error

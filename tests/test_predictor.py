@@ -21,6 +21,7 @@ from conftest import (
 )
 
 from nnunet_ctarr.core.anatomy.sources import PrecomputedAnatomy
+from nnunet_ctarr.core.base.errors import CTARRError
 from nnunet_ctarr.core.regions.cropping import MaxMerge, paste_pieces
 from nnunet_ctarr.core.regions.region import load_region
 from nnunet_ctarr.inference.export import foreground_confidence
@@ -253,7 +254,8 @@ def test_region_outside_fov(tiny_model, small_inputs, tmp_path):
     assert "outside the field of view" in side["why"]
     seg = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "sm.nii.gz")))
     assert not seg.any()
-    assert np.all(np.load(out / "sm.npz")["probabilities"][0] == 1)
+    probs = np.load(out / "sm.npz")["probabilities"]
+    assert np.all(probs[0] == 1) and probs.dtype == np.float32     # the dtype of every other case's
 
 
 def test_npy_entry_points_match_file_path(tiny_model, inputs, tmp_path):
@@ -270,6 +272,13 @@ def test_npy_entry_points_match_file_path(tiny_model, inputs, tmp_path):
     ref = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "o" / "abd.nii.gz")))
     assert np.array_equal(single, ref)
     assert np.array_equal(listed[0], ref)
+    # one case that fails (its anatomy file is missing) gives None; the batch goes on
+    anatomies = [str(tmp_path / "missing.nii.gz"), sitk.ReadImage(str(ABDOMEN[1]))]
+    both = p.predict_from_list_of_npy_arrays([data, data], None, [props, props], None, num_processes=1,
+                                             anatomy=anatomies, cases=["gone", "abd"])
+    assert both[0] is None and np.array_equal(both[1], ref)
+    with pytest.raises(CTARRError, match="gone"):
+        p.predict_single_npy_array(data, props, anatomy=str(tmp_path / "missing.nii.gz"), case="gone")
 
 
 def test_model_folder_ctarr_json_sets_region(tiny_model, inputs, tmp_path):

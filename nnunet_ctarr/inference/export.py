@@ -40,8 +40,9 @@ def merge_crops(label_manager, plan: CasePlan, crop_probabilities: list[np.ndarr
 
 
 def empty_outputs(n_heads: int, shape_zyx) -> tuple[np.ndarray, np.ndarray]:
-    """All-background segmentation and probabilities (background 1) of a full image."""
-    probs = np.zeros((n_heads,) + tuple(shape_zyx), np.float16)
+    """All-background segmentation and probabilities (background 1) of a full image; float32 as
+    every other case's probabilities (compressed, the constant array costs next to nothing)."""
+    probs = np.zeros((n_heads,) + tuple(shape_zyx), np.float32)
     probs[0] = 1
     return np.zeros(tuple(shape_zyx), np.uint8), probs
 

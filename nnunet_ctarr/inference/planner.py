@@ -16,8 +16,7 @@ import numpy as np
 from ..core.anatomy.sources import AnatomySource, InMemoryAnatomy
 from ..core.base.errors import CTARRError, WarningLog
 from ..core.base.geometry import Geometry
-from ..core.base.images import read_image
-from ..core.base.integrity import check_complete
+from ..core.base.images import read_geometry, read_image
 from ..core.localise.decision import Located, locate_case
 from .export import write_plan_sidecar
 from .plans import CasePlan, CTARRSettings, failed_plan, plan_case
@@ -50,9 +49,12 @@ class CasePlanner:
     def plan_file(self, first_file: str, case: str) -> CasePlan:
         """Plan a case given by its first channel file (read whole only for a QC picture)."""
         try:
-            check_complete(Path(first_file))                  # nnU-Net's reader would zero-fill a cut file
             image = read_image(first_file) if self.settings.qc_folder else None
-            geometry = Geometry.of(image) if image is not None else Geometry.from_file(first_file)
+            # the stored grid (nnU-Net predicts on it, sheared or not); a cut file is refused (nnU-Net's reader
+            # would zero-fill it); one the header cannot vouch for (4-D, vector, thin) is read: refused in one line
+            geometry = read_geometry(first_file, keep_shear=True)
+            if geometry is None:
+                geometry = Geometry.of(image if image is not None else read_image(first_file))
         except CTARRError as e:
             logger.error(f"{case}: {e}")
             return failed_plan(case, None, e, self.settings.region.name)
@@ -64,10 +66,7 @@ class CasePlanner:
             raise CTARRError("image properties need 'sitk_stuff' (origin/spacing/direction) for CTARR")
         geometry = Geometry.from_sitk_stuff(props["sitk_stuff"], img.shape[1:])
         source = anatomy if isinstance(anatomy, AnatomySource) else InMemoryAnatomy(anatomy, case)
-        plan = self.plan(case, geometry, anatomy=source)
-        if plan.predicts == "nothing":
-            raise CTARRError(f"{case}: {plan.error or plan.record.why}")
-        return plan
+        return self.plan(case, geometry, anatomy=source)
 
     def record(self, plan: CasePlan, files: list[str] | None = None, output: str | None = None) -> None:
         """Keep the plan (by case) and write its sidecar when asked for (``output``: the segmentation

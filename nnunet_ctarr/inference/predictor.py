@@ -31,7 +31,7 @@ from ..core.anatomy.atlas import Atlas
 from ..core.anatomy.sources import AnatomySource
 from ..core.base.errors import CTARRError
 from ..core.base.geometry import Geometry
-from ..core.localise.decision import Policy
+from ..core.localise.decision import Policy, Status
 from ..core.localise.settings import RegistrationSettings
 from ..core.regions.region import Region
 from .export import empty_outputs, merge_crops, write_outputs
@@ -89,9 +89,9 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
         return (seg, probs) if save_probabilities else seg
 
     def _ctarr_empty(self, plan: CasePlan, ofn: str | None, save_probabilities: bool):
-        """Background everywhere: probabilities written as float16 (as before), returned as float32."""
+        """Background everywhere (probabilities float32, written or returned)."""
         seg, probs = empty_outputs(self.label_manager.num_segmentation_heads, plan.geometry.shape_zyx)
-        return self._ctarr_emit(seg, probs if ofn else probs.astype(np.float32), plan, ofn, save_probabilities)
+        return self._ctarr_emit(seg, probs, plan, ofn, save_probabilities)
 
     # ---- file entry points -----------------------------------------------------------------
     def predict_from_files(self, list_of_lists_or_source_folder, output_folder_or_list_of_truncated_output_files,
@@ -185,8 +185,12 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
                                  segmentation_previous_stage: np.ndarray = None, output_file_truncated: str = None,
                                  save_or_return_probabilities: bool = False, anatomy=None, case: str = "case"):
         """As nnU-Net's, plus ``anatomy`` (label image, path or anatomy source) for this image.
-        ``image_properties`` must hold SimpleITKIO's ``sitk_stuff`` (geometry)."""
+        ``image_properties`` must hold SimpleITKIO's ``sitk_stuff`` (geometry). A case that cannot be
+        predicted (unreadable anatomy, ...) raises :class:`CTARRError`; one skipped (``on_untrusted="skip"``)
+        gives None."""
         plan = self.ctarr.plan_npy(input_image, image_properties, anatomy, case)
+        if plan.status is Status.FAILED:
+            raise CTARRError(f"{case}: {plan.error}")
         return self.ctarr_predict_planned([input_image], [segmentation_previous_stage], [image_properties],
                                           [output_file_truncated], [plan], save_or_return_probabilities)[0]
 
@@ -196,6 +200,8 @@ class nnUNetPredictorCTARR(nnUNetPredictor):
                                         save_probabilities: bool = False,
                                         num_processes_segmentation_export: int = default_num_processes,
                                         anatomy=None, cases=None):
+        """As nnU-Net's, plus ``anatomy`` (one per image) and ``cases`` (names for the log and sidecars).
+        A case that fails (its error logged) or is skipped gives None; the others are predicted."""
         imgs = as_list(image_or_list_of_images)
         props = as_list(properties_or_list_of_properties)
         segs = as_list(segs_from_prev_stage_or_list_of_segs_from_prev_stage, len(imgs))

@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import struct
+import threading
 import zipfile
 from dataclasses import dataclass, field
 from importlib import resources
@@ -29,6 +30,8 @@ from ..base.user_data import resolve_atlas
 from .volume import MaskVolume
 
 DEFAULT_ATLAS = "atlas_ctarr_starter.npz"
+#: atlases being prepared in a background thread (:meth:`Atlas.warm_up`), by id
+_WARMING: dict[int, threading.Thread] = {}
 
 
 @dataclass
@@ -66,6 +69,52 @@ class Atlas(MaskVolume):
     def prob_values(self, index: tuple = ()) -> np.ndarray:
         stored = self.__dict__.get("_prob")
         return stored[index] if stored is not None else _unit(self.prob8[index])
+
+    def warm_up(self, levels: tuple[int, ...] = (4, 2)) -> None:
+        """Compute what every registration reads of the atlas (group masses, centres and boxes; the
+        pooled ``levels``) in a background thread, while the caller reads a case's files; a reader of
+        those caches waits for the thread instead of computing them a second time."""
+        if id(self) in _WARMING or "moments" in self._cache:
+            return
+
+        def work() -> None:
+            try:
+                self._prob_moments()
+                for f in levels:
+                    self.pooled(f)
+            except Exception:                     # noqa: BLE001 - the registration computes (and reports) it again
+                pass
+            finally:
+                _WARMING.pop(id(self), None)
+        _WARMING[id(self)] = thread = threading.Thread(target=work, name="ctarr-atlas-warm-up", daemon=True)
+        thread.start()
+
+    def _wait_warm(self) -> None:
+        thread = _WARMING.get(id(self))
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _prob_moments(self) -> tuple[np.ndarray, np.ndarray]:
+        self._wait_warm()
+        return super()._prob_moments()
+
+    def pooled(self, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        self._wait_warm()
+        return super().pooled(f)
+
+    def prob_sum(self, groups, box: tuple = ()) -> np.ndarray:
+        """The summed probability of ``groups`` over ``box`` ((z, y, x) slices), float32; from the
+        stored uint8 values an exact integer sum, divided once (no per-group conversion)."""
+        box = tuple(box)
+        exact = self.__dict__.get("_prob") is None               # uint8 values: 19 x 255 fits uint16
+        acc = np.zeros((self.prob8 if exact else self.prob)[(0,) + box].shape, np.uint16 if exact else np.float32)
+        for g in groups:
+            np.add(acc, self.prob8[(g,) + box] if exact else self.prob_values((g,) + box), out=acc)
+        if not exact:
+            return acc
+        out = acc.astype(np.float32)
+        out /= np.float32(255.0)
+        return out
 
     @property
     def atlas_id(self) -> str:
@@ -119,8 +168,22 @@ def read_npz(path: str | Path) -> dict[str, np.ndarray]:
                 raw = isal_zlib.decompress(raw, -15)
             if isal_zlib.crc32(raw) != info.CRC:
                 raise ValueError(f"{info.filename}: CRC mismatch (damaged file)")
-            out[info.filename.removesuffix(".npy")] = np.lib.format.read_array(io.BytesIO(raw), allow_pickle=False)
+            out[info.filename.removesuffix(".npy")] = _npy_array(raw)
     return out
+
+
+def _npy_array(raw: bytes) -> np.ndarray:
+    """The array of an ``.npy`` file's bytes, on those bytes (read-only, no copy); object arrays refused."""
+    f = io.BytesIO(raw)
+    version = np.lib.format.read_magic(f)
+    if version not in ((1, 0), (2, 0)):
+        return np.lib.format.read_array(io.BytesIO(raw), allow_pickle=False)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read_header(f)
+    if dtype.hasobject:
+        raise ValueError("object arrays are not read (no pickles)")
+    arr = np.frombuffer(raw, dtype, int(np.prod(shape)), f.tell())
+    return arr.reshape(shape[::-1]).T if fortran else arr.reshape(shape)
 
 
 def _unit(a8: np.ndarray) -> np.ndarray:

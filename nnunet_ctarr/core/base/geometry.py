@@ -12,12 +12,11 @@ Index order: ``_xyz`` tuples and index boxes are SimpleITK's (x, y, z); numpy ar
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import CTARRError, itk_message
+from .errors import CTARRError
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
@@ -50,17 +49,6 @@ class Geometry:
     def of(cls, img: sitk.Image) -> Geometry:
         """The geometry of a SimpleITK image."""
         return cls(img.GetSize(), img.GetSpacing(), img.GetOrigin(), img.GetDirection())
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> Geometry:
-        """The geometry stored in an image file's header (voxels are not read)."""
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        try:
-            reader.ReadImageInformation()
-        except RuntimeError as e:
-            raise CTARRError(f"cannot read {path}: not a readable image ({itk_message(e)})") from None
-        return cls(reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
 
     @classmethod
     def from_sitk_stuff(cls, stuff: dict, shape_zyx) -> Geometry:

@@ -56,10 +56,11 @@ def read_image(path: str | Path, label: bool = False, warnings: WarningLog | Non
     return _orthogonal(img, path, label, warnings if warnings is not None else WarningLog())
 
 
-def read_geometry(path: str | Path) -> Geometry | None:
+def read_geometry(path: str | Path, keep_shear: bool = False) -> Geometry | None:
     """The grid :func:`read_image` would give an image file, from its header alone (the file's
     completeness is checked, its voxels are not read); None when only reading the voxels can tell
-    (a DICOM folder, a 4-D file, a sheared grid that would be resampled, a header SimpleITK refuses)."""
+    (a DICOM folder, a 4-D file, a sheared grid that would be resampled, a header SimpleITK refuses).
+    ``keep_shear``: a sheared grid as stored (the grid nnU-Net's reader predicts on)."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -76,7 +77,7 @@ def read_geometry(path: str | Path) -> Geometry | None:
     if reader.GetDimension() != 3 or reader.GetNumberOfComponents() != 1 or min(size) < MIN_SLICES:
         return None
     _, _, corners, sheared = _grid_frame(size, reader.GetSpacing(), reader.GetDirection(), reader.GetOrigin(), path)
-    if np.abs(sheared - corners).max() > 0.05:
+    if not keep_shear and np.abs(sheared - corners).max() > 0.05:
         return None
     return Geometry(size, reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
 

@@ -15,14 +15,23 @@ from ..regions.region import Region
 MIN_REGION_ATLAS_ML = 20.0
 
 
+def labelled_voxels(loc) -> tuple[np.ndarray, np.ndarray]:
+    """(world position of every labelled voxel of the scan's anatomy volume, its group index),
+    computed once per localisation."""
+    if "labelled_voxels" not in loc.cache:
+        vol = loc.anatomy_volume
+        zyx = np.argwhere(vol.labels > 0)
+        loc.cache["labelled_voxels"] = (vol.origin + zyx[:, ::-1] * vol.spacing,
+                                        vol.labels[tuple(zyx.T)].astype(np.intp) - 1)
+    return loc.cache["labelled_voxels"]
+
+
 def outside_atlas(loc, atlas: Atlas) -> tuple[float, list[str], str]:
     """(share of the scan's anatomy volume outside the atlas, the groups concerned, above/below)."""
-    vol = loc.anatomy_volume
-    zyx = np.argwhere(vol.labels > 0)
-    if not len(zyx):
+    world, groups = labelled_voxels(loc)
+    if not len(groups):
         return 0.0, [], ""
-    groups = vol.labels[tuple(zyx.T)].astype(int) - 1
-    pts = loc.transform.to_atlas(vol.origin + zyx[:, ::-1] * vol.spacing)
+    pts = loc.transform.to_atlas(world)
     idx = np.rint((pts - atlas.origin) / atlas.spacing).astype(int)
     size = np.array(atlas.shape_zyx[::-1])
     on_grid = np.all((idx >= 0) & (idx < size), 1)
@@ -43,33 +52,42 @@ def target_groups(region: Region) -> list[int]:
 
 
 def labels_on_atlas_box(vol, tf, origin: np.ndarray, spacing: np.ndarray, n_xyz: np.ndarray
-                        ) -> tuple[np.ndarray, np.ndarray]:
-    """The scan's group labels (nearest voxel) at the centres of an atlas-frame box grid, and
-    whether each centre lies in the scan's field of view; (Z, Y, X) arrays. The transform is
-    axis-aligned, so every atlas axis reads one scan axis: index arithmetic, no interpolation."""
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The scan's group labels (nearest voxel) at the centres of an atlas-frame box grid that lie in
+    the scan's field of view: (labels (Z, Y, X), start, stop) with start/stop the xyz box indices of
+    that part (a box: each atlas axis reads one scan axis, monotonically); None when no centre is in
+    view. The transform is axis-aligned: index arithmetic, no interpolation."""
     M, shape_xyz = tf.M, np.array(vol.shape_zyx[::-1])
     perm = [int(np.nonzero(M[i])[0][0]) for i in range(3)]          # atlas axis i <- scan axis perm[i]
-    index, ok = [None] * 3, [None] * 3
+    index, start, stop = [None] * 3, np.zeros(3, int), np.zeros(3, int)
     for i, j in enumerate(perm):
         a = origin[i] + spacing[i] * np.arange(n_xyz[i])
         k = np.rint(((a - tf.translation[i]) / tf.scale[i] * M[i, j] - vol.origin[j]) / vol.spacing[j]).astype(int)
-        ok[i] = (k >= 0) & (k < shape_xyz[j])
-        index[j] = np.clip(k, 0, shape_xyz[j] - 1)
+        ok = np.nonzero((k >= 0) & (k < shape_xyz[j]))[0]
+        if not len(ok):
+            return None
+        start[i], stop[i] = ok[0], ok[-1] + 1
+        index[j] = k[start[i]:stop[i]]
     lab = vol.labels[np.ix_(index[2], index[1], index[0])]           # dims: scan z, y, x
-    lab = lab.transpose([2 - perm[2 - e] for e in range(3)])         # dims: atlas z, y, x
-    inside = ok[2][:, None, None] & ok[1][None, :, None] & ok[0][None, None, :]
-    return lab, inside
+    return lab.transpose([2 - perm[2 - e] for e in range(3)]), start, stop   # dims: atlas z, y, x
 
 
 def _used_prob(atlas: Atlas, use: np.ndarray) -> np.ndarray:
-    """The atlas's summed probability of the groups ``use`` (Z, Y, X), cached per atlas and groups."""
+    """The atlas's summed probability of the groups ``use`` where the atlas has coverage (0
+    elsewhere), (Z, Y, X); cached per atlas and groups."""
     key = ("trust_used_prob", use.tobytes())
     if key not in atlas._cache:
-        total = np.zeros(atlas.shape_zyx, np.float32)
-        for g in np.nonzero(use)[0]:                  # no fancy-index copy of the whole atlas
-            np.add(total, atlas.prob_values((g,)), out=total)
+        total = atlas.prob_sum(np.nonzero(use)[0])
+        total[~_covered(atlas)] = 0
         atlas._cache[key] = total
     return atlas._cache[key]
+
+
+def _covered(atlas: Atlas) -> np.ndarray:
+    """Where the atlas has coverage (Z, Y, X), cached."""
+    if "trust_covered" not in atlas._cache:
+        atlas._cache["trust_covered"] = atlas.coverage > 0
+    return atlas._cache["trust_covered"]
 
 
 def region_dice(loc, atlas: Atlas, plan: CropPlan) -> float:
@@ -81,20 +99,20 @@ def region_dice(loc, atlas: Atlas, plan: CropPlan) -> float:
     vol, g = loc.anatomy_volume, atlas.grid
     use = vol.observed & atlas.observed
     used_lut = np.r_[False, use]                                     # label value -> group in use
-    total = _used_prob(atlas, use)
+    total, covered = _used_prob(atlas, use), _covered(atlas)
     inter = den = atlas_mass = 0.0
     for box in plan.usable:
         lo = np.clip(np.floor((box.atlas_mm[0] - g.origin) / g.spacing).astype(int), 0, g.size_xyz)
         hi = np.clip(np.ceil((box.atlas_mm[1] - g.origin) / g.spacing).astype(int) + 1, 0, g.size_xyz)
-        if np.any(hi <= lo):
+        seen = labels_on_atlas_box(vol, loc.transform, g.origin + lo * g.spacing, g.spacing, hi - lo) \
+            if np.all(hi > lo) else None
+        if seen is None:
             continue
-        lab, inside = labels_on_atlas_box(vol, loc.transform, g.origin + lo * g.spacing, g.spacing, hi - lo)
+        lab, lo, hi = seen[0], lo + seen[1], lo + seen[2]             # the part of the box in view
         sl = (slice(lo[2], hi[2]), slice(lo[1], hi[1]), slice(lo[0], hi[0]))
-        w = inside & (atlas.coverage[sl] > 0)
-        s = used_lut[lab] & w
-        z, y, x = np.nonzero(s)
+        z, y, x = np.nonzero(used_lut[lab] & covered[sl])
         inter += float(atlas.prob_values((lab[z, y, x].astype(np.intp) - 1, z + lo[2], y + lo[1], x + lo[0])).sum())
-        a = float(total[sl][w].sum())
+        a = float(total[sl].sum())
         den += a + float(len(z))
         atlas_mass += a
     if atlas_mass * np.prod(g.spacing) / 1000.0 < MIN_REGION_ATLAS_ML:
@@ -107,9 +125,8 @@ def _organ_index(loc, image: Geometry, groups: list[int]) -> tuple[np.ndarray, n
     computed once per localisation, image and groups."""
     key = ("organ_index", tuple(groups), image)
     if key not in loc.cache:
-        vol = loc.anatomy_volume
-        zyx = np.argwhere(np.isin(vol.labels, np.asarray(groups) + 1))
-        idx = image.world_to_index(vol.origin + zyx[:, ::-1] * vol.spacing)
+        world, group = labelled_voxels(loc)
+        idx = image.world_to_index(world[np.isin(group, groups)])
         loc.cache[key] = idx, np.all((idx > -0.5) & (idx < np.array(image.size_xyz) - 0.5), 1)
     return loc.cache[key]
 
@@ -130,9 +147,7 @@ def _group_prob(atlas: Atlas, groups: list[int]) -> tuple[np.ndarray, tuple[slic
     key = ("trust_group_prob", tuple(groups))
     if key not in atlas._cache:
         box = atlas.support(groups) or (slice(0, 0),) * 3
-        prob = np.zeros(tuple(s.stop - s.start for s in box), np.float32)
-        for g in groups:
-            np.add(prob, atlas.prob_values((g,) + box), out=prob)
+        prob = atlas.prob_sum(groups, box)
         prob[prob <= 0.01] = 0
         atlas._cache[key] = prob, box
     return atlas._cache[key]

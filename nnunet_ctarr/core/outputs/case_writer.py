@@ -21,6 +21,7 @@ import SimpleITK as sitk
 
 from ... import __version__
 from ..anatomy.atlas import Atlas
+from ..base.errors import CTARRError
 from ..base.files import input_stamp
 from ..base.nifti import DEFAULT_LEVEL, write_images
 from ..localise.decision import Policy, Status
@@ -91,6 +92,8 @@ def case_stamp(case: str, inputs: list[Path], atlas: Atlas, opts: CropOptions, w
 def write_case(crops: CaseCrops, stamp: CaseRecord, out: Path, opts: CropOptions) -> CaseRecord:
     """Write every region's pieces (and QC pictures) and the sidecar; returns the sidecar record.
     On error, removes whatever it wrote and re-raises."""
+    if opts.qc and not isinstance(crops.image, sitk.Image):
+        raise CTARRError(f"{crops.case}: QC pictures need the image's voxels; crop it with read_voxels=True")
     written: list[Path] = []
     try:
         t = time.perf_counter()
@@ -100,7 +103,7 @@ def write_case(crops: CaseCrops, stamp: CaseRecord, out: Path, opts: CropOptions
         written += [p for _, p in pairs]              # listed first: a failure removes every file of the case
         write_images(pairs, opts.level, threads=WRITE_THREADS)
         for rc in crops.regions:
-            if opts.qc and crops.located.localisation is not None and isinstance(crops.image, sitk.Image):
+            if opts.qc and crops.located.localisation is not None:
                 written.append(_qc(out, crops, rc))
         seconds = {"write": time.perf_counter() - t}
         share = sum(crops.seconds.values(), seconds["write"]) / max(len(crops.regions), 1)
