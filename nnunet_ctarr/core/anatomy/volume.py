@@ -176,13 +176,13 @@ class MaskVolume:
             return self._cache[key]
         n = (zyx // f) * f
         nb = n // f
-        if self.labels is not None:
-            lab = self.labels[:n[0], :n[1], :n[2]]
-            blk = (np.arange(nb[0]).repeat(f)[:, None, None] * nb[1]
-                   + np.arange(nb[1]).repeat(f)[None, :, None]) * nb[2] + np.arange(nb[2]).repeat(f)[None, None, :]
-            cnt = np.bincount((blk * (N_GROUPS + 1) + lab).ravel(), minlength=int(nb.prod()) * (N_GROUPS + 1))
-            cnt = cnt.reshape(int(nb.prod()), N_GROUPS + 1)[:, 1:].T.astype(np.float32) / f ** 3
-            prob = np.ascontiguousarray(cnt.reshape((N_GROUPS,) + tuple(nb)))
+        if self.labels is not None:               # one bincount of (label, block), label-major: no transpose
+            m = int(nb.prod())
+            lab = self.labels[:n[0], :n[1], :n[2]].reshape(nb[0], f, nb[1], f, nb[2], f).transpose(1, 3, 5, 0, 2, 4)
+            cnt = np.bincount((lab.astype(np.intp) * m + np.arange(m).reshape(tuple(nb))).ravel(),
+                              minlength=(N_GROUPS + 1) * m)[m:(N_GROUPS + 1) * m]
+            prob = cnt.astype(np.float32).reshape((N_GROUPS,) + tuple(nb))
+            prob /= np.float32(f ** 3)
         else:
             prob = self._pooled_prob(f, nb)
         if self.coverage is None:
