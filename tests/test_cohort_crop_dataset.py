@@ -95,3 +95,31 @@ def test_continue_rewrites_nothing_and_redoes_an_interrupted_case(raw):
     r = _run(raw, 701, "--continue", "--train_margin", "5")  # other settings: every case again
     assert "3/3 cases cropped, " in r.stdout
     assert json.loads((dst / "ctarr.json").read_text())["margin_mm"] == 5.0
+
+
+def test_ctrl_c_keeps_the_report_of_the_cases_done_and_continue_finishes(raw, monkeypatch):
+    """Ctrl-C after the first case: exit 130, the report lists it and names the others not done, no
+    dataset.json; --continue crops only the rest and writes the dataset."""
+    import nnunet_ctarr.cli.crop_dataset as cd
+
+    real, calls = cd._run, []
+
+    def interrupted(job):
+        calls.append(job.case.case)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(job)
+
+    monkeypatch.setattr(cd, "_run", interrupted)
+    dst = raw[0] / "Dataset701_LivCTARRLiver"
+    r = _run(raw, 701)
+    assert r.returncode == 130 and "2 case(s) not done" in r.stderr and "--continue" in r.stderr
+    report = json.loads((dst / "ctarr_crop_report.json").read_text())
+    assert report["interrupted"] == "interrupted" and not (dst / "dataset.json").exists()
+    status = {c["case"]: (c["status"], c.get("error")) for c in report["cases"]}
+    assert status[calls[0]][0] == "cropped"
+    assert [s for s in status.values() if s[0] == "failed"] == [("failed", "not done: interrupted")] * 2
+    monkeypatch.setattr(cd, "_run", real)
+    r = _run(raw, 701, "--continue")
+    assert r.returncode == 0 and "3/3 cases cropped (1 done before)" in r.stdout
+    assert json.loads((dst / "dataset.json").read_text())["numTraining"] == 3

@@ -20,9 +20,9 @@ from ..core.localise.decision import Policy, Status
 from ..core.outputs.case_writer import versions
 from ..core.regions.model_config import CONFIG_NAME, make_config
 from ..core.regions.region import atlas_named_by, check_region_atlas, load_region
-from ..training.crop_records import crop_and_record, crop_settings, finished_row, recorded_rows
+from ..training.crop_records import crop_and_record, crop_settings, failed_row, finished_row, recorded_rows
 from ..training.dataset_crops import CropJob
-from .common import WORKER, init_worker, map_cases, parse, run_cli
+from .common import WORKER, WorkerDied, init_worker, map_cases, parse, run_cli
 from .options import (
     Parser,
     add_anatomy_args,
@@ -114,10 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     anatomy = anatomy_source(args, device=args.device, verbose=args.verbose)
     if todo:                  # a model predicts here, once, before any worker; not for cases done before
         anatomy.prepare({j.case.case: [str(f) for f in j.case.images] for j in todo})
-    new = dict(zip(map(_key, todo),
-                   map_cases(_run, todo, args.np, init_worker, (settings, anatomy, args.atlas),
-                             f"cropping {region.name}")))
-    rows = [done.get(k) or new[k] for k in map(_key, jobs)]
+    new, stopped = _crop_all(todo, args.np, (settings, anatomy, args.atlas), region.name)
+    rows = [done.get(_key(j)) or new.get(_key(j)) or failed_row(j, f"not done: {stopped}") for j in jobs]
+    if stopped:
+        return _stopped(dst, rows, args, stopped, len(jobs) - len(done) - len(new), len(done))
     if args.num_parts > 1:
         write_json_if_changed(dst / f"ctarr_crop_report{part_suffix(args)}.json", {"cases": rows})
     complete = rows if args.num_parts == 1 else recorded_rows(all_jobs, settings)
@@ -128,6 +128,28 @@ def main(argv: list[str] | None = None) -> int:
     else:
         _write_dataset_files(dst, src, region, name, args, complete, atlas_id)
     return 0 if all(r["status"] in (Status.CROPPED.value, Status.OUTSIDE.value) for r in rows) else 1
+
+
+def _crop_all(todo: list[CropJob], n_workers: int, initargs: tuple, name: str) -> tuple[dict, str]:
+    """Crop the cases to do: (report rows by case key, why the run stopped before the end or "")."""
+    new: dict = {}
+    try:
+        for key, row in zip(map(_key, todo), map_cases(_run, todo, n_workers, init_worker, initargs,
+                                                       f"cropping {name}")):
+            new[key] = row
+    except (KeyboardInterrupt, WorkerDied) as e:
+        return new, "interrupted" if isinstance(e, KeyboardInterrupt) else str(e)
+    return new, ""
+
+
+def _stopped(dst: Path, rows: list[dict], args, why: str, n_left: int, n_done: int) -> int:
+    """A run stopped early (Ctrl-C, a dead worker): the report of the cases so far (the others ``not
+    done``), no dataset.json; exit code 130."""
+    _print_summary(rows, n_done)
+    write_json_if_changed(dst / f"ctarr_crop_report{part_suffix(args)}.json", {"cases": rows, "interrupted": why})
+    logger.error(f"{why}; {n_left} case(s) not done; dataset.json not written: run the same command with "
+                 "--continue to crop the rest")
+    return 130
 
 
 def _write_dataset_files(dst: Path, src, region, name: str, args, rows: list[dict], atlas_id: str) -> None:

@@ -81,8 +81,7 @@ def crop_and_record(job: CropJob, settings: dict, anatomy_source: AnatomySource,
     try:
         stamp = case_stamp(job, settings)
     except OSError as e:                  # an input file vanished since the dataset was listed
-        return {"case": job.case.case, "split": job.split, "status": Status.FAILED.value, "outputs": [], "files": [],
-                "warnings": [], "error": f"cannot read {e.filename}: {e.strerror}"}
+        return failed_row(job, f"cannot read {e.filename}: {e.strerror}")
     _remove_previous(path, job.out_folder)
     with quiet_warnings():
         rec = crop_dataset_case(job, anatomy_source, atlas)
@@ -92,6 +91,12 @@ def crop_and_record(job: CropJob, settings: dict, anatomy_source: AnatomySource,
     except CTARRError as e:               # the crops stand; without a record the case is done again
         row["warnings"].append(str(e))
     return row
+
+
+def failed_row(job: CropJob, error: str) -> dict:
+    """The report row of a case that failed (or was not done: ``error`` says why)."""
+    return {"case": job.case.case, "split": job.split, "status": Status.FAILED.value, "outputs": [], "files": [],
+            "warnings": [], "error": error}
 
 
 def _remove_previous(path: Path, dataset: Path) -> None:
