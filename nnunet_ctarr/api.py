@@ -37,7 +37,7 @@ from .core.localise.decision import Located, Policy, Status, locate_case
 from .core.outputs.records import CaseRecord
 from .core.pipeline import CaseCrops, CutOptions, crop_case
 from .core.regions.cropping import crop_image
-from .core.regions.region import Region, load_regions
+from .core.regions.region import Region, atlas_named_by, check_region_atlas, load_regions
 
 __all__ = ["anatomy_source", "crop", "crops_from_sidecar", "locate", "read_channels"]
 
@@ -158,12 +158,14 @@ def crop(image: ImageLike | list[ImageLike], regions: str | Region | list[str | 
     ``channels`` are then their :class:`Geometry`. ``prepared``: ``anatomy`` is an
     :class:`AnatomySource` prepared with this case already (the crop command prepares a batch at
     once); ``lazy``: unpadded crops as ``core.base.nifti.Crop`` boxes of the image, which a writer
-    streams without a copy (``crop.image_crop()`` cuts one)."""
-    atlas = atlas if isinstance(atlas, Atlas) else Atlas.load(atlas)
-    atlas.warm_up()                                    # the atlas side of the registration, while files are read
-    source = anatomy_source(anatomy, atlas=atlas)
+    streams without a copy (``crop.image_crop()`` cuts one). ``atlas``: an :class:`Atlas`, an atlas
+    file or imported set name; None: the shipped atlas, or the imported set's when every region is
+    named ``SET:REGION`` (as the commands do)."""
     name = _case_name(image, case)
     warnings = WarningLog(case=name)
+    atlas, regions = _atlas_and_regions(atlas, regions, warnings)
+    atlas.warm_up()                                    # the atlas side of the registration, while files are read
+    source = anatomy_source(anatomy, atlas=atlas)
     t0 = time.perf_counter()
     grids_only = boxes_only and not read_voxels and labels is None and not source.reads_voxels
     channels = (_read_grids(image) if grids_only else None) or read_channels(image, hu_check, allow_nonfinite,
@@ -177,9 +179,24 @@ def crop(image: ImageLike | list[ImageLike], regions: str | Region | list[str | 
         lab = match_label_to_image(lab_img, channels[0], "label map" if isinstance(labels, sitk.Image)
                                    else f"label map {Path(labels).name}", warnings)
     seconds["read_anatomy_labels"] = time.perf_counter() - t0
-    result = crop_case(name, channels, anat, _regions(regions), atlas, Policy(on_untrusted, margin_mm, z_only),
+    result = crop_case(name, channels, anat, regions, atlas, Policy(on_untrusted, margin_mm, z_only),
                        CutOptions(boxes_only, pad, fill_value, lazy), lab, warnings=warnings)
     return replace(result, seconds={**seconds, **result.seconds})
+
+
+def _atlas_and_regions(atlas: Atlas | str | None, regions, warnings: WarningLog) -> tuple[Atlas, list[Region]]:
+    """The atlas (one given as an :class:`Atlas` as is; else loaded: the named file or set, or for
+    regions all named ``SET:REGION`` that set's atlas, else the shipped one) and the regions, with a
+    warning for a region defined on another atlas (a caller's own Atlas: the caller's check)."""
+    if isinstance(atlas, Atlas):
+        return atlas, _regions(regions)
+    items = [regions] if isinstance(regions, (str, Region)) else list(regions)
+    names = [r for r in items if isinstance(r, str)]
+    loaded = Atlas.load(atlas_named_by(names if len(names) == len(items) else [], atlas))
+    out = _regions(regions)
+    for r in out:
+        check_region_atlas(r, loaded.atlas_id, warnings)
+    return loaded, out
 
 
 def crops_from_sidecar(sidecar: str | Path | CaseRecord, image: ImageLike, regions: list[str] | None = None,

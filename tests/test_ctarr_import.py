@@ -8,6 +8,7 @@ import io
 import os
 import subprocess
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -176,3 +177,23 @@ def test_selected_by_name_and_written_with_the_umask(originals, checkout, import
     with pytest.raises(CTARRError, match="exists and is not an atlas set"):
         write_set(a, [], "", checkout[0].parent, "ctarr")
     assert (checkout[0] / "ctarr" / "file_storage" / "seg_atlas.npy").is_file()
+
+
+def test_api_regions_of_an_imported_set_bring_its_atlas(imported, monkeypatch):
+    """api.crop(regions=["ctarr:liver"]) locates on the set's atlas, as the commands do (no warning
+    about another atlas); the shipped atlas given explicitly is warned about."""
+    import nnunet_ctarr
+    from nnunet_ctarr import api
+    from nnunet_ctarr.core.anatomy.atlas import DEFAULT_ATLAS
+
+    monkeypatch.setenv("NNUNET_CTARR_DATA", str(imported[0]))
+    own = api.crop(str(ABDOMEN[0]), ["ctarr:liver"], anatomy=str(ABDOMEN[1]), boxes_only=True)
+    named = api.crop(str(ABDOMEN[0]), ["ctarr:liver"], anatomy=str(ABDOMEN[1]), boxes_only=True, atlas="ctarr")
+    assert not any("was defined on atlas" in w for w in own.warnings)
+    assert own.regions[0].decision.plan.usable[0].start_xyz.tolist() == \
+        named.regions[0].decision.plan.usable[0].start_xyz.tolist()
+    shipped = Path(nnunet_ctarr.__file__).parent / "resources" / DEFAULT_ATLAS
+    other = api.crop(str(ABDOMEN[0]), ["ctarr:liver"], anatomy=str(ABDOMEN[1]), boxes_only=True, atlas=str(shipped))
+    assert any("was defined on atlas" in w for w in other.warnings)
+    tf = [r.located.localisation.transform.translation for r in (own, named, other)]
+    assert np.array_equal(tf[0], tf[1]) and not np.allclose(tf[0], tf[2], atol=1.0)   # another frame

@@ -18,7 +18,7 @@ from ..core.base.cases import case_id
 from ..core.base.errors import CTARRError, WarningLog
 from ..core.base.files import check_output_folder
 from ..core.base.nnunet_format import group_channels
-from ..core.regions.region import check_region_atlas
+from ..core.regions.region import atlas_named_by, check_region_atlas
 from .common import parse, prepare_inputs, run_cli
 from .dicom_output import add_output_type_arg, plan_dicom_outputs, write_dicom_outputs
 from .options import (
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise CTARRError(f"the models take {n_ch} channels; give a folder with CASE_XXXX files")
             lists = {case_id(files[0]): files for files in source}
         check_output_folder(args.o)
-        atlas = Atlas.load(args.atlas)
+        atlas = Atlas.load(atlas_named_by([m.region_ref for m in spec.models], args.atlas))   # SET:REGION: its atlas
         for m in spec.models:
             check_region_atlas(m.region, atlas.atlas_id, WarningLog())
         predictor = MultiModelPredictor(spec, anatomy, atlas, device,

@@ -31,6 +31,7 @@ class ModelSpec:
     n_channels: int
     file_ending: str
     crops: str = "fitted"               # "fitted" to the model's tiles or "exact" region boxes
+    region_ref: str = ""                # the spec's "region" as written (SET:REGION brings its set's atlas)
 
     def lut(self, n_classes: int) -> np.ndarray:
         """Model class -> output value; 0 = no vote."""
@@ -229,4 +230,4 @@ def _model_spec(m, i: int, base: Path, out_labels: dict[str, int]) -> ModelSpec:
     where = f"spec models[{i}] ('{name}')"
     label_map = _label_map(m.get("labels"), _model_labels(dataset_json, where), out_labels, where)
     return ModelSpec(name, folder, folds, checkpoint, region, float(margin), label_map, n_channels(dataset_json),
-                     dataset_json.get("file_ending", ".nii.gz"), crops)
+                     dataset_json.get("file_ending", ".nii.gz"), crops, m.get("region") or "")
