@@ -197,3 +197,35 @@ def test_api_regions_of_an_imported_set_bring_its_atlas(imported, monkeypatch):
     assert any("was defined on atlas" in w for w in other.warnings)
     tf = [r.located.localisation.transform.translation for r in (own, named, other)]
     assert np.array_equal(tf[0], tf[1]) and not np.allclose(tf[0], tf[2], atol=1.0)   # another frame
+
+
+def test_predict_multi_spec_regions_of_an_imported_set_bring_its_atlas(imported, random_models, tmp_path,
+                                                                     monkeypatch):
+    """A spec whose every region is SET:REGION: the command locates on that set's atlas (the
+    predictor it builds gets it; the predictor itself is stubbed: no network runs here)."""
+    import json
+    import shutil
+
+    import nnunet_ctarr.inference.multi_predictor as mp
+    from nnunet_ctarr.cli.predict_multi import main as multi_main
+
+    monkeypatch.setenv("NNUNET_CTARR_DATA", str(imported[0]))
+    seen = {}
+
+    class Stub:
+        def __init__(self, spec, anatomy, atlas, *a, **k):
+            seen["atlas_id"], self.failed = atlas.atlas_id, {}
+
+        def predict_files(self, lists, out, overwrite=True):
+            return {}
+
+    monkeypatch.setattr(mp, "MultiModelPredictor", Stub)
+    (tmp_path / "img").mkdir()
+    shutil.copy(ABDOMEN[0], tmp_path / "img" / "abd_0000.nii.gz")
+    spec = {"labels": {"background": 0, "liver": 1},
+            "models": [{"folder": str(random_models["tiny"]), "region": "ctarr:liver", "labels": {"liver": "liver"}}]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    argv = ["-i", str(tmp_path / "img"), "-o", str(tmp_path / "out"), "-spec", str(tmp_path / "spec.json"),
+            "-anatomy_seg", str(ABDOMEN[1]), "-device", "cpu"]
+    assert multi_main(argv) == 0
+    assert seen["atlas_id"] == imported[2].atlas_id != Atlas.load().atlas_id
