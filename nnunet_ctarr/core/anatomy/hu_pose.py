@@ -42,8 +42,8 @@ def atlas_views(atlas: Atlas) -> dict:
     and the lung and bone group maps (:func:`_lung_sides`, :func:`_bone_groups`)."""
     if "hu_views" not in atlas._cache:
         idx = {g: GROUPS.index(g) for g in LUNGS + BONES if atlas.observed[GROUPS.index(g)]}
-        union = np.stack([np.clip(sum((atlas.prob_values((idx[g],)) for g in names if g in idx),
-                                      np.zeros(atlas.shape_zyx)), 0, 1) for names in (LUNGS, BONES)]).astype(np.float32)
+        union = np.stack([np.clip(atlas.prob_sum([idx[g] for g in names if g in idx]), 0, 1)
+                          for names in (LUNGS, BONES)])
         cumsum = np.pad(union, ((0, 0), (1, 0), (1, 0), (1, 0))).cumsum(1).cumsum(2).cumsum(3)
         smooth = np.stack([ndi.gaussian_filter(u, SMOOTH_VOXELS, truncate=2.0) for u in union])
         atlas._cache["hu_views"] = {"union_prob": union, "union_smooth": smooth, "profiles": union.sum((2, 3)),
